@@ -1,0 +1,3 @@
+from instructune.cli import main
+
+raise SystemExit(main())

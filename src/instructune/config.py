@@ -1,0 +1,217 @@
+"""Typed configuration: dataclasses loaded from YAML, with dotted `key=value` overrides.
+
+Every field of a config dataclass carries a docstring (the string literal under it).
+`load_config` reports every invalid field at once, each with the fix, and a dataclass
+may add cross-field checks with a `problems() -> list[str]` method.
+
+    cfg = load_config(TrainConfig, "configs/lora.yaml", ["optim.lr=3e-4", "max_steps=50"])
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from instructune.errors import InstructuneError, collect
+
+T = TypeVar("T")
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a parse error names the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstructuneError(f"config file {path} does not exist: check the path (configs/ holds examples).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InstructuneError(f"{path}: not UTF-8 text ({e.reason}); save the config as UTF-8.") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise InstructuneError(f"{path}{where}: YAML does not parse ({problem}); fix the syntax there.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InstructuneError(f"{path}: the top level must be a mapping of field: value, got {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (`lr=3e-4`, `targets=[q_proj,v_proj]`)."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} is not key=value (example: optim.lr=3e-4)")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    collect(problems, "invalid command-line overrides")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> T:
+    """Build `cls` from a YAML file (or a dict) plus overrides, reporting every problem at once."""
+    raw = dict(data or {})
+    if path is not None:
+        raw.update(read_yaml(path))
+    apply_overrides(raw, list(overrides or []))
+    problems: list[str] = []
+    cfg = from_dict(cls, raw, "", problems)
+    where = f"config {path}" if path else "config"
+    collect(problems, f"{where} is invalid")
+    return cfg  # type: ignore[return-value]
+
+
+def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    """Convert a mapping into dataclass `cls`, appending problems instead of raising."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping of fields, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    docs = field_docs(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known fields: {', '.join(fields)}"
+            problems.append(f"{name}: unknown field; {hint}")
+            continue
+        ok, converted = convert(hints[key], value, f"{name}.", problems)
+        if ok:
+            kwargs[key] = converted
+        else:
+            doc = f" ({docs[key]})" if key in docs else ""
+            problems.append(f"{name}: {value!r} is not a valid {type_name(hints[key])}{doc}")
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    for n in missing:
+        if not any(p.startswith(f"{prefix}{n}") for p in problems):
+            problems.append(f"{prefix}{n}: required field is missing ({docs.get(n, type_name(hints[n]))})")
+    if missing or len(kwargs) < len([k for k in data if k in fields]):
+        return None
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{prefix or 'config'}: {e}")
+        return None
+    check = getattr(obj, "problems", None)
+    if callable(check):
+        problems.extend(f"{prefix}{p}" for p in check())
+    return obj
+
+
+def convert(tp: Any, value: Any, prefix: str, problems: list[str]) -> tuple[bool, Any]:
+    """Check `value` against type `tp`, converting where it is unambiguous (int -> float, str -> Path)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True, value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, out = convert(arg, value, prefix, [])
+            if ok:
+                return convert(arg, value, prefix, problems)
+        return False, None
+    if origin is Literal:
+        return (value in args), value
+    if dataclasses.is_dataclass(tp):
+        before = len(problems)
+        out = from_dict(tp, value, prefix, problems)
+        return (out is not None or len(problems) > before), out if out is not None else None
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected: `targets=q_proj`
+        if not isinstance(value, list):
+            return False, None
+        item_tp = args[0] if args else Any
+        items = [convert(item_tp, v, prefix, problems) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)), float(value) if isinstance(
+            value, (int, float)) else None
+    if tp is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool), str(value)
+    if tp is Path:
+        return isinstance(value, str), Path(value) if isinstance(value, str) else None
+    return isinstance(value, tp), value
+
+
+def type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "choice of " + " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+    if origin in (list, tuple):
+        return f"list of {type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain YAML-able data (Paths as strings)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(cfg))

@@ -1,0 +1,48 @@
+"""Shared fixtures: a private cache root, tiny models built in the session, the real model on demand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from instructune.testing import save_tiny
+
+# The real model pack is cached across test sessions (pulling it costs ~30 s); everything else is per session.
+REAL_HOME = Path(os.environ.get("INSTRUCTUNE_HOME") or Path.home() / ".cache" / "instructune")
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees its own empty cache unless it asks for the real one."""
+    monkeypatch.setenv("INSTRUCTUNE_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 64-dim llama with a byte-level BPE tokenizer and a ChatML chat template."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-chat"), chat_template=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model with a tokenizer that has no chat template."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-plain"), chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def real_home() -> Path:
+    REAL_HOME.mkdir(parents=True, exist_ok=True)
+    return REAL_HOME
+
+
+@pytest.fixture
+def real_model(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The default pack (SmolLM2-135M-Instruct), pulled into the shared cache once."""
+    monkeypatch.setenv("INSTRUCTUNE_HOME", str(real_home))
+    from instructune.models import pull_model
+
+    pull_model("smollm2-135m-instruct")
+    return "smollm2-135m-instruct"

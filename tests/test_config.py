@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from instructune.config import field_docs, load_config, to_dict
+from instructune.errors import InstructuneError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    """Peak learning rate."""
+    schedule: Literal["linear", "cosine"] = "cosine"
+    """Decay after warmup."""
+
+
+@dataclass
+class Cfg:
+    model: str
+    """Model pack, folder or hub id."""
+    steps: int = 10
+    """Optimiser steps."""
+    targets: list[str] = field(default_factory=lambda: ["q_proj"])
+    """Module names to adapt."""
+    out: Path | None = None
+    """Output folder."""
+    optim: Optim = field(default_factory=Optim)
+    """Optimiser settings."""
+
+    def problems(self) -> list[str]:
+        return [f"steps: must be positive, got {self.steps}"] if self.steps <= 0 else []
+
+
+def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: tiny\nsteps: 5\noptim:\n  lr: 0.1\n")
+    cfg = load_config(Cfg, f, ["optim.lr=3e-4", "targets=[q_proj,v_proj]", "out=runs/x", "optim.schedule=linear"])
+    assert cfg.model == "tiny" and cfg.steps == 5
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.optim.schedule == "linear"
+    assert cfg.targets == ["q_proj", "v_proj"] and cfg.out == Path("runs/x")
+    assert to_dict(cfg)["out"] == "runs/x"
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: tiny\nstpes: 5\noptim:\n  lr: fast\n  schedule: step\n")
+    with pytest.raises(InstructuneError) as e:
+        load_config(Cfg, f, ["steps=-1"])
+    msg = str(e.value)
+    assert "stpes: unknown field; did you mean 'steps'?" in msg
+    assert "optim.lr: 'fast' is not a valid float (Peak learning rate.)" in msg
+    assert "optim.schedule: 'step' is not a valid choice of 'linear' | 'cosine'" in msg
+    assert "steps: must be positive, got -1" in msg
+    assert "4 problems" in msg
+
+
+def test_cross_field_check_and_missing_field() -> None:
+    with pytest.raises(InstructuneError, match="steps: must be positive, got 0"):
+        load_config(Cfg, None, ["model=x", "steps=0"])
+    with pytest.raises(InstructuneError, match="model: required field is missing"):
+        load_config(Cfg, None, [])
+
+
+def test_broken_yaml_names_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: tiny\nsteps: [1, 2\n")
+    with pytest.raises(InstructuneError, match=r"c.yaml line \d+, column \d+: YAML does not parse"):
+        load_config(Cfg, f)
+
+
+def test_bad_override_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(InstructuneError, match="is not key=value"):
+        load_config(Cfg, None, ["model"])
+    f = tmp_path / "c.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(InstructuneError, match="top level must be a mapping"):
+        load_config(Cfg, f)
+
+
+def test_field_docs() -> None:
+    assert field_docs(Cfg)["steps"] == "Optimiser steps."
