@@ -15,7 +15,7 @@ import sys
 from instructune import __version__
 from instructune.errors import InstructuneError
 
-COMMANDS = ["models", "generate"]
+COMMANDS = ["models", "generate", "train", "adapters", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except InstructuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

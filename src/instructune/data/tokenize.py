@@ -1,0 +1,64 @@
+"""Tokenisation for training: prompt-completion pairs -> input_ids and labels.
+
+With a chat template the prompt is the user turn and the completion the assistant turn;
+without one they are concatenated. EOS follows the completion. Labels are -100 on every
+prompt and padding token, so the loss sees only the completion (and EOS):
+
+    ids    = prompt_ids + completion_ids + [eos]
+    labels = [-100] * len(prompt_ids) + completion_ids + [eos]
+
+An over-long example loses tokens from the middle of the prompt's content (the instruction at
+its end survives), never from the completion; one whose completion alone does not fit is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from instructune.models import prompt_text
+
+IGNORE_INDEX = -100
+MIN_PROMPT_TOKENS = 8  # below this a truncated prompt says nothing: drop the example instead
+
+
+def completion_text(tokenizer: Any, prompt: str, completion: str) -> str:
+    """What follows the formatted prompt: the completion, with a space when plain text would glue words."""
+    if getattr(tokenizer, "chat_template", None) or not prompt or prompt[-1].isspace() or completion[:1].isspace():
+        return completion
+    return " " + completion
+
+
+def encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> dict[str, list[int]] | None:
+    """Token ids and labels for one example, or None when even a truncated prompt cannot fit."""
+    c_ids = tokenizer(completion_text(tokenizer, prompt, completion), add_special_tokens=False)["input_ids"]
+    c_ids = c_ids + [tokenizer.eos_token_id]
+    budget = max_length - len(c_ids)
+    if budget < MIN_PROMPT_TOKENS:
+        return None
+    p_ids = _prompt_ids(tokenizer, prompt)
+    if len(p_ids) > budget:
+        p_ids = _truncated_prompt_ids(tokenizer, prompt, budget)
+        if p_ids is None:
+            return None
+    return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def _truncated_prompt_ids(tokenizer: Any, prompt: str, budget: int) -> list[int] | None:
+    """Cut tokens from the middle of the prompt content until the formatted prompt fits in `budget`."""
+    content = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    overhead = len(_prompt_ids(tokenizer, "")) if getattr(tokenizer, "chat_template", None) else 0
+    keep = budget - overhead - 2
+    for _ in range(4):  # re-tokenising the joined text can shift a token or two
+        if keep < MIN_PROMPT_TOKENS:
+            return None
+        tail = min(48, keep // 3)
+        text = tokenizer.decode(content[:keep - tail]) + " … " + tokenizer.decode(content[len(content) - tail:])
+        ids = _prompt_ids(tokenizer, text)
+        if len(ids) <= budget:
+            return ids
+        keep -= len(ids) - budget + 1
+    return None

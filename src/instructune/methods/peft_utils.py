@@ -1,0 +1,27 @@
+"""What the peft-backed methods share: target checks and wrapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from instructune.errors import InstructuneError
+
+
+def check_targets(model: Any, targets: list[str]) -> list[str]:
+    """Every target must name a module of the model; the error lists the names that exist."""
+    leaves = {name.split(".")[-1] for name, mod in model.named_modules() if not list(mod.children())}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        raise InstructuneError(f"method.targets {missing} name no module of this model; modules that can be "
+                               f"targeted: {', '.join(sorted(leaves))}.")
+    return targets
+
+
+def wrap(model: Any, config: Any) -> Any:
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, NotImplementedError, TypeError) as e:
+        raise InstructuneError(f"peft cannot apply {type(config).__name__} to {model.config.model_type}: {e}. "
+                               "Choose another method (lora works on every model here).") from None

@@ -1,0 +1,169 @@
+"""Supervised instruction fine-tuning, top to bottom: config, model, method, data, loop, evaluate, save.
+
+    instructune train configs/lora-rotten-tomatoes.yaml optim.lr=3e-4 max_steps=100
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from instructune.config import to_dict
+from instructune.errors import InstructuneError
+from instructune.training.config import TrainConfig
+
+
+def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from instructune.methods import METHODS, PEFT_METHODS, PROMPT_LEARNING, count_parameters
+    from instructune.models import load_model, resolve_model
+    from instructune.training import checkpoint as ckpt
+    from instructune.training.loop import LoopSettings, peak_memory_mb, restore, train_loop
+    from instructune.training.regularizers import build_regularizer
+
+    # --- config and run folder
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed(cfg.precision))
+    set_seed(cfg.seed)
+    run_dir = Path(cfg.output_dir)
+    _prepare_run_dir(run_dir, cfg, resume, accelerator.is_main_process)
+    start = time.time()
+
+    # --- model and method
+    model, tok = load_model(cfg.model)
+    options = {k: v for k, v in to_dict(cfg.method).items() if k != "name"}
+    model = METHODS[cfg.method.name](model, tokenizer_path=resolve_model(cfg.model), **options)
+    trainable, total = count_parameters(model)
+    log(f"method {cfg.method.name}: {trainable:,} trainable / {total:,} parameters ({100 * trainable / total:.2f}%)")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+
+    # --- data
+    data = load_task_data(cfg, tok, log)
+    regularizers = [build_regularizer(r.name, model, data.keep_batches, lam=r.lam, **r.options)
+                    for r in cfg.regularizers]
+
+    # --- optimiser, schedule, loop
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                  betas=tuple(cfg.optim.betas))
+    per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(per_epoch / cfg.grad_accum)
+    scheduler = _scheduler(cfg, optimizer, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = None
+    if resume and (last := ckpt.latest_checkpoint(run_dir)):
+        state = restore(last, accelerator.unwrap_model(model), optimizer, scheduler, regularizers)
+        log(f"resumed from {last.name} (step {state.step})")
+    settings = LoopSettings(
+        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, total_steps=total_steps, seed=cfg.seed,
+        group_by_length=cfg.group_by_length, max_grad_norm=cfg.optim.max_grad_norm, eval_every=cfg.eval_every,
+        save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
+        patience=cfg.early_stopping_patience, skip_bad_batches=cfg.skip_bad_batches,
+        only_completion_logits=cfg.method.name not in PROMPT_LEARNING,
+        replay_fraction=cfg.replay_fraction)
+    log(f"{len(data.train)} training examples ({data.dropped} dropped: too long), {total_steps} steps, "
+        f"padding {data.padding:.1%} of token slots")
+    state, reason = train_loop(model, optimizer, scheduler, accelerator, data.train, tok.pad_token_id, settings,
+                               run_dir, lambda m: data.validate(accelerator.unwrap_model(m)), regularizers,
+                               data.replay, state)
+    model = accelerator.unwrap_model(model)
+    if reason.startswith("signal"):
+        log(f"stopped by {reason} at step {state.step}; checkpoint saved. Resume with --resume.")
+        return {"stopped": reason, "step": state.step}
+
+    # --- evaluate the best weights on the test split, save
+    if (run_dir / "best" / "trainable.safetensors").exists():
+        _load_trainable(model, run_dir / "best" / "trainable.safetensors")
+    model.eval()
+    test = data.test_scores(model)
+    metrics = {
+        "method": cfg.method.name, "model": cfg.model, "stopped": reason, "steps": state.step,
+        "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
+        "validation": data.validate(model), "test": test, "skipped_batches": state.skipped_batches,
+        "tokens_per_s": state.tokens * accelerator.num_processes / max(state.train_seconds, 1e-9),
+        "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start,
+        "train_examples": len(data.train), "dropped_examples": data.dropped, "padding_fraction": data.padding,
+        "templates": data.template_ids, "task": data.task,
+    }
+    if accelerator.is_main_process:
+        _save_output(model, tok, run_dir, cfg.method.name in PEFT_METHODS)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if cfg.register_as and cfg.method.name in PEFT_METHODS:
+            from instructune.adapters import register_adapter
+            register_adapter(cfg.register_as, run_dir / "adapter", task=data.task)
+        log(f"done: {run_dir} (test {json.dumps(_headline(test))})")
+    accelerator.end_training()
+    return metrics
+
+
+def _mixed(precision: str) -> str:
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def _scheduler(cfg: TrainConfig, optimizer: Any, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(cfg.optim.schedule, cfg.optim.schedule)
+    return get_scheduler(name, optimizer, num_warmup_steps=min(cfg.optim.warmup_steps, total_steps),
+                         num_training_steps=total_steps)
+
+
+def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, main: bool) -> None:
+    """Write config.yaml; on resume, refuse a changed config and name the fields that differ."""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    current = to_dict(cfg)
+    if resume and saved.exists():
+        before = yaml.safe_load(saved.read_text())
+        diff = sorted(_diff(before, current))
+        if diff:
+            raise InstructuneError(f"--resume with a changed config: {', '.join(diff)} differ from {saved}. "
+                                   "Resume with the same config, or train into a new output_dir.")
+    elif not resume and (run_dir / "train_log.jsonl").exists():
+        raise InstructuneError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                               "output_dir (output_dir=runs/NAME).")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump(current, sort_keys=False))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in set(a) | set(b) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]} ({a!r} -> {b!r})"]
+
+
+def _load_trainable(model: Any, path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in load_file(str(path)).items():
+            params[n].copy_(t)
+
+
+def _save_output(model: Any, tok: Any, run_dir: Path, peft: bool) -> None:
+    """An adapter loadable by peft.PeftModel.from_pretrained, or a full model for transformers."""
+    out = run_dir / ("adapter" if peft else "model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
+
+
+def load_task_data(cfg: TrainConfig, tok: Any, log: Any) -> Any:
+    from instructune.recipes.task_data import TaskData
+
+    return TaskData.build(cfg, tok, log)

@@ -1,0 +1,105 @@
+"""Checkpoints that are never half-written: each is built in a temp folder, fsynced, then renamed.
+
+A checkpoint holds the trainable weights (safetensors), optimiser and scheduler state
+(`torch.load(weights_only=True)`-safe), RNG states and the trainer state (step, epoch,
+data position, best score), which is everything `--resume` needs to continue exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from instructune.errors import InstructuneError
+
+PREFIX = "checkpoint-"
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name (contiguous clones: safetensors refuses shared storage)."""
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2) -> Path:
+    """Write checkpoint-STEP atomically, then prune all but the `keep` newest."""
+    final = run_dir / f"{PREFIX}{step:08d}"
+    tmp = run_dir / f".tmp-{PREFIX}{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+        for name, tensors in (extra or {}).items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "python_rng": _py_rng()}, indent=1))
+        for f in tmp.iterdir():
+            _fsync(f)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(run_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(run_dir)
+        kept = f"the previous checkpoint {last.name} is intact" if last else "no earlier checkpoint exists"
+        raise InstructuneError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}. Free disk space "
+                               f"in {run_dir} (or lower keep_checkpoints) and resume with --resume.") from None
+    for old in sorted(run_dir.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (temp folders of an interrupted write are ignored)."""
+    done = [p for p in sorted(run_dir.glob(f"{PREFIX}*")) if (p / "trainer_state.json").exists()]
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore weights, optimiser, scheduler and RNG states; return the trainer state."""
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise InstructuneError(f"checkpoint {path} holds parameters this model lacks ({missing[:3]}...): it was "
+                               "written by a run with another model or method; start a new output_dir.")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    blob = torch.load(path / "optim.pt", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    state = json.loads((path / "trainer_state.json").read_text())
+    random.setstate(_tuplify(state.pop("python_rng")))
+    return state
+
+
+def load_extra(path: Path, name: str) -> dict[str, torch.Tensor] | None:
+    f = path / f"{name}.safetensors"
+    return load_file(str(f)) if f.exists() else None
+
+
+def _py_rng() -> list[Any]:
+    return json.loads(json.dumps(random.getstate()))
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,175 @@
+"""Typed configuration of a training run (`instructune train CONFIG.yaml key=value ...`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    source: str = "rotten-tomatoes"
+    """A data pack name (`instructune data list`), a CSV/JSONL/Parquet file, or a built dataset folder."""
+    templates: list[str] = field(default_factory=list)
+    """Template ids to render (several ids mix templates); empty = every template of the pack."""
+    template_file: str | None = None
+    """A user YAML file of templates, instead of the pack's own."""
+    seed: int = 0
+    """Seed of the train/validation/test split."""
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    """Train, validation and test fractions."""
+    max_length: int = 256
+    """Longest example in tokens; longer prompts lose tokens from their middle, never the completion."""
+    train_limit: int | None = None
+    """Use at most this many training examples (a seeded subset); null = all."""
+    val_limit: int = 64
+    """Validation examples used for loss and task metric during training (a fixed subset)."""
+    test_limit: int | None = 300
+    """Test examples for the final scores (a fixed subset); null = the whole test split."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            out.append(f"data.fractions must be three non-negative numbers summing to 1, got {self.fractions}")
+        if self.max_length < 16:
+            out.append(f"data.max_length must be at least 16 tokens, got {self.max_length}")
+        return out
+
+
+@dataclass
+class MethodConfig:
+    name: str = "lora"
+    """full | bitfit | last_n | regex | lora | prompt_tuning | ia3 | prefix_tuning."""
+    r: int = 8
+    """lora: rank of the update B A."""
+    alpha: int = 16
+    """lora: scale alpha (the update is multiplied by alpha / r)."""
+    dropout: float = 0.05
+    """lora: dropout on the adapter's input."""
+    targets: list[str] = field(default_factory=list)
+    """lora / ia3: module names to adapt (empty = the method's default: q_proj, v_proj for lora)."""
+    dora: bool = False
+    """lora: use DoRA (weight-decomposed LoRA)."""
+    num_virtual_tokens: int = 20
+    """prompt_tuning / prefix_tuning: number of virtual tokens."""
+    init_text: str | None = None
+    """prompt_tuning: initialise the virtual tokens from this text's embedding."""
+    last_n: int = 2
+    """last_n: how many final transformer blocks train."""
+    patterns: list[str] = field(default_factory=list)
+    """regex: parameter-name regular expressions that train."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_steps: int = 10
+    """Linear warmup from 0 to lr over this many optimiser steps."""
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    """Decay after warmup."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lr <= 0:
+            out.append(f"optim.lr must be > 0, got {self.lr} (typical: 2e-4 for LoRA, 2e-5 for full)")
+        if self.warmup_steps < 0:
+            out.append(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        return out
+
+
+@dataclass
+class RegularizerConfig:
+    name: str = "ewc"
+    """ewc | si | l2sp | distill: a penalty that keeps the model near what it knew."""
+    lam: float = 1.0
+    """Strength of the penalty."""
+    options: dict = field(default_factory=dict)
+    """Further options of the regularizer (e.g. samples for ewc, temperature for distill)."""
+
+
+@dataclass
+class KeepConfig:
+    source: str
+    """A data pack, file or built dataset folder of a task to keep."""
+    templates: list[str] = field(default_factory=list)
+    """Its template ids (empty = all of the pack's)."""
+    limit: int = 256
+    """Training-split examples of this task used for importance estimates and replay."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m-instruct"
+    """Model pack, local folder or hub id."""
+    output_dir: Path = Path("runs/train")
+    """Where the run writes checkpoints, logs, the adapter or model, and metrics.json."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Which data and templates to train on."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """What trains: full fine-tuning or a PEFT method."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    batch_size: int = 8
+    """Examples per micro-batch (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    epochs: int = 1
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps."""
+    seed: int = 0
+    """Seed of initialisation, data order and dropout."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32, or autocast in bf16 (CPU and GPU) or fp16 (GPU only)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more time."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    eval_every: int = 50
+    """Validate every N optimiser steps (and at each epoch end); 0 = only at epoch ends."""
+    eval_mode: Literal["generate", "likelihood"] = "generate"
+    """How the validation and test task metric is computed for classification templates."""
+    early_stopping_patience: int = 0
+    """Stop after this many validations without a better validation loss; 0 = never."""
+    save_every: int = 50
+    """Write a checkpoint every N optimiser steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    skip_bad_batches: bool = False
+    """On a NaN/inf loss, skip the batch and count it instead of stopping the run."""
+    regularizers: list[RegularizerConfig] = field(default_factory=list)
+    """Forgetting cures added to the loss (ewc, si, l2sp, distill)."""
+    keep: list[KeepConfig] = field(default_factory=list)
+    """Tasks to keep: the data regularizers estimate importance on and replay draws from."""
+    replay_fraction: float = 0.0
+    """Replay: add round(fraction * batch_size) examples of the keep tasks to every micro-batch."""
+    log_every: int = 5
+    """Write a train_log.jsonl line every N steps."""
+    register_as: str | None = None
+    """Register the trained adapter under this name (`instructune adapters list`)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("batch_size", "grad_accum", "epochs"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            out.append(f"max_steps must be at least 1 (or null for epochs), got {self.max_steps}")
+        if not 0 <= self.replay_fraction <= 1:
+            out.append(f"replay_fraction must be between 0 and 1, got {self.replay_fraction}")
+        if self.replay_fraction > 0 and not self.keep:
+            out.append("replay_fraction > 0 needs keep tasks to replay: add keep: [{source: PACK, templates: [ID]}]")
+        if self.regularizers and not self.keep:
+            out.append("regularizers need keep tasks to estimate what to keep: add keep: [{source: PACK}]")
+        from instructune.methods import METHODS
+        if self.method.name not in METHODS:
+            out.append(f"method.name: unknown method '{self.method.name}'; known: {', '.join(METHODS)}")
+        return out
