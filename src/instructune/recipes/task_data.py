@@ -3,7 +3,6 @@ the templates that say how to score them, and the keep tasks for replay and regu
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,23 +13,14 @@ from instructune.errors import InstructuneError
 
 
 def split_folder(source: str, templates: list[str], seed: int, fractions: list[float],
-                 template_file: str | None) -> tuple[Path, str]:
-    """A built dataset folder for `source` (built and cached if it is a pack or a file) and the template source."""
+                 template_file: str | None) -> Path:
+    """A built dataset folder: `source` itself if it is one, else built (and cached) from a pack or file."""
     from instructune.data.build import prepare
 
     path = Path(source)
     if path.is_dir() and (path / "train.jsonl").exists():
-        stats = path / "stats.json"
-        origin = json.loads(stats.read_text()).get("source") if stats.exists() else None
-        if not (template_file or origin):
-            raise InstructuneError(f"{path} is a built dataset without a recorded source; set data.template_file "
-                                   "to the templates it was built with.")
-        return path, template_file or origin
-    if not templates:
-        from instructune.data.templates import load_templates
-        templates = list(load_templates(template_file or source))
-    folder = prepare(source, templates, seed=seed, fractions=tuple(fractions), template_file=template_file)
-    return folder, template_file or source
+        return path
+    return prepare(source, templates, seed=seed, fractions=tuple(fractions), template_file=template_file)
 
 
 def subset(records: list[dict], limit: int | None, seed: int) -> list[dict]:
@@ -80,12 +70,11 @@ class TaskData:
 
     @classmethod
     def build(cls, cfg: Any, tok: Any, log: Callable[[str], None]) -> TaskData:
-        from instructune.data.build import read_split
-        from instructune.data.templates import get_template
+        from instructune.data.build import dataset_templates, read_split
         from instructune.training.batching import epoch_batches, padding_fraction
 
         d = cfg.data
-        folder, tsource = split_folder(d.source, d.templates, d.seed, d.fractions, d.template_file)
+        folder = split_folder(d.source, d.templates, d.seed, d.fractions, d.template_file)
         splits = {s: read_split(folder, s) for s in ("train", "validation", "test")}
         for name, rows in splits.items():
             if not rows and name != "test":
@@ -97,13 +86,12 @@ class TaskData:
             raise InstructuneError(f"no training example fits data.max_length={d.max_length}; raise it.")
         val = subset(splits["validation"], d.val_limit, cfg.seed)
         test = subset(splits["test"], d.test_limit, cfg.seed)
-        ids = sorted({r["template"] for r in splits["train"]})
-        templates = {t: get_template(tsource, t) for t in ids}
+        templates = dataset_templates(folder)
         lengths = [len(e["input_ids"]) for e in train]
         padding = padding_fraction(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length), lengths)
         keep = []
         for k in cfg.keep:
-            kfolder, _ = split_folder(k.source, k.templates, d.seed, d.fractions, None)
+            kfolder = split_folder(k.source, k.templates, d.seed, d.fractions, None)
             keep += encode_records(subset(read_split(kfolder, "train"), k.limit, cfg.seed), tok, d.max_length)[0]
         return cls(train=train, val=val, test=test, val_encoded=encode_records(val, tok, d.max_length)[0],
                    templates=templates, tok=tok, pad_id=tok.pad_token_id, eval_mode=cfg.eval_mode,

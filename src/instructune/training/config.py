@@ -118,7 +118,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and schedule."""
     batch_size: int = 8
-    """Examples per micro-batch (per process)."""
+    """Examples per micro-batch; under DDP each process takes its share of them (the global batch stays)."""
     grad_accum: int = 1
     """Micro-batches per optimiser step."""
     epochs: int = 1

@@ -9,6 +9,7 @@ Under `accelerate launch` / `torchrun` each process takes its share of every bat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -75,7 +76,7 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
     per_epoch = math.ceil(len(train) / s.batch_size)
     stream = _micro_batches(lengths, s, per_epoch, st.position)
     main = accelerator.is_main_process
-    log = open(run_dir / "train_log.jsonl", "a") if main else None
+    log = open(run_dir / "train_log.jsonl", "a") if main else None  # noqa: SIM115 (closed in finally)
     tb = _tensorboard(run_dir) if main else None
     stop_flag = _install_signal_handlers()
     bar = tqdm(total=s.total_steps, initial=st.step, disable=not main, desc="train", dynamic_ncols=True)
@@ -117,7 +118,7 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
             st.position += s.grad_accum
             st.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
             st.train_seconds += time.perf_counter() - t0
-            loss = loss_sum / max(n_tokens, 1)
+            loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item() / max(n_tokens, 1)
             tok_s = st.tokens / max(st.train_seconds, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{tok_s:.0f}")
@@ -125,16 +126,17 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
                 _log(log, tb, {"step": st.step, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
                                "epoch": window[-1][1][0]})
             epoch_end = (st.position // per_epoch) != ((st.position - s.grad_accum) // per_epoch)
-            if (s.eval_every and st.step % s.eval_every == 0) or epoch_end or st.step == s.total_steps:
-                if _validate(model, validate, st, run_dir, accelerator, log, tb, s):
-                    reason = "early_stopping"
+            due = (s.eval_every and st.step % s.eval_every == 0) or epoch_end or st.step == s.total_steps
+            if due and _validate(model, validate, st, run_dir, accelerator, log, tb, s):
+                reason = "early_stopping"
             if main and ((s.save_every and st.step % s.save_every == 0) or stop_flag["stop"]
                          or reason == "early_stopping" or st.step == s.total_steps):
-                _save(run_dir, model, optimizer, scheduler, st, regularizers, s)
+                _save(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, st, regularizers, s)
             if stop_flag["stop"]:
                 reason = f"signal {stop_flag['name']}"
             if reason != "max_steps":
                 break
+        accelerator.wait_for_everyone()  # the main process has written best/ and the last checkpoint
     finally:
         bar.close()
         if log:
@@ -190,7 +192,7 @@ def _accumulate(model: Any, batches: list[dict], accelerator: Any, n_tokens: flo
             if not torch.isfinite(loss):
                 return float("nan")
             accelerator.backward(loss)
-        total += float(ce)
+        total += float(ce.detach())
     return total
 
 
@@ -205,7 +207,7 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
     if scores["loss"] < st.best_val_loss:
         st.best_val_loss, st.evals_without_improvement = scores["loss"], 0
         if accelerator.is_main_process:
-            _save_best(run_dir, model, st.step, scores)
+            _save_best(run_dir, accelerator.unwrap_model(model), st.step, scores)
     else:
         st.evals_without_improvement += 1
     return bool(s.patience) and st.evals_without_improvement >= s.patience
@@ -287,10 +289,8 @@ def _install_signal_handlers() -> dict[str, Any]:
         flag["stop"], flag["name"] = True, signal.Signals(signum).name
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             flag["old"][sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread
-            pass
     return flag
 
 

@@ -1,0 +1,148 @@
+"""The train recipe end to end on a tiny model: metrics, outputs, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instructune.cli import main
+from instructune.config import load_config
+from instructune.errors import InstructuneError
+from instructune.recipes.finetune import finetune
+from instructune.training.config import TrainConfig
+
+TEMPLATES = """
+templates:
+  - id: mood
+    task: classification
+    choices: {pos: positive, neg: negative}
+    metrics: [accuracy, f1]
+    prompt: "Review: {{ text }}\\nPositive or negative?"
+"""
+GOOD = ["great", "wonderful", "good", "moving", "funny"]
+BAD = ["dull", "terrible", "bad", "lifeless", "boring"]
+
+
+def toy_task(folder: Path, n: int = 120) -> tuple[Path, Path]:
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = rng.sample(GOOD if label == "pos" else BAD, 2)
+        rows.append({"text": f"a {words[0]} and {words[1]} film number {i}", "label": label})
+    data = folder / "reviews.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tpl = folder / "templates.yaml"
+    tpl.write_text(TEMPLATES)
+    return data, tpl
+
+
+def config(tmp_path: Path, model: Path, **over: object) -> TrainConfig:
+    data, tpl = toy_task(tmp_path)
+    base = [f"model={model}", f"output_dir={tmp_path / 'run'}", f"data.source={data}",
+            f"data.template_file={tpl}", "data.templates=[mood]", "data.val_limit=8", "data.test_limit=8",
+            "batch_size=8", "max_steps=12", "eval_every=0", "save_every=4", "keep_checkpoints=5",
+            "log_every=1", "optim.lr=1e-2", "optim.warmup_steps=2", "method.name=lora", "method.dropout=0.1"]
+    return load_config(TrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
+
+
+def losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_lora_run_writes_adapter_metrics_and_logs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = config(tmp_path, tiny_model_dir)
+    metrics = finetune(cfg, log=lambda *_: None)
+    run = cfg.output_dir
+    assert (run / "adapter" / "adapter_config.json").exists()
+    assert list((run / "tensorboard").iterdir())
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["steps"] == 12 and 0 < saved["trainable_pct"] < 10
+    assert {"loss", "accuracy", "f1"} <= set(saved["test"]) and saved["tokens_per_s"] > 0
+    assert metrics["validation"]["loss"] == pytest.approx(saved["validation"]["loss"])
+    curve = losses(run)
+    assert len(curve) == 12 and sum(curve[-3:]) < sum(curve[:3])
+    # the adapter loads with plain peft
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run / "adapter"))
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = config(tmp_path, tiny_model_dir)
+    finetune(cfg, log=lambda *_: None)
+    run = cfg.output_dir
+    final = load_file(str(run / "checkpoint-00000012" / "trainable.safetensors"))
+    # simulate a crash after step 8: drop what came later, then resume
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    for p in ["checkpoint-00000012", "adapter", "metrics.json"]:
+        shutil.rmtree(resumed / p, ignore_errors=True) if (resumed / p).is_dir() else (resumed / p).unlink()
+    (resumed / "config.yaml").write_text((resumed / "config.yaml").read_text().replace(str(run), str(resumed)))
+    cfg2 = config(tmp_path, tiny_model_dir, output_dir=resumed)
+    finetune(cfg2, resume=True, log=lambda *_: None)
+    again = load_file(str(resumed / "checkpoint-00000012" / "trainable.safetensors"))
+    assert again.keys() == final.keys()
+    for k in final:
+        assert torch.equal(again[k], final[k]), k
+
+
+def test_resume_with_changed_config_names_fields(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = config(tmp_path, tiny_model_dir, max_steps=4)
+    finetune(cfg, log=lambda *_: None)
+    changed = config(tmp_path, tiny_model_dir, max_steps=4, **{"optim.lr": 0.5})
+    with pytest.raises(InstructuneError, match=r"optim.lr \(0.01 -> 0.5\)"):
+        finetune(changed, resume=True, log=lambda *_: None)
+    with pytest.raises(InstructuneError, match="already holds a run; pass --resume"):
+        finetune(cfg, log=lambda *_: None)
+
+
+def test_full_finetune_saves_plain_transformers_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = config(tmp_path, tiny_model_dir, **{"method.name": "full", "optim.lr": 1e-3, "max_steps": 4})
+    finetune(cfg, log=lambda *_: None)
+    from transformers import AutoModelForCausalLM
+    tuned = AutoModelForCausalLM.from_pretrained(cfg.output_dir / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    diffs = [not torch.equal(a, b) for a, b in zip(tuned.parameters(), base.parameters())]
+    assert all(diffs)
+
+
+def test_invalid_config_reports_all_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("method:\n  name: lorax\noptim:\n  lr: -1\nbatch_size: 0\n")
+    assert main(["train", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'lorax'" in err and "optim.lr must be > 0" in err and "batch_size must be at least 1" in err
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """torchrun, 2 CPU processes (gloo): the same global batch gives the same losses as one process."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    data, tpl = toy_task(tmp_path)
+    cfg = {"model": str(tiny_model_dir), "batch_size": 8, "max_steps": 4, "eval_every": 0, "save_every": 0,
+           "log_every": 1, "optim": {"lr": 1e-2}, "method": {"name": "lora", "dropout": 0.0},
+           "data": {"source": str(data), "template_file": str(tpl), "templates": ["mood"], "val_limit": 8,
+                    "test_limit": 8}}
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    for procs in (1, 2):
+        subprocess.run([*runner, str(procs), "-m", "instructune", "train", str(f), f"output_dir={tmp_path / str(procs)}"],
+                       check=True, env=env, capture_output=True, timeout=300)
+    one, two = losses(tmp_path / "1"), losses(tmp_path / "2")
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, abs=1e-4)
