@@ -9,6 +9,9 @@ import pytest
 
 from instructune.testing import save_tiny
 
+# Tests never reach a model hub: set before any fixture imports huggingface_hub (it reads this at import).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # The real model pack is cached across test sessions (pulling it costs ~30 s); everything else is per session.
 REAL_HOME = Path(os.environ.get("INSTRUCTUNE_HOME") or Path.home() / ".cache" / "instructune")
 

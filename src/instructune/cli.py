@@ -15,7 +15,7 @@ import sys
 from instructune import __version__
 from instructune.errors import InstructuneError
 
-COMMANDS = ["models", "generate", "train", "adapters", "serve"]
+COMMANDS = ["models", "generate", "train", "eval", "forgetting", "adapters", "serve", "data", "templates"]
 
 
 def build_parser() -> argparse.ArgumentParser:

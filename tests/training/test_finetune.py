@@ -59,7 +59,7 @@ def losses(run: Path) -> list[float]:
 
 def test_lora_run_writes_adapter_metrics_and_logs(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir)
-    metrics = finetune(cfg, log=lambda *_: None)
+    metrics = finetune(cfg, log=lambda *_: None).metrics
     run = cfg.output_dir
     assert (run / "adapter" / "adapter_config.json").exists()
     assert list((run / "tensorboard").iterdir())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,16 @@ from instructune.errors import InstructuneError
 from instructune.training.config import TrainConfig
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    """What metrics.json holds."""
+    model: Any
+    """The trained model (best validation weights), in eval mode."""
+    tokenizer: Any
+
+
+def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainResult:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -77,7 +87,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[s
     model = accelerator.unwrap_model(model)
     if reason.startswith("signal"):
         log(f"stopped by {reason} at step {state.step}; checkpoint saved. Resume with --resume.")
-        return {"stopped": reason, "step": state.step}
+        return TrainResult({"stopped": reason, "step": state.step}, model, tok)
 
     # --- evaluate the best weights on the test split, save
     if (run_dir / "best" / "trainable.safetensors").exists():
@@ -101,7 +111,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[s
             register_adapter(cfg.register_as, run_dir / "adapter", task=data.task)
         log(f"done: {run_dir} (test {json.dumps(_headline(test))})")
     accelerator.end_training()
-    return metrics
+    return TrainResult(metrics, model, tok)
 
 
 def _mixed(precision: str) -> str:

@@ -91,7 +91,7 @@ class TaskData:
         padding = padding_fraction(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length), lengths)
         keep = []
         for k in cfg.keep:
-            kfolder = split_folder(k.source, k.templates, d.seed, d.fractions, None)
+            kfolder = split_folder(k.source, k.templates, d.seed, d.fractions, k.template_file)
             keep += encode_records(subset(read_split(kfolder, "train"), k.limit, cfg.seed), tok, d.max_length)[0]
         return cls(train=train, val=val, test=test, val_encoded=encode_records(val, tok, d.max_length)[0],
                    templates=templates, tok=tok, pad_id=tok.pad_token_id, eval_mode=cfg.eval_mode,

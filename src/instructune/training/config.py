@@ -103,6 +103,8 @@ class KeepConfig:
     """Its template ids (empty = all of the pack's)."""
     limit: int = 256
     """Training-split examples of this task used for importance estimates and replay."""
+    template_file: str | None = None
+    """User YAML templates, when `source` is a file rather than a pack."""
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""Measuring catastrophic forgetting: a retention suite scored per example, before and after.
+
+A retention suite holds (pack, template) tasks the user wants to keep, a general-behaviour probe
+and a plain-text perplexity probe. Every measure is a per-example score on fixed examples, so the
+drop from before to after is a paired difference with a bootstrap interval:
+
+    drop = mean_i (before_i - after_i)      # accuracy, ROUGE-L: positive = forgot
+    drop = mean_i (after_i - before_i)      # cross-entropy measures (lower is better): positive = forgot
+
+The general-behaviour probe is self-distillation: the original model answers held-out general
+prompts greedily; afterwards, the mean cross-entropy of those same answers under the tuned model
+says how far its behaviour moved away from the original's (before: the original's own CE).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+HIGHER_IS_BETTER = {"accuracy": True, "rougeL": True, "cross_entropy": False}
+
+
+@dataclass
+class Measure:
+    """Per-example scores of one retention measure on fixed examples."""
+
+    name: str
+    metric: str
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.scores) / len(self.scores) if self.scores else float("nan")
+
+
+def bootstrap_drop(before: list[float], after: list[float], higher_is_better: bool, samples: int = 2000,
+                   seed: int = 0) -> dict[str, float]:
+    """Mean paired drop (positive = forgot) with a percentile bootstrap 95% interval over examples."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired scores needed, got {len(before)} before and {len(after)} after")
+    sign = 1.0 if higher_is_better else -1.0
+    diffs = [sign * (b - a) for b, a in zip(before, after)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return {"drop": sum(diffs) / n, "low": means[int(0.025 * samples)], "high": means[int(0.975 * samples) - 1],
+            "n": n}
+
+
+def probe_prompts(limit: int | None = None) -> list[str]:
+    """Held-out general instructions (shipped with the package) for the general-behaviour probe."""
+    text = resources.files("instructune").joinpath("probes/general_prompts.txt").read_text(encoding="utf-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return prompts[:limit] if limit else prompts
+
+
+def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[str],
+                   batch_size: int = 16) -> list[float]:
+    """Cross-entropy per token of each completion given its (already formatted) prompt."""
+    from instructune.evaluation.scoring import completion_logprobs
+
+    return [-lp / max(n, 1) for lp, n in completion_logprobs(model, tok, prompts, completions, batch_size)]
+
+
+def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: str, batch_size: int = 16,
+                max_new_tokens: int | None = None) -> tuple[str, list[float], dict[str, Any]]:
+    """(metric name, per-example scores, aggregate metrics) of one task on fixed records."""
+    from instructune.evaluation.evaluate import evaluate_records
+    from instructune.evaluation.metrics import rouge
+
+    classify = template.task == "classification"
+    res = evaluate_records(model, tok, records, task=template.task, choices=template.choices,
+                           metrics=template.metrics, stop=template.stop, mode=mode if classify else "generate",
+                           batch_size=batch_size, max_new_tokens=max_new_tokens or (8 if classify else 32))
+    if classify:
+        return "accuracy", [float(p["correct"]) for p in res["predictions"]], res["metrics"]
+    scores = [rouge([p["prediction"]], [p["reference"]])["rougeL"]["f1"] for p in res["predictions"]]
+    return "rougeL", scores, res["metrics"]
+
+
+def general_probe(model: Any, tok: Any, prompts: list[str], answers: list[str] | None, batch_size: int = 16,
+                  max_new_tokens: int = 48) -> tuple[list[str], list[float]]:
+    """(the original's answers, their per-example CE under `model`); answers are generated when None."""
+    from instructune.evaluation.generate import generate
+    from instructune.models import prompt_text
+
+    texts = [prompt_text(tok, p) for p in prompts]
+    if answers is None:
+        answers = [a.strip() + (tok.eos_token or "") for a in
+                   generate(model, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
+    return answers, per_example_ce(model, tok, texts, answers, batch_size)
+
+
+def text_probe(model: Any, tok: Any, texts: list[str], batch_size: int = 8) -> list[float]:
+    """Per-text cross-entropy of plain held-out text (no chat template): perplexity = exp(mean)."""
+    return per_example_ce(model, tok, [""] * len(texts), texts, batch_size)

@@ -1,0 +1,118 @@
+"""Evaluate models, adapters and in-context settings side by side on the same examples.
+
+    instructune eval --model smollm2-135m-instruct --data rotten-tomatoes --template sentiment --shots 0,1,5
+
+Every (model or adapter) x shots setting sees the same seeded subset of the split. Writes
+`eval.json` (metrics, settings, timings, per-example predictions) and `predictions.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from instructune.errors import InstructuneError
+
+
+def evaluate(models: list[str], adapters: list[str], data: str, template: str, split: str = "test",
+             shots: list[int] = (0,), limit: int | None = None, mode: str = "generate", seed: int = 0,
+             batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "float32",
+             template_file: str | None = None, out: Path | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    from instructune.data.build import dataset_templates, read_split
+    from instructune.evaluation.evaluate import evaluate_records
+    from instructune.recipes.task_data import split_folder
+
+    # --- data and template
+    folder = split_folder(data, [template], seed=0, fractions=[0.8, 0.1, 0.1], template_file=template_file)
+    templates = dataset_templates(folder)
+    if template not in templates:
+        raise InstructuneError(f"template '{template}' is not in the dataset {folder}; its templates: "
+                               f"{', '.join(templates)}.")
+    t = templates[template]
+    records = [r for r in read_split(folder, split) if r["template"] == template]
+    if not records:
+        raise InstructuneError(f"the {split} split of {data} has no '{template}' examples; check --split.")
+    train = [r for r in read_split(folder, "train") if r["template"] == template] if max(shots) > 0 else None
+    tokens = max_new_tokens or (8 if t.choices else 64)
+
+    # --- every setting on the same examples
+    results = []
+    for label, model, tok in _settings(models, adapters):
+        for k in shots:
+            log(f"evaluating {label}, {k}-shot, {min(limit or len(records), len(records))} examples")
+            res = evaluate_records(model(), tok, records, task=t.task, choices=t.choices, metrics=t.metrics,
+                                   stop=t.stop, mode=mode if t.choices else "generate", shots=k,
+                                   train_records=train, limit=limit, seed=seed, batch_size=batch_size,
+                                   max_new_tokens=tokens, dtype=dtype)
+            results.append({"setting": label, "shots": k, **res})
+    report = {"data": data, "dataset": str(folder), "template": template, "split": split, "seed": seed,
+              "mode": mode, "results": results}
+    if out:
+        write_outputs(Path(out), report)
+    return report
+
+
+def _settings(models: list[str], adapters: list[str]) -> Any:
+    """(label, model getter, tokenizer) per model, then per adapter on the first model (base loaded once)."""
+    import contextlib
+
+    from instructune.models import attach_adapter, load_model
+
+    for i, name in enumerate(models):
+        model, tok = load_model(name)
+        if i > 0 or not adapters:
+            yield name, (lambda m=model: m), tok
+            continue
+        names = []
+        for j, path in enumerate(adapters):
+            if j == 0:
+                model = attach_adapter(model, path, name=f"a{j}")
+            else:
+                model.load_adapter(path, adapter_name=f"a{j}")
+            names.append(f"a{j}")
+        with model.disable_adapter():  # the base itself, no second copy in memory
+            yield name, (lambda m=model: m), tok
+        for j, path in enumerate(adapters):
+            model.set_adapter(names[j])
+            yield f"{name} + {Path(path).parent.name}/{Path(path).name}", (lambda m=model: m), tok
+        with contextlib.suppress(Exception):
+            del model
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    keys = ["accuracy", "f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "bleu", "exact_match", "cross_entropy"]
+    return {k: metrics[k] for k in keys if isinstance(metrics.get(k), (int, float))}
+
+
+def write_outputs(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "eval.json")
+    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "shots", "id", "reference", "prediction", "label", "predicted_label", "correct"])
+        for res in report["results"]:
+            for p in res["predictions"]:
+                w.writerow([res["setting"], res["shots"], p["id"], p["reference"], p["prediction"], p.get("label", ""),
+                            p.get("predicted_label", ""), p.get("correct", "")])
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [(r["setting"], r["shots"], headline(r["metrics"]), r["timings"]["examples_per_s"])
+            for r in report["results"]]
+    keys = list(dict.fromkeys(k for _, _, h, _ in rows for k in h))
+    table = Table(title=f"{report['data']} / {report['template']} / {report['split']} "
+                        f"({report['results'][0]['settings']['n']} examples, {report['mode']})")
+    for col in ["setting", "shots", *keys, "examples/s"]:
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    for setting, k, h, speed in rows:
+        table.add_row(setting, str(k), *[f"{h[c]:.3f}" if c in h else "" for c in keys], f"{speed:.1f}")
+    Console().print(table)

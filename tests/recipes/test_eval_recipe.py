@@ -1,0 +1,81 @@
+"""`instructune eval` end to end on a tiny model: every setting on the same examples, outputs written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from instructune.cli import main
+
+TEMPLATES = """
+templates:
+  - id: mood
+    task: classification
+    choices: {pos: positive, neg: negative}
+    metrics: [accuracy, f1]
+    prompt: "Review: {{ text }}\\nPositive or negative?"
+"""
+
+
+def toy(tmp_path: Path, n: int = 60) -> tuple[Path, Path]:
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": f"film {i} was {'good' if i % 2 else 'bad'}",
+                                        "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(n)))
+    tpl = tmp_path / "t.yaml"
+    tpl.write_text(TEMPLATES)
+    return data, tpl
+
+
+def test_eval_every_shot_setting_on_the_same_examples(tmp_path: Path, tiny_model_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data, tpl = toy(tmp_path)
+    out = tmp_path / "out"
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--template-file", str(tpl),
+                 "--template", "mood", "--shots", "0,1,2", "--limit", "4", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert [r["shots"] for r in report["results"]] == [0, 1, 2]
+    ids = [[p["id"] for p in r["predictions"]] for r in report["results"]]
+    assert len(ids[0]) == 4 and ids[0] == ids[1] == ids[2]
+    for r in report["results"]:
+        assert 0 <= r["metrics"]["accuracy"] <= 1 and "f1" in r["metrics"]
+    with open(out / "predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_eval_base_and_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapter = tmp_path / "ad"
+    model.save_pretrained(adapter)
+    data, tpl = toy(tmp_path)
+    from instructune.recipes.evaluate import evaluate
+    report = evaluate([str(tiny_model_dir)], [str(adapter)], str(data), "mood", template_file=str(tpl), limit=4,
+                      mode="likelihood", log=lambda *_: None)
+    base, tuned = report["results"]
+    assert base["setting"] == str(tiny_model_dir) and "ad" in tuned["setting"]
+    # the adapter changes the model: reference cross-entropy differs from the base's
+    assert base["metrics"]["cross_entropy"] != pytest.approx(tuned["metrics"]["cross_entropy"], abs=1e-6)
+    del torch
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shots", "a,b"], "--shots must be comma-separated integers"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--template", "nope"], "nope"),
+])
+def test_eval_bad_arguments(args: list[str], message: str, tmp_path: Path, tiny_model_dir: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    data, tpl = toy(tmp_path)
+    base = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--template-file", str(tpl),
+            "--template", "mood"]
+    assert main(base + args) == 2
+    assert message in capsys.readouterr().err

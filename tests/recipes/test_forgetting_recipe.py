@@ -1,0 +1,77 @@
+"""`instructune forgetting` end to end on a tiny model, and the measures it is built on."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from instructune.config import load_config
+from instructune.forgetting import bootstrap_drop
+from instructune.recipes.forgetting import ForgettingConfig, forgetting
+
+TEMPLATES = """
+templates:
+  - id: mood
+    task: classification
+    choices: {pos: positive, neg: negative}
+    metrics: [accuracy, f1]
+    prompt: "Review: {{ text }}\\nPositive or negative?"
+  - id: title
+    task: summarization
+    metrics: [rouge]
+    prompt: "Give a title: {{ text }}"
+    completion: "{{ title }}"
+"""
+
+
+def test_bootstrap_drop_hand_computed() -> None:
+    before, after = [1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]
+    stats = bootstrap_drop(before, after, higher_is_better=True, samples=500)
+    assert stats["drop"] == pytest.approx(0.5)
+    assert 0.0 <= stats["low"] <= 0.5 <= stats["high"] <= 1.0
+    ce = bootstrap_drop([2.0, 2.0], [3.0, 2.5], higher_is_better=False)  # CE rose by 0.75 on average: forgot
+    assert ce["drop"] == pytest.approx(0.75) and ce["low"] > 0
+    same = bootstrap_drop([0.3, 0.7], [0.3, 0.7], True)
+    assert same["drop"] == same["low"] == same["high"] == 0
+
+
+def toy_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    rng = random.Random(0)
+    good, bad = ["great", "fine", "good"], ["dull", "bad", "poor"]
+    rows = [{"text": f"a {rng.choice(good if i % 2 else bad)} film {i}", "label": "pos" if i % 2 else "neg",
+             "title": f"film {i}"} for i in range(80)]
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keep = tmp_path / "keep.jsonl"
+    keep.write_text("".join(json.dumps({"text": f"news story {i} about the city council and the budget",
+                                        "title": f"council budget {i}"}) + "\n" for i in range(60)))
+    tpl = tmp_path / "t.yaml"
+    tpl.write_text(TEMPLATES)
+    return target, keep, tpl
+
+
+@pytest.mark.slow
+def test_forgetting_recipe_runs_every_cure(tmp_path: Path, tiny_model_dir: Path) -> None:
+    target, keep, tpl = toy_files(tmp_path)
+    train = {"model": str(tiny_model_dir), "batch_size": 8, "max_steps": 4, "eval_every": 0, "save_every": 0,
+             "optim": {"lr": 5e-3},
+             "data": {"source": str(target), "template_file": str(tpl), "templates": ["mood"], "val_limit": 8}}
+    data = {"train": train, "output_dir": str(tmp_path / "f"), "target_limit": 8, "probe_prompts": 4,
+            "probe_tokens": 6, "text_source": str(keep), "text_limit": 4, "bootstrap_samples": 200,
+            "retention": [{"source": str(keep), "template": "title", "limit": 6, "template_file": str(tpl)}],
+            "cures": [{"name": "l2sp", "train": {"method": {"name": "full"},
+                                                 "regularizers": [{"name": "l2sp", "lam": 10.0}]}}]}
+    cfg = load_config(ForgettingConfig, data=data)
+    result = forgetting(cfg, log=lambda *_: None)
+    names = [r["cure"] for r in result["cures"]]
+    assert names == ["full", "lora", "l2sp"]
+    report = json.loads((tmp_path / "f" / "forgetting.json").read_text())
+    for row in report["cures"]:
+        assert set(row["retention"]) == {f"{keep}/title", "general-probe", "text-perplexity"}
+        for m in row["retention"].values():
+            assert m["low"] <= m["drop"] <= m["high"]
+        assert row["trainable_params"] > 0 and row["peak_memory_mb"] > 0
+    assert "| full |" in (tmp_path / "f" / "forgetting.md").read_text()
