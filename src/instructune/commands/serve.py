@@ -1,0 +1,49 @@
+"""`instructune serve --model BASE [--adapters NAME ...]`: an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a base model and its adapters over an OpenAI-compatible HTTP API")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base: pack name, local folder or hub id")
+    p.add_argument("--adapters", nargs="*", default=[], metavar="NAME",
+                   help="registered adapter names (`instructune adapters list`), or NAME=PATH for an adapter folder")
+    p.add_argument("--served-name", help="the `model` id of the base in requests (default: --model as given)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt, in tokens")
+    p.add_argument("--max-concurrent", type=int, default=8, help="requests in flight at once; more get a 429")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long to gather requests into a batch")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from instructune.adapters import AdapterSet, validate_name
+    from instructune.errors import collect
+    from instructune.serve import Limits, create_app
+
+    problems = [f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
+                for flag in ("max_tokens", "max_prompt_tokens", "max_concurrent") if getattr(args, flag) < 1]
+    if not 0 < args.port < 65536:
+        problems.append(f"--port must be 1-65535, got {args.port}")
+    collect(problems, "invalid serve options")
+    adapters = {}
+    for item in args.adapters:
+        name, sep, path = item.partition("=")
+        adapters[validate_name(name)] = path if sep else name
+    aset = AdapterSet(args.model, adapters, dtype=args.dtype, served_name=args.served_name)
+    limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                    max_concurrent=args.max_concurrent, batch_window_ms=args.batch_window_ms,
+                    default_max_tokens=min(128, args.max_tokens))
+    print(f"serving {aset.base_name}" + (f" with adapters {', '.join(aset.names)}" if aset.names else "")
+          + f" at http://{args.host}:{args.port}/v1")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: bound to {args.host}: other machines can reach this server, and it has no authentication")
+    uvicorn.run(create_app(aset, limits), host=args.host, port=args.port, log_level="info")
+    return 0
