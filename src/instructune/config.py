@@ -58,6 +58,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise InstructuneError(f"{path}{where}: YAML does not parse ({problem}); fix the syntax there.") from None
+    except RecursionError:
+        raise InstructuneError(f"{path}: YAML nested too deeply to read; a config is a few levels of field: "
+                               "value.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -75,7 +78,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         node = data
         parts = key.strip().split(".")
@@ -105,12 +108,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     """Convert a mapping into dataclass `cls`, appending problems instead of raising."""
     if not isinstance(data, dict):
-        problems.append(f"{prefix or 'config'}: expected a mapping of fields, got {data!r}")
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {data!r}")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     docs = field_docs(cls)
     kwargs = {}
+    failed = False
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in fields:
@@ -118,19 +122,22 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known fields: {', '.join(fields)}"
             problems.append(f"{name}: unknown field; {hint}")
             continue
+        seen = len(problems)
         ok, converted = convert(hints[key], value, f"{name}.", problems)
         if ok:
             kwargs[key] = converted
         else:
-            doc = f" ({docs[key]})" if key in docs else ""
-            problems.append(f"{name}: {value!r} is not a valid {type_name(hints[key])}{doc}")
+            failed = True
+            if len(problems) == seen:  # a nested section has already said what is wrong
+                doc = f" ({docs[key]})" if key in docs else ""
+                problems.append(f"{name}: {value!r} is not a valid {type_name(hints[key])}{doc}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     for n in missing:
         if not any(p.startswith(f"{prefix}{n}") for p in problems):
             problems.append(f"{prefix}{n}: required field is missing ({docs.get(n, type_name(hints[n]))})")
-    if missing or len(kwargs) < len([k for k in data if k in fields]):
-        return None
+    if missing or failed:
+        return None  # cross-field checks would read a half-built config; built sections still ran theirs
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -161,9 +168,8 @@ def convert(tp: Any, value: Any, prefix: str, problems: list[str]) -> tuple[bool
     if origin is Literal:
         return (value in args), value
     if dataclasses.is_dataclass(tp):
-        before = len(problems)
         out = from_dict(tp, value, prefix, problems)
-        return (out is not None or len(problems) > before), out if out is not None else None
+        return out is not None, out
     if origin in (list, tuple):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single value where a list is expected: `targets=q_proj`

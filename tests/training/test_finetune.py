@@ -146,3 +146,21 @@ def test_ddp_two_processes_match_one(tmp_path: Path, tiny_model_dir: Path) -> No
     one, two = losses(tmp_path / "1"), losses(tmp_path / "2")
     assert len(one) == len(two) == 4
     assert two == pytest.approx(one, abs=1e-4)
+
+
+def test_mixture_training_reports_each_task_and_macro(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data, tpl = toy_task(tmp_path)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": f"plain text {i}", "label": "neg" if i % 3 else "pos"}) + "\n"
+                             for i in range(60)))
+    cfg = config(tmp_path, tiny_model_dir, max_steps=4, **{"data.test_limit": 6})
+    cfg.mixture = load_config(TrainConfig, None, [
+        f"mixture.tasks=[{{source: {data}, template_file: {tpl}}}, {{source: {other}, template_file: {tpl}}}]",
+        "mixture.strategy=proportional"]).mixture
+    metrics = finetune(cfg, log=lambda *_: None).metrics
+    per = metrics["test"]["per_task"]
+    assert set(per) == {"reviews/mood", "other/mood"}
+    macro = (per["reviews/mood"]["accuracy"] + per["other/mood"]["accuracy"]) / 2
+    assert metrics["test"]["accuracy"] == pytest.approx(macro)
+    counts = metrics["mixture_epoch0"]
+    assert counts["reviews"]["mood"] + counts["other"]["mood"] == 96 + 48  # proportional: one pass of both

@@ -114,6 +114,15 @@ def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequ
     return folder
 
 
+def dataset_folder(source: str, template_ids: Sequence[str], seed: int = 0,
+                   fractions: Sequence[float] = (0.8, 0.1, 0.1), template_file: str | None = None) -> Path:
+    """A built dataset folder: `source` itself if it already is one, else built (and cached) by `prepare`."""
+    path = Path(source)
+    if path.is_dir() and (path / "train.jsonl").exists():
+        return path
+    return prepare(source, list(template_ids), seed=seed, fractions=tuple(fractions), template_file=template_file)
+
+
 def build(source: str, template_ids: Sequence[str], out: Path, seed: int = 0,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), template_file: str | None = None, tokenizer: Any = None,
           skip_bad: bool = False, limit: int | None = None, progress: bool = False) -> dict:

@@ -64,8 +64,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                   betas=tuple(cfg.optim.betas))
-    per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    total_steps = cfg.max_steps or cfg.epochs * math.ceil(per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = None
@@ -81,9 +80,16 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         replay_fraction=cfg.replay_fraction)
     log(f"{len(data.train)} training examples ({data.dropped} dropped: too long), {total_steps} steps, "
         f"padding {data.padding:.1%} of token slots")
-    state, reason = train_loop(model, optimizer, scheduler, accelerator, data.train, tok.pad_token_id, settings,
-                               run_dir, lambda m: data.validate(accelerator.unwrap_model(m)), regularizers,
-                               data.replay, state)
+    if data.realised:
+        log(f"mixture, examples per task and template in epoch 0: {data.realised(0)}")
+    try:
+        state, reason = train_loop(model, optimizer, scheduler, accelerator, data.train, tok.pad_token_id, settings,
+                                   run_dir, lambda m: data.validate(accelerator.unwrap_model(m)), data.plan,
+                                   regularizers, data.replay, state)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        raise InstructuneError(_oom_advice(cfg, ckpt.latest_checkpoint(run_dir))) from None
     model = accelerator.unwrap_model(model)
     if reason.startswith("signal"):
         log(f"stopped by {reason} at step {state.step}; checkpoint saved. Resume with --resume.")
@@ -102,6 +108,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start,
         "train_examples": len(data.train), "dropped_examples": data.dropped, "padding_fraction": data.padding,
         "templates": data.template_ids, "task": data.task,
+        "mixture_epoch0": data.realised(0) if data.realised else None,
     }
     if accelerator.is_main_process:
         _save_output(model, tok, run_dir, cfg.method.name in PEFT_METHODS)
@@ -112,6 +119,33 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         log(f"done: {run_dir} (test {json.dumps(_headline(test))})")
     accelerator.end_training()
     return TrainResult(metrics, model, tok)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's GPU OOM, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    text = str(e).lower()
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def _oom_advice(cfg: TrainConfig, last: Path | None) -> str:
+    """The knobs that trade memory for time, with values worked out from this run's config."""
+    knobs = []
+    if cfg.batch_size > 1:
+        half = cfg.batch_size // 2
+        knobs.append(f"batch_size={half} grad_accum={cfg.grad_accum * cfg.batch_size // half} (about the same "
+                     "effective batch)")
+    if not cfg.gradient_checkpointing:
+        knobs.append("gradient_checkpointing=true (recompute activations: less memory, more time)")
+    if cfg.method.name == "full":
+        knobs.append("method.name=lora (train a small adapter instead of every weight)")
+    if cfg.precision == "fp32":
+        knobs.append("precision=bf16 (half the activation memory)")
+    knobs.append(f"data.max_length={max(cfg.data.max_length // 2, 16)} (shorter examples)")
+    kept = f" The last checkpoint, {last}, is intact (--resume continues it unchanged)." if last else ""
+    return (f"out of memory while training {cfg.model} (batch_size={cfg.batch_size}, method {cfg.method.name}, "
+            f"{cfg.precision}).{kept} To fit, train into a new output_dir with one or more of:\n"
+            + "\n".join(f"  - {k}" for k in knobs))
 
 
 def _mixed(precision: str) -> str:

@@ -43,6 +43,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "python_rng": _py_rng()}, indent=1))
         for f in tmp.iterdir():
             _fsync(f)
+        _fsync(tmp)  # its file names too: after a power loss the renamed folder holds every file
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -64,8 +65,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def remove_partial(run_dir: Path) -> None:
+    """Delete the temp folders of writes a crash interrupted (they are never read)."""
+    for tmp in run_dir.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Restore weights, optimiser, scheduler and RNG states; return the trainer state."""
+    try:
+        return _load(path, model, optimizer, scheduler)
+    except InstructuneError:
+        raise
+    except Exception as e:  # safetensors, torch.load (which refuses pickles that carry code), json: many types
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InstructuneError(f"checkpoint {path} cannot be read ({reason}): it is damaged or was not written "
+                               "by instructune. To resume from the checkpoint before it, delete that folder; or "
+                               "train into a new output_dir.") from None
+
+
+def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from instructune.data.mixture import MixtureConfig
+
 
 @dataclass
 class DataConfig:
@@ -31,9 +33,9 @@ class DataConfig:
     def problems(self) -> list[str]:
         out = []
         if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
-            out.append(f"data.fractions must be three non-negative numbers summing to 1, got {self.fractions}")
+            out.append(f"fractions must be three non-negative numbers summing to 1, got {self.fractions}")
         if self.max_length < 16:
-            out.append(f"data.max_length must be at least 16 tokens, got {self.max_length}")
+            out.append(f"max_length must be at least 16 tokens, got {self.max_length}")
         return out
 
 
@@ -79,9 +81,9 @@ class OptimConfig:
     def problems(self) -> list[str]:
         out = []
         if self.lr <= 0:
-            out.append(f"optim.lr must be > 0, got {self.lr} (typical: 2e-4 for LoRA, 2e-5 for full)")
+            out.append(f"lr must be > 0, got {self.lr} (typical: 2e-4 for LoRA, 2e-5 for full)")
         if self.warmup_steps < 0:
-            out.append(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+            out.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         return out
 
 
@@ -114,7 +116,9 @@ class TrainConfig:
     output_dir: Path = Path("runs/train")
     """Where the run writes checkpoints, logs, the adapter or model, and metrics.json."""
     data: DataConfig = field(default_factory=DataConfig)
-    """Which data and templates to train on."""
+    """Which data and templates to train on (with a mixture: only the split, length and limit fields count)."""
+    mixture: MixtureConfig | None = None
+    """Several tasks at once (multi-task instruction fine-tuning) instead of data.source."""
     method: MethodConfig = field(default_factory=MethodConfig)
     """What trains: full fine-tuning or a PEFT method."""
     optim: OptimConfig = field(default_factory=OptimConfig)

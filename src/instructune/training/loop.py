@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from instructune.errors import InstructuneError
 from instructune.training import checkpoint as ckpt
-from instructune.training.batching import collate, completion_loss_sum, epoch_batches
+from instructune.training.batching import collate, completion_loss_sum
 
 
 @dataclass
@@ -68,16 +68,21 @@ class Stop(Exception):
 
 def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
                settings: LoopSettings, run_dir: Path, validate: Callable[[Any], dict[str, float]],
-               regularizers: list[Any] = (), replay: list[dict] | None = None,
-               state: LoopState | None = None) -> tuple[LoopState, str]:
-    """Train until total_steps (or early stopping, or a signal); returns the state and why it stopped."""
+               plan: Callable[[int], list[list[int]]], regularizers: list[Any] = (),
+               replay: list[dict] | None = None, state: LoopState | None = None) -> tuple[LoopState, str]:
+    """Train until total_steps (or early stopping, or a signal); returns the state and why it stopped.
+
+    `plan(epoch)` gives the epoch's micro-batches as index lists into `train`; it must be the same
+    for the same epoch every time, which is what makes resuming exact.
+    """
     s, st = settings, state or LoopState()
-    lengths = [len(e["input_ids"]) for e in train]
-    per_epoch = math.ceil(len(train) / s.batch_size)
-    stream = _micro_batches(lengths, s, per_epoch, st.position)
+    per_epoch = len(plan(0))
+    stream = _micro_batches(plan, per_epoch, st.position)
     main = accelerator.is_main_process
     log = open(run_dir / "train_log.jsonl", "a") if main else None  # noqa: SIM115 (closed in finally)
     tb = _tensorboard(run_dir) if main else None
+    if main:
+        ckpt.remove_partial(run_dir)  # left by a write that a crash cut short
     stop_flag = _install_signal_handlers()
     bar = tqdm(total=s.total_steps, initial=st.step, disable=not main, desc="train", dynamic_ncols=True)
     reason = "max_steps"
@@ -147,14 +152,13 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
     return st, reason
 
 
-def _micro_batches(lengths: list[int], s: LoopSettings, per_epoch: int,
+def _micro_batches(plan: Callable[[int], list[list[int]]], per_epoch: int,
                    start: int) -> Iterator[tuple[int, tuple[int, list[int]]]]:
     """(position, (epoch, indices)) from `start` on: the same stream every time for a seed."""
     pos = start
     while True:
         epoch, k = divmod(pos, per_epoch)
-        batches = epoch_batches(lengths, s.batch_size, s.seed, epoch, s.group_by_length)
-        for b in batches[k:]:
+        for b in plan(epoch)[k:]:
             yield pos, (epoch, b)
             pos += 1
 
@@ -219,13 +223,20 @@ def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -
 
     from safetensors.torch import save_file
 
-    tmp = run_dir / ".tmp-best"
+    tmp, best = run_dir / ".tmp-best", run_dir / "best"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(ckpt.trainable_state(model), str(tmp / "trainable.safetensors"))
-    (tmp / "scores.json").write_text(json.dumps({"step": step, **scores}))
-    shutil.rmtree(run_dir / "best", ignore_errors=True)
-    os.rename(tmp, run_dir / "best")
+    try:
+        tmp.mkdir()
+        save_file(ckpt.trainable_state(model), str(tmp / "trainable.safetensors"))
+        (tmp / "scores.json").write_text(json.dumps({"step": step, **scores}))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = (f"best/ (step {json.loads((best / 'scores.json').read_text())['step']}) is intact"
+                if (best / "scores.json").exists() else "no earlier best weights exist")
+        raise InstructuneError(f"could not write the best weights of step {step} to {best} ({e.strerror or e}); "
+                               f"{kept}. Free disk space in {run_dir} and resume with --resume.") from None
+    shutil.rmtree(best, ignore_errors=True)  # a crash from here on: --resume redoes this step and rewrites best/
+    os.rename(tmp, best)
 
 
 def _save(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, st: LoopState, regularizers: Any,
