@@ -19,6 +19,8 @@ demo: $(STAMP)
 	$(VENV)/bin/instructune demo $(ARGS)
 
 test: $(STAMP)
+	# The report test renders a page in headless Chromium (Debian's package).
+	command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } || echo "chromium missing: the browser test will skip"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

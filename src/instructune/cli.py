@@ -15,7 +15,7 @@ import sys
 from instructune import __version__
 from instructune.errors import InstructuneError
 
-COMMANDS = ["models", "generate", "train", "eval", "forgetting", "adapters", "serve", "data", "templates"]
+COMMANDS = ["models", "generate", "train", "eval", "forgetting", "demo", "adapters", "serve", "data", "templates", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

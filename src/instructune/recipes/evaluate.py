@@ -22,12 +22,11 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str, s
              batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "float32",
              template_file: str | None = None, out: Path | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    from instructune.data.build import dataset_templates, read_split
+    from instructune.data.build import dataset_folder, dataset_templates, read_split
     from instructune.evaluation.evaluate import evaluate_records
-    from instructune.recipes.task_data import split_folder
 
     # --- data and template
-    folder = split_folder(data, [template], seed=0, fractions=[0.8, 0.1, 0.1], template_file=template_file)
+    folder = dataset_folder(data, [template], seed=0, fractions=[0.8, 0.1, 0.1], template_file=template_file)
     templates = dataset_templates(folder)
     if template not in templates:
         raise InstructuneError(f"template '{template}' is not in the dataset {folder}; its templates: "

@@ -87,23 +87,46 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     train_cfgs = {c.name: _train_config(cfg, c, out) for c in cures}  # validated before any work starts
     suite = RetentionSuite.build(cfg, next(iter(train_cfgs.values())))
 
-    log(f"scoring the original model {cfg.train.get('model', 'smollm2-135m-instruct')} on the retention suite")
-    base_model, tok = load_model(train_cfgs[cures[0].name].model)
-    before = suite.score(base_model, tok, probe_answers=None)
-    del base_model
+    first = train_cfgs[cures[0].name]
+    suite_key = {k: v for k, v in to_dict(cfg).items() if k not in ("cures", "baselines", "output_dir", "train")}
+    suite_key.update(model=first.model, data=to_dict(first.data))
 
+    def score_original() -> dict[str, Any]:
+        log(f"scoring the original model {first.model} on the retention suite")
+        model, tok = load_model(first.model)
+        return suite.score(model, tok, probe_answers=None)
+
+    before = _cached(out / "scores" / "original.json", suite_key, score_original, log)
     rows = []
     for cure in cures:
-        log(f"cure '{cure.name}': training")
         run = train_cfgs[cure.name]
+        log(f"cure '{cure.name}': training")
         metrics = _train_in_subprocess(run, out / f"{cure.name}.yaml")
-        model, tok = _load_tuned(run)
-        log(f"cure '{cure.name}': scoring")
-        after = suite.score(model, tok, probe_answers=before["probe_answers"])
-        del model
+
+        def score_tuned(run: Any = run, name: str = cure.name) -> dict[str, Any]:
+            log(f"cure '{name}': scoring")
+            model, tok = _load_tuned(run)
+            return suite.score(model, tok, probe_answers=before["probe_answers"])
+
+        after = _cached(out / "scores" / f"{cure.name}.json", {**suite_key, "run": to_dict(run)}, score_tuned, log)
         rows.append(_compare(cure.name, before, after, metrics, cfg))
         _write(out, cfg, before, rows)  # a crash later keeps what is done
     return {"before": before, "cures": rows}
+
+
+def _cached(path: Path, key: dict[str, Any], compute: Any, log: Any) -> dict[str, Any]:
+    """Scores saved with the inputs that produced them; reused while the inputs are unchanged."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == json.loads(json.dumps(key)):
+            log(f"reusing {path} (same inputs)")
+            return saved["scores"]
+    scores = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "scores": scores}))
+    tmp.replace(path)
+    return scores
 
 
 def _cure_list(cfg: ForgettingConfig) -> list[CureConfig]:
@@ -218,14 +241,15 @@ class RetentionSuite:
 
     @classmethod
     def build(cls, cfg: ForgettingConfig, run: Any) -> RetentionSuite:
+        from instructune.data.build import dataset_folder
         from instructune.forgetting import probe_prompts
-        from instructune.recipes.task_data import split_folder, subset
+        from instructune.recipes.task_data import subset
 
         def fixed(source: str, template: str, limit: int, templates: list[str] | None = None,
                   template_file: str | None = None) -> tuple:
             from instructune.data.build import dataset_templates, read_split
 
-            folder = split_folder(source, templates or [template], run.data.seed, run.data.fractions, template_file)
+            folder = dataset_folder(source, templates or [template], run.data.seed, run.data.fractions, template_file)
             recs = [r for r in read_split(folder, "test") if r["template"] == template]
             return subset(recs, limit, cfg.seed), dataset_templates(folder)[template]
 
@@ -265,17 +289,17 @@ class RetentionSuite:
 def _held_out_texts(cfg: ForgettingConfig, run: Any) -> list[str]:
     """Plain texts of `text_source`: a pack's test-split rows (never trained on, replay included), or a
     file's rows (a seeded subset)."""
-    from instructune.data.build import read_split
+    from instructune.data.build import dataset_folder, read_split
     from instructune.data.packs import PACKS
     from instructune.data.sources import read_table
     from instructune.data.templates import load_templates
-    from instructune.recipes.task_data import split_folder, subset
+    from instructune.recipes.task_data import subset
 
     source = cfg.text_source
     table = read_table(source)
     keep = set(table.ids)
     if source in PACKS:
-        folder = split_folder(source, [next(iter(load_templates(source)))], run.data.seed, run.data.fractions, None)
+        folder = dataset_folder(source, [next(iter(load_templates(source)))], run.data.seed, run.data.fractions, None)
         keep = {r["id"].rsplit("/", 1)[0] for r in read_split(folder, "test")}
     name = table.text_field or "text"
     texts = [" ".join(str(r[name]).split()[:cfg.text_words]) for r, i in zip(table.rows, table.ids)

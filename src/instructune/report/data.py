@@ -1,0 +1,229 @@
+"""Read run folders: find every file a report can show, below the folders given, and group them.
+
+What each producer writes, and what is read here:
+
+    metrics.json (+ config.yaml, train_log.jsonl)   instructune train        -> TrainingRun
+    eval.json                                       instructune eval         -> EvalRun
+    forgetting.json (+ one training run per cure)   instructune forgetting   -> ForgettingRun
+    run_info.json                                   instructune demo         -> RunInfo
+
+Nothing is recomputed: the report shows the numbers these files hold. A training run found
+inside a forgetting folder is that study's run for one cure, so it is grouped under the study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from instructune.errors import InstructuneError, collect
+
+REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "run_info.json")
+"""The files a report is made of; a folder holding none of them (at any depth) has nothing to report."""
+
+
+@dataclass
+class TrainingRun:
+    path: Path
+    """The run folder (holds metrics.json)."""
+    label: str
+    """Its name in the report: the path relative to the folder given on the command line."""
+    metrics: dict[str, Any]
+    config: dict[str, Any] | None = None
+    """config.yaml, when present."""
+    log: list[dict[str, Any]] = field(default_factory=list)
+    """train_log.jsonl records, one per step and kind (a resumed run's repeated steps: the last wins)."""
+    group: str = ""
+    """Label of the forgetting study this run belongs to ("" for a stand-alone run)."""
+
+    @property
+    def name(self) -> str:
+        """Short name: the cure inside a study, else the label."""
+        return self.path.name if self.group else self.label
+
+    def curve(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one logged quantity ("loss", "val_loss"), in step order."""
+        return [(r["step"], r[key]) for r in self.log if isinstance(r.get(key), (int, float))]
+
+
+@dataclass
+class EvalRun:
+    path: Path
+    """The eval.json file."""
+    label: str
+    data: dict[str, Any]
+
+
+@dataclass
+class ForgettingRun:
+    path: Path
+    """The forgetting.json file."""
+    label: str
+    data: dict[str, Any]
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    """The run_info.json file."""
+    label: str
+    data: dict[str, Any]
+
+
+@dataclass
+class Runs:
+    """Everything found below the folders given, in a stable order (by path)."""
+
+    roots: list[Path]
+    infos: list[RunInfo] = field(default_factory=list)
+    trainings: list[TrainingRun] = field(default_factory=list)
+    evals: list[EvalRun] = field(default_factory=list)
+    forgettings: list[ForgettingRun] = field(default_factory=list)
+
+    def groups(self) -> dict[str, list[TrainingRun]]:
+        """Training runs by study: stand-alone runs under "", then one entry per forgetting study."""
+        out: dict[str, list[TrainingRun]] = {}
+        for run in sorted(self.trainings, key=lambda r: (r.group != "", r.group)):
+            out.setdefault(run.group, []).append(run)
+        return out
+
+
+def discover(run_dirs: list[Path]) -> Runs:
+    """Find and read every reportable file below `run_dirs` (folders, or such files themselves)."""
+    roots = [Path(d) for d in run_dirs]
+    if not roots:
+        raise InstructuneError("no run folder given; pass one or more folders written by `instructune train`, "
+                               "`eval`, `forgetting` or `demo`.")
+    found: dict[str, list[Path]] = {name: [] for name in REPORTABLE}
+    for root in roots:
+        files = _reportable_files(root)
+        if not files:
+            raise InstructuneError(
+                f"{root}: nothing to report. Looked for {', '.join(REPORTABLE)} in it and every folder below it; "
+                "point at a folder written by `instructune train`, `eval`, `forgetting` or `demo`.")
+        for f in files:
+            if f not in found[f.name]:
+                found[f.name].append(f)
+    base = _label_base(roots)
+    runs = Runs(roots=roots)
+    studies = {f.parent: _label(f.parent, base) for f in sorted(found["forgetting.json"])}
+    for f in sorted(found["run_info.json"]):
+        runs.infos.append(RunInfo(f, _label(f.parent, base), _read_json(f)))
+    for f in sorted(found["eval.json"]):
+        runs.evals.append(EvalRun(f, _label(f.parent, base), _read_eval(f)))
+    for f in sorted(found["forgetting.json"]):
+        runs.forgettings.append(ForgettingRun(f, studies[f.parent], _read_forgetting(f)))
+    for f in sorted(found["metrics.json"]):
+        study = studies.get(f.parent.parent, "")  # a cure's run: "<study>/<cure>", however the study was reached
+        label = f"{study}/{f.parent.name}" if study else _label(f.parent, base)
+        runs.trainings.append(_read_training(f.parent, label, study))
+    return runs
+
+
+def _reportable_files(root: Path) -> list[Path]:
+    if not root.exists():
+        raise InstructuneError(f"{root} does not exist; pass a run folder (or a metrics.json / eval.json / "
+                               "forgetting.json / run_info.json file).")
+    if root.is_file():
+        if root.name not in REPORTABLE:
+            raise InstructuneError(f"{root} is not a report input; pass a run folder or one of "
+                                   f"{', '.join(REPORTABLE)}.")
+        return [root.resolve()]
+    out = []
+    for folder, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))  # skip .tmp-best and the like
+        out += [Path(folder, f).resolve() for f in sorted(files) if f in REPORTABLE]
+    return out
+
+
+def _label_base(roots: list[Path]) -> Path:
+    """Labels are relative to the one folder given, or to the folder several given ones share."""
+    dirs = [r.resolve() if r.is_dir() else r.resolve().parent for r in roots]
+    return dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(dirs))
+
+
+def _label(folder: Path, base: Path) -> str:
+    try:
+        rel = folder.relative_to(base).as_posix()
+    except ValueError:
+        rel = folder.as_posix()
+    return folder.name if rel in ("", ".") else rel
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Parse a JSON object file; its error names the file, line and column."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InstructuneError(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); re-run the "
+                               "command that wrote it, or remove the file.") from None
+    if not isinstance(data, dict):
+        raise InstructuneError(f"{path}: expected a JSON object, got {type(data).__name__}; re-run the command "
+                               "that wrote it, or remove the file.")
+    return data
+
+
+def _missing(obj: dict, keys: tuple[str, ...], where: str) -> list[str]:
+    absent = [k for k in keys if k not in obj]
+    return [f"{where} has no field {', '.join(map(repr, absent))}; fields present: {', '.join(obj) or 'none'}"] \
+        if absent else []
+
+
+def _read_eval(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    problems = _missing(data, ("results",), "the top level")
+    for i, r in enumerate(data.get("results") or []):
+        problems += _missing(r, ("setting", "shots", "metrics"), f"results[{i}]")
+    collect(problems, f"cannot read {path} (written by `instructune eval`)")
+    return data
+
+
+def _read_forgetting(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    problems = _missing(data, ("cures",), "the top level")
+    for i, c in enumerate(data.get("cures") or []):
+        problems += _missing(c, ("cure", "target_metric", "target_before", "target_after", "gain", "retention"),
+                             f"cures[{i}]")
+    collect(problems, f"cannot read {path} (written by `instructune forgetting`)")
+    return data
+
+
+def _read_training(folder: Path, label: str, group: str) -> TrainingRun:
+    import yaml
+
+    metrics = _read_json(folder / "metrics.json")
+    config = None
+    if (folder / "config.yaml").exists():
+        try:
+            config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise InstructuneError(f"{folder / 'config.yaml'}: not valid YAML ({e}); fix or remove it.") from None
+    return TrainingRun(folder, label, metrics, config, read_train_log(folder / "train_log.jsonl"), group)
+
+
+def read_train_log(path: Path) -> list[dict[str, Any]]:
+    """train_log.jsonl records in step order; for a step logged twice (a resumed run) the last record wins.
+
+    Train records (with "loss") and validation records (with "val_loss") are kept apart. A last
+    line cut off mid-write (the run was killed) is skipped; a broken line elsewhere is an error.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    latest: dict[tuple[str, int], dict] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise InstructuneError(f"{path} line {n}: not valid JSON; fix or delete that line.") from None
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            kind = "val" if any(k.startswith("val_") for k in rec) else "train"
+            latest[(kind, rec["step"])] = rec
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[0]))]

@@ -1,0 +1,27 @@
+"""Render the sections into one self-contained HTML page: inline CSS, charts as base64 PNG data URIs,
+no external resource of any kind (it opens offline, from an e-mail attachment, years later)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+from instructune.report.blocks import Section
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render_html(sections: Sequence[Section], title: str, subtitle: str, roots: Sequence[str]) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    # autoescape on for every template: prompts and answers are model text, never markup
+    env = Environment(loader=PackageLoader("instructune.report", "templates"), autoescape=True,
+                      trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+    env.filters["data_uri"] = data_uri
+    env.filters["kind"] = lambda block: type(block).__name__.lower()
+    from instructune import __version__
+
+    return env.get_template("report.html.j2").render(sections=sections, title=title, subtitle=subtitle,
+                                                     roots=roots, version=__version__)

@@ -1,0 +1,105 @@
+"""Forgetting studies (forgetting.json): scores before and after each cure, drops, gains, costs."""
+
+from __future__ import annotations
+
+from instructune.report import plots
+from instructune.report.blocks import Cell, Chart, Section, Table, drop_tone, num
+from instructune.report.data import ForgettingRun, Runs
+
+DROP_NOTE = ("drop = before \u2212 after for accuracy and ROUGE-L, after \u2212 before for cross-entropy "
+             "measures: positive = forgot. [low, high] is the paired bootstrap 95% interval over examples; red: "
+             "the whole interval is above 0 (forgetting beyond noise), green: entirely below 0.")
+
+
+def measures(fg: ForgettingRun) -> list[str]:
+    """Retention measures in the order of the first cure (the same for every cure)."""
+    cures = fg.data["cures"]
+    return list(cures[0]["retention"]) if cures else []
+
+
+def before_after_section(runs: Runs, colors: plots.Colors) -> Section | None:
+    studies = [fg for fg in runs.forgettings if fg.data["cures"]]
+    if not studies:
+        return None
+    s = Section("before-after", "Before and after, per task", "Each task's score on the original model (grey) "
+                "and after training with each cure, on the same examples.", nav="Before / after")
+    for fg in studies:
+        cures = fg.data["cures"]
+        first = cures[0]
+        panels = [(f"target: {_target_name(fg)}", first["target_metric"], first["target_before"],
+                   {c["cure"]: c["target_after"] for c in cures})]
+        for key in measures(fg):
+            m = first["retention"][key]
+            panels.append((key, m["metric"], m["before"], {c["cure"]: c["retention"][key]["after"] for c in cures}))
+        png = plots.before_after(panels, colors)
+        s.blocks.append(Chart(f"before-after-{fg.label}", png,
+                              "The dashed line is the original model. On the target the bars should rise; on every "
+                              "other task they should stay at the line (for cross-entropy measures, lower is "
+                              "better: a taller bar means the model moved further from its original behaviour).",
+                              f"scores before and after each cure ({fg.label})"))
+        cols = ["measure", "metric", "before", *[c["cure"] for c in cures]]
+        rows = [[Cell(p[0]), Cell(p[1]), Cell(num(p[2])), *[Cell(num(p[3][c["cure"]])) for c in cures]]
+                for p in panels]
+        s.blocks.append(Table(cols, [i >= 2 for i in range(len(cols))], rows, title=f"{fg.label}: scores"))
+    return s
+
+
+def _target_name(fg: ForgettingRun) -> str:
+    train = (fg.data.get("config") or {}).get("train") or {}
+    data = train.get("data") or {}
+    parts = [str(data.get("source", "")), ",".join(data.get("templates") or [])]
+    return "/".join(p for p in parts if p) or "target task"
+
+
+def forgetting_section(runs: Runs, colors: plots.Colors) -> Section | None:
+    studies = [fg for fg in runs.forgettings if fg.data["cures"]]
+    if not studies:
+        return None
+    s = Section("forgetting", "Forgetting: what each cure gained and lost",
+                "Rows are cures. Gain on the target task against the drop on every task the model should keep.",
+                nav="Forgetting")
+    for fg in studies:
+        chart = gain_chart(fg, colors)
+        s.blocks += [chart, forgetting_table(fg)] if chart else [forgetting_table(fg)]
+    return s
+
+
+def forgetting_table(fg: ForgettingRun) -> Table:
+    keys = measures(fg)
+    metric = fg.data["cures"][0]["target_metric"]
+    cols = ["cure", f"target {metric} before", "after", "gain", *[f"{k} drop [95% CI]" for k in keys],
+            "trainable %", "wall s", "peak MB"]
+    rows = []
+    for c in fg.data["cures"]:
+        gain = c["gain"]
+        cells = [Cell(c["cure"]), Cell(num(c["target_before"])), Cell(num(c["target_after"])),
+                 Cell(num(gain, signed=True), "good" if gain > 0 else "bad" if gain < 0 else "")]
+        for k in keys:
+            m = c["retention"].get(k) or {}
+            cells.append(Cell(num(m["drop"], signed=True), drop_tone(m["low"], m["high"]),
+                              f"[{num(m['low'], signed=True)}, {num(m['high'], signed=True)}]")
+                         if "drop" in m else Cell("\u2013"))
+        pct = c.get("trainable_pct")
+        cells += [Cell("\u2013" if pct is None else f"{pct:.2f}%"), Cell(num(c.get("wall_seconds"), digits=1)),
+                  Cell(num(c.get("peak_memory_mb"), digits=0))]
+        rows.append(cells)
+    return Table(cols, [i > 0 for i in range(len(cols))], rows, title=f"{fg.label}/forgetting.json", note=DROP_NOTE)
+
+
+def gain_chart(fg: ForgettingRun, colors: plots.Colors) -> Chart | None:
+    cures = fg.data["cures"]
+    panels: list[tuple[str, str, list[tuple[str, float, float, float]]]] = []
+    for key in measures(fg):
+        points = [(c["cure"], m["drop"], m["low"], m["high"]) for c in cures
+                  if {"drop", "low", "high"} <= set(m := c["retention"].get(key) or {})]
+        if points:
+            panels.append((key, cures[0]["retention"][key]["metric"], points))
+    if not panels:
+        return None
+    gains = {c["cure"]: c["gain"] for c in cures}
+    png = plots.gain_vs_forgetting(panels, gains, cures[0]["target_metric"], colors)
+    return Chart(f"gain-vs-forgetting-{fg.label}", png,
+                 "Up is better (more gained on the target), left is better (less forgotten). Bars are 95% "
+                 "intervals of the drop: a bar crossing the vertical line at 0 is within noise. The best cure "
+                 "sits top-left in every panel.", f"target gain against forgetting per cure ({fg.label})")
+

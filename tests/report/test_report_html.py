@@ -1,0 +1,219 @@
+"""The HTML page and the Markdown summary: sections, the numbers in their tables, embedded images, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from instructune.cli import main
+from instructune.report import build_report
+from instructune.report.markdown import cell
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SECTIONS = ["provenance", "results", "loss-curves", "before-after", "forgetting", "cost", "examples"]
+
+
+class Page(HTMLParser):
+    """Section ids, images and tables (caption, header, rows of cell texts) of a rendered page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.ids, self.images, self.tables, self.links = [], [], [], []
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.ids.append(a.get("id"))
+        elif tag == "img":
+            self.images.append(a)
+        elif tag in ("link", "script") and (a.get("href") or a.get("src")):
+            self.links.append(a)
+        elif tag == "table":
+            self.tables.append({"caption": "", "header": [], "rows": []})
+        elif tag == "tr":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th", "caption"):
+            self._cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th", "caption") and self._cell is not None:
+            text = " ".join("".join(self._cell).split())
+            t = self.tables[-1]
+            if tag == "caption":
+                t["caption"] = text
+            elif tag == "th":
+                t["header"].append(text)
+            else:
+                t["rows"][-1].append(text)
+            self._cell = None
+
+    def table(self, caption_part: str) -> list[dict[str, str]]:
+        """Rows of the table whose caption contains `caption_part`, as {column: text}."""
+        t = next(t for t in self.tables if caption_part in t["caption"])
+        return [dict(zip(t["header"], r)) for r in t["rows"] if r]
+
+    def table_with(self, column: str) -> list[dict[str, str]]:
+        t = next(t for t in self.tables if column in t["header"])
+        return [dict(zip(t["header"], r)) for r in t["rows"] if r]
+
+
+@pytest.fixture(scope="module")
+def built(demo_report: tuple[Path, dict[str, Path]]) -> tuple[Path, dict[str, Path], Page]:
+    demo, paths = demo_report
+    return demo, paths, Page(paths["html"].read_text(encoding="utf-8"))
+
+
+def test_every_section_is_there_in_order(built: tuple) -> None:
+    _, paths, page = built
+    assert page.ids == SECTIONS
+    assert set(paths) == {"html", "md"} and all(p.exists() for p in paths.values())
+
+
+def test_eval_table_numbers_are_the_json_values(built: tuple) -> None:
+    demo, _, page = built
+    ev = json.loads((demo / "eval" / "eval.json").read_text())
+    rows = page.table("rotten-tomatoes / sentiment / test")
+    assert len(rows) == len(ev["results"]) == 4
+    for row, res in zip(rows, ev["results"]):
+        assert row["setting"] == res["setting"] and row["shots"] == str(res["shots"])
+        for key in ("accuracy", "f1", "invalid_rate", "cross_entropy"):
+            assert row[key] == f"{res['metrics'][key]:.3f}"
+        assert row["examples/s"] == f"{res['timings']['examples_per_s']:.1f}"
+    assert [r["kind"] for r in rows] == ["base", "few-shot", "tuned", "tuned"]
+
+
+def test_training_and_cost_tables_are_the_metrics_json_values(built: tuple) -> None:
+    demo, _, page = built
+    test_rows = {r["run"]: r for r in page.table("test split (metrics.json)")}
+    assert set(test_rows) == {"full", "lora"}  # the cure runs hold no test scores
+    for name, row in test_rows.items():
+        m = json.loads((demo / name / "metrics.json").read_text())
+        assert row["accuracy"] == f"{m['test']['accuracy']:.3f}" and row["loss"] == f"{m['test']['loss']:.3f}"
+    cost = {r["run"]: r for r in page.table_with("trainable params")}
+    assert list(cost) == ["full", "lora", "forgetting/full", "forgetting/l2sp", "forgetting/lora"]
+    m = json.loads((demo / "lora" / "metrics.json").read_text())
+    assert cost["lora"]["trainable params"] == "460,800"
+    assert cost["lora"]["trainable %"] == f"{m['trainable_pct']:.2f}%"
+    assert cost["lora"]["peak memory MB"] == f"{m['peak_memory_mb']:.0f}"
+
+
+def test_forgetting_table_shows_gain_drop_and_interval_of_every_cure(built: tuple) -> None:
+    demo, _, page = built
+    fg = json.loads((demo / "forgetting" / "forgetting.json").read_text())
+    rows = page.table("forgetting/forgetting.json")
+    assert [r["cure"] for r in rows] == [c["cure"] for c in fg["cures"]]
+    for row, c in zip(rows, fg["cures"]):
+        assert row["gain"] == f"{c['gain']:+.3f}" and row["after"] == f"{c['target_after']:.3f}"
+        for key, m in c["retention"].items():
+            assert row[f"{key} drop [95% CI]"] == f"{m['drop']:+.3f}[{m['low']:+.3f}, {m['high']:+.3f}]"
+        assert row["peak MB"] == f"{c['peak_memory_mb']:.0f}"
+    scores = page.table("forgetting: scores")
+    assert scores[1]["l2sp"] == f"{fg['cures'][2]['retention']['rotten-tomatoes-news/title']['after']:.3f}"
+
+
+def test_images_are_embedded_pngs_and_nothing_is_fetched(built: tuple) -> None:
+    _, paths, page = built
+    assert len(page.images) == 6  # results, 2 loss charts, before/after, gain-vs-forgetting, cost
+    for img in page.images:
+        head, _, payload = img["src"].partition(",")
+        assert head == "data:image/png;base64" and img["alt"]
+        png = base64.b64decode(payload, validate=True)
+        assert png.startswith(PNG_SIGNATURE)
+        with Image.open(io.BytesIO(png)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.width >= 800 and im.height >= 200
+    text = paths["html"].read_text(encoding="utf-8")
+    assert not page.links and "@import" not in text and "url(" not in text
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
+
+
+def test_model_text_is_escaped(built: tuple) -> None:
+    _, paths, _ = built
+    text = paths["html"].read_text(encoding="utf-8")
+    assert "<b>witty</b>" not in text and "&lt;b&gt;witty&lt;/b&gt;" in text
+
+
+def test_markdown_has_the_tables_and_charts_written_next_to_it(built: tuple) -> None:
+    demo, paths, page = built
+    md = paths["md"].read_text(encoding="utf-8")
+    fg = json.loads((demo / "forgetting" / "forgetting.json").read_text())
+    assert "| setting | kind | shots | n | accuracy | f1 | invalid_rate | cross_entropy | examples/s |" in md
+    assert "| smollm2-135m-instruct + lora/adapter | tuned | 0 | 6 | 0.833 | 0.829 | 0.000 | 1.580 | 3.3 |" in md
+    full = fg["cures"][0]
+    assert f"| full | 0.515 | 0.870 | {full['gain']:+.3f} | +0.091 [+0.041, +0.140] |" in md
+    assert "> Review: a moving portrait of grief | hope." in md
+    refs = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+\.png)\)", md)
+    assert len(refs) == len(page.images) == len(set(refs))
+    embedded = {base64.b64decode(i["src"].partition(",")[2]) for i in page.images}
+    assert {(paths["md"].parent / r).read_bytes() for r in refs} == embedded
+
+
+def test_markdown_cells_survive_pipes_and_newlines() -> None:
+    assert cell("a | b\nc") == "a \\| b c"
+
+
+def test_sections_appear_only_with_their_data(demo_dir: Path, tmp_path: Path) -> None:
+    only_eval = build_report([demo_dir / "eval"], tmp_path / "a")
+    assert Page(only_eval["html"].read_text()).ids == ["provenance", "results", "examples"]
+    only_run = build_report([demo_dir / "lora"], tmp_path / "b")
+    page = Page(only_run["html"].read_text())
+    assert page.ids == ["provenance", "results", "loss-curves", "cost"]
+    shutil.rmtree(demo_dir / "forgetting" / "full")  # a cure without its run folder: cost from forgetting.json
+    study = Page(build_report([demo_dir / "forgetting"], tmp_path / "c")["html"].read_text())
+    assert study.ids == ["provenance", "loss-curves", "before-after", "forgetting", "cost"]
+    assert [r["run"] for r in study.table_with("trainable params")] == ["forgetting/l2sp", "forgetting/lora",
+                                                                      "forgetting/full"]
+
+
+def test_provenance_without_run_info_shows_the_configs(demo_dir: Path, tmp_path: Path) -> None:
+    text = build_report([demo_dir / "lora"], tmp_path / "r")["html"].read_text()
+    assert "lora/config.yaml" in text and "rotten-tomatoes" in text
+    with_info = build_report([demo_dir], tmp_path / "s")["html"].read_text()
+    assert "9f2c" + "0" * 60 in with_info and "transformers" in with_info and "a1b2" + "1" * 60 in with_info
+
+
+def test_cli_writes_into_the_first_run_dir_and_prints_the_paths(demo_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(demo_dir / "lora"), str(demo_dir / "eval")]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [str(demo_dir / "lora" / "report" / "report.html"), str(demo_dir / "lora" / "report" / "report.md")]
+    assert main(["report", str(demo_dir), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "report.html").exists() and (tmp_path / "o" / "report_files" / "cost.png").exists()
+    (tmp_path / "nothing").mkdir()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to report" in err and "metrics.json" in err and "Traceback" not in err
+
+
+def test_a_generation_eval_shows_rouge_and_unmarked_answers(tmp_path: Path) -> None:
+    preds = [{"id": f"n{i}", "prompt": f"Give a title: story {i}", "reference": f"title {i}",
+              "prediction": f"a title {i}"} for i in range(5)]
+    results = [{"setting": "m", "shots": 0, "metrics": {"rouge1": 0.41, "rougeL": 0.3862, "bleu": 7.25},
+                "predictions": preds},
+               {"setting": "m + run/adapter", "shots": 0, "metrics": {"rouge1": 0.52, "rougeL": 0.4975, "bleu": 11.5},
+                "predictions": preds[::-1]}]
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "eval.json").write_text(json.dumps({"data": "news", "template": "title", "split": "test",
+                                                           "results": results}))
+    paths = build_report([tmp_path / "ev"], tmp_path / "out")
+    page = Page(paths["html"].read_text())
+    rows = page.table("news / title / test")
+    assert [(r["rougeL"], r["bleu"]) for r in rows] == [("0.386", "7.250"), ("0.497", "11.500")]
+    assert len(page.images) == 1
+    text = paths["html"].read_text()
+    assert text.count('class="example"') == 4 and "class=\"mark" not in text  # no right/wrong without labels
