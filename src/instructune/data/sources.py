@@ -92,12 +92,25 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
             except json.JSONDecodeError as e:
                 raise InstructuneError(f"{path} line {n}: not valid JSON ({e.msg}, column {e.colno}); each line must "
                                        'be one JSON object like {"text": "...", "label": "..."}') from None
+            except RecursionError:
+                raise InstructuneError(f"{path} line {n}: JSON nested too deeply to read; give each example a few "
+                                       "named fields of text or numbers.") from None
             if not isinstance(row, dict):
                 raise InstructuneError(f"{path} line {n}: expected a JSON object with named fields, got "
                                        f"{type(row).__name__}")
+            if "\\u" in line:  # an escape may be half a surrogate pair: text no UTF-8 file can hold
+                _check_unicode(row, f"{path} line {n}")
             rows.append(row)
             where.append(f"{path} line {n}")
     return rows, where
+
+
+def _check_unicode(row: dict, where: str) -> None:
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InstructuneError(f"{where}: holds an unpaired surrogate escape ({e.object[e.start:e.end]!a}), which is "
+                               "not a character; fix the text (a \\ud83d-style escape needs its pair).") from None
 
 
 def read_csv(path: Path, delimiter: str = ",") -> tuple[list[dict], list[str]]:
@@ -117,19 +130,29 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[list[dict], list[str]]:
                 rows.append(row)
                 where.append(f"{path} line {start}")
                 start = reader.line_num + 1
-        except csv.Error as e:
-            raise InstructuneError(f"{path} line {reader.line_num}: not valid CSV ({e}).") from None
+        except csv.Error as e:  # `start`: where the record that fails begins (line_num may not have moved yet)
+            raise InstructuneError(f"{path} line {start}: not valid CSV ({e}); check that record's quotes (a field "
+                                   f"over {csv.field_size_limit():,} characters needs JSONL or Parquet).") from None
     return rows, where
 
 
 def _lines(f, path: Path):
     """Yield lines, turning a decoding failure into an error that names the file and line."""
-    n = 0
     try:
-        for n, line in enumerate(f, start=1):  # noqa: B007
-            yield line
-    except UnicodeDecodeError as e:
-        raise InstructuneError(f"{path} line {n + 1}: not UTF-8 text ({e.reason}); save the file as UTF-8.") from None
+        yield from f
+    except UnicodeDecodeError as e:  # text files decode in 8 KiB chunks: find the line in the bytes
+        raise InstructuneError(f"{path} line {_undecodable_line(path)}: not UTF-8 text ({e.reason}); save the file "
+                               "as UTF-8.") from None
+
+
+def _undecodable_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):  # "\n" never occurs inside a UTF-8 sequence
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 1
 
 
 def read_parquet(path: Path) -> tuple[list[dict], list[str]]:

@@ -109,8 +109,10 @@ class Template:
         try:
             prompt = _compile(self.prompt).render(context).strip()
             completion = _compile(self.completion).render(context).strip()
-        except (jinja2.TemplateError, TypeError, ValueError) as e:
-            raise RowError(f"template '{self.id}' fails on this row: {e}; fields present: {', '.join(row)}",
+            (prompt + completion).encode("utf-8")  # a '\ud800' literal renders text no file can hold
+        except Exception as e:  # the body is user code: jinja errors, 1/0, too big a range, endless recursion ...
+            reason = str(e) or type(e).__name__  # MemoryError() and RecursionError can be wordless
+            raise RowError(f"template '{self.id}' fails on this row: {reason}; fields present: {', '.join(row)}",
                            kind=f"template error (template {self.id})") from None
         if not completion:
             raise RowError(f"template '{self.id}' renders an empty completion; check the row's "
@@ -215,6 +217,9 @@ def parse_templates(path: Path, default_pack: str | None = None) -> dict[str, Te
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InstructuneError(f"{path}{where}: YAML does not parse ({getattr(e, 'problem', e)}); fix the "
                                "syntax there.") from None
+    except RecursionError:
+        raise InstructuneError(f"{path}: YAML nested too deeply to read; a template file is a list of "
+                               "templates with a few keys each.") from None
     pack = default_pack
     if isinstance(data, dict):
         pack = data.get("pack", pack)
@@ -263,12 +268,14 @@ def _template(entry: Any, where: str, path: Path, pack: str | None, problems: li
             continue
         try:
             variables(text)
+        except RecursionError:
+            problems.append(f"{where}: the {part} does not parse as Jinja (nested too deeply); simplify it")
         except jinja2.TemplateSyntaxError as e:
             reason = (e.message or "syntax error").rstrip(".")
             problems.append(f"{where}: the {part} does not parse as Jinja ({reason}, line {e.lineno} of the {part}); "
                             "fix it there")
     metrics = entry.get("metrics", DEFAULT_METRICS.get(str(task), ["rouge", "bleu"]))
-    if not isinstance(metrics, list) or any(m not in METRICS for m in metrics):
+    if not isinstance(metrics, list) or any(not isinstance(m, str) or m not in METRICS for m in metrics):
         problems.append(f"{where}: metrics {metrics!r} must be a list drawn from {', '.join(METRICS)}")
     stop = entry.get("stop", "newline")
     if stop not in STOPS:

@@ -55,7 +55,10 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
         raise InstructuneError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}. Free disk space "
                                f"in {run_dir} (or lower keep_checkpoints) and resume with --resume.") from None
     for old in sorted(run_dir.glob(f"{PREFIX}*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = run_dir / f".tmp-pruned-{old.name}"  # renamed first: a crash never leaves a half-deleted checkpoint
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.rename(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
