@@ -96,14 +96,18 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         return TrainResult({"stopped": reason, "step": state.step}, model, tok)
 
     # --- evaluate the best weights on the test split, save
-    if (run_dir / "best" / "trainable.safetensors").exists():
-        _load_trainable(model, run_dir / "best" / "trainable.safetensors")
+    best = run_dir / "best"
+    if (best / "trainable.safetensors").exists():
+        _load_trainable(model, best / "trainable.safetensors")
     model.eval()
+    # the loop validated the best weights already: their scores are in best/scores.json
+    validation = json.loads((best / "scores.json").read_text()) if (best / "scores.json").exists() else \
+        data.validate(model)
     test = data.test_scores(model)
     metrics = {
         "method": cfg.method.name, "model": cfg.model, "stopped": reason, "steps": state.step,
         "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
-        "validation": data.validate(model), "test": test, "skipped_batches": state.skipped_batches,
+        "validation": validation, "test": test, "skipped_batches": state.skipped_batches,
         "tokens_per_s": state.tokens * accelerator.num_processes / max(state.train_seconds, 1e-9),
         "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start,
         "train_examples": len(data.train), "dropped_examples": data.dropped, "padding_fraction": data.padding,

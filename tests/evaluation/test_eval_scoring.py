@@ -1,0 +1,94 @@
+"""Likelihood scores: batched == one-at-a-time, == a hand computation; classification picks the argmax."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from instructune.evaluation.scoring import (
+    classify_by_likelihood,
+    completion_logprobs,
+    encode_pairs,
+    mean_completion_ce,
+)
+from instructune.models import prompt_text
+
+PROMPTS = ["Classify the sentiment", "The movie was wonderful, moving and funny. The team won the match", "A",
+           "What is the topic of this article?", "dull"]
+COMPLETIONS = ["positive", " a negative film", "Answer: good", "sport", "bad movie, terrible"]
+CHOICES = {"pos": "positive", "neg": "negative", "neu": "neutral"}
+
+
+def test_batched_equals_one_at_a_time(chat_model: tuple[Any, Any]) -> None:
+    model, tok = chat_model
+    prompts = [prompt_text(tok, p) for p in PROMPTS]
+    batched = completion_logprobs(model, tok, prompts, COMPLETIONS, batch_size=2)
+    single = [completion_logprobs(model, tok, [p], [c], batch_size=1)[0] for p, c in zip(prompts, COMPLETIONS,
+                                                                                          strict=True)]
+    assert [n for _, n in batched] == [n for _, n in single]
+    for (b, _), (s, _) in zip(batched, single, strict=True):
+        assert b == pytest.approx(s, abs=1e-4)
+    assert len({round(lp, 3) for lp, _ in batched}) == len(batched)
+
+
+def test_equals_a_hand_computation_with_log_softmax(chat_model: tuple[Any, Any]) -> None:
+    model, tok = chat_model
+    prompt, completion = prompt_text(tok, "Classify the sentiment"), "positive"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tok(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + c_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    expected = sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(c_ids))
+    [(score, n)] = completion_logprobs(model, tok, [prompt], [completion])
+    assert n == len(c_ids) and score == pytest.approx(expected, abs=1e-4)
+
+
+def test_empty_prompt_is_scored_after_a_bos_token(chat_model: tuple[Any, Any]) -> None:
+    _, tok = chat_model
+    [(ids, n)] = encode_pairs(tok, [""], ["positive"])
+    assert ids[0] == tok.bos_token_id and n == len(ids) - 1
+
+
+def test_truncation_keeps_the_completion(chat_model: tuple[Any, Any]) -> None:
+    model, tok = chat_model
+    long_prompt = prompt_text(tok, "The movie was wonderful, moving and funny. " * 5)
+    [(ids, n)] = encode_pairs(tok, [long_prompt], ["positive"], max_length=12)
+    assert len(ids) == 12 and n == len(tok("positive", add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("normalize", ["none", "tokens", "chars"])
+def test_classify_picks_the_most_likely_choice(chat_model: tuple[Any, Any], normalize: str) -> None:
+    model, tok = chat_model
+    prompts = [prompt_text(tok, p) for p in PROMPTS]
+    picked = classify_by_likelihood(model, tok, prompts, CHOICES, batch_size=4, normalize=normalize)
+    for p, label in zip(prompts, picked, strict=True):
+        scores = {}
+        for key, text in CHOICES.items():
+            [(lp, n)] = completion_logprobs(model, tok, [p], [text])
+            scores[key] = lp / {"none": 1, "tokens": n, "chars": len(text)}[normalize]
+        assert label == max(scores, key=scores.get)
+
+
+def test_mean_completion_ce_pools_tokens(chat_model: tuple[Any, Any]) -> None:
+    model, tok = chat_model
+    prompts = [prompt_text(tok, p) for p in PROMPTS]
+    scores = completion_logprobs(model, tok, prompts, COMPLETIONS)
+    ce, ppl = mean_completion_ce(model, tok, prompts, COMPLETIONS, batch_size=3)
+    expected = -sum(lp for lp, _ in scores) / sum(n for _, n in scores)
+    assert ce == pytest.approx(expected, abs=1e-5) and ppl == pytest.approx(math.exp(expected), rel=1e-4)
+
+
+def test_full_logits_path_gives_the_same_scores(chat_model: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from instructune.evaluation import scoring
+
+    model, tok = chat_model
+    prompts = [prompt_text(tok, p) for p in PROMPTS]
+    slim = completion_logprobs(model, tok, prompts, COMPLETIONS, batch_size=3)
+    monkeypatch.setattr(scoring, "_accepts_logits_to_keep", lambda model: False)  # a model without the argument
+    full = completion_logprobs(model, tok, prompts, COMPLETIONS, batch_size=3)
+    assert [n for _, n in slim] == [n for _, n in full]
+    assert [lp for lp, _ in slim] == pytest.approx([lp for lp, _ in full], abs=1e-4)
