@@ -164,3 +164,10 @@ def test_mixture_training_reports_each_task_and_macro(tmp_path: Path, tiny_model
     assert metrics["test"]["accuracy"] == pytest.approx(macro)
     counts = metrics["mixture_epoch0"]
     assert counts["reviews"]["mood"] + counts["other"]["mood"] == 96 + 48  # proportional: one pass of both
+
+
+@pytest.mark.parametrize("override, message", [("optim.lr=.nan", "lr must be > 0"),
+                                               ("data.fractions=[.nan, 0.5, 0.5]", "fractions must be")])
+def test_nan_settings_are_refused(override: str, message: str) -> None:
+    with pytest.raises(InstructuneError, match=message):
+        load_config(TrainConfig, None, [override])

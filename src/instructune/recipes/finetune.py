@@ -181,7 +181,9 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, main: bool) 
                                "output_dir (output_dir=runs/NAME).")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(current, sort_keys=False))
+        tmp = saved.with_suffix(".tmp")  # a kill mid-write must not leave a config that --resume cannot read
+        tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+        tmp.replace(saved)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,8 @@ class DataConfig:
 
     def problems(self) -> list[str]:
         out = []
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+        if (len(self.fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in self.fractions)
+                or abs(sum(self.fractions) - 1) > 1e-6):
             out.append(f"fractions must be three non-negative numbers summing to 1, got {self.fractions}")
         if self.max_length < 16:
             out.append(f"max_length must be at least 16 tokens, got {self.max_length}")
@@ -80,7 +82,7 @@ class OptimConfig:
 
     def problems(self) -> list[str]:
         out = []
-        if self.lr <= 0:
+        if not self.lr > 0 or not math.isfinite(self.lr):  # NaN compares False both ways
             out.append(f"lr must be > 0, got {self.lr} (typical: 2e-4 for LoRA, 2e-5 for full)")
         if self.warmup_steps < 0:
             out.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
