@@ -44,7 +44,8 @@ class DemoConfig:
 
 QUICK = ["eval_limit=16", "shots=[0,1]", "forgetting.train.max_steps=3", "forgetting.train.data.train_limit=64",
          "forgetting.train.data.val_limit=8", "forgetting.train.eval_every=0", "forgetting.target_limit=16",
-         "forgetting.probe_prompts=4", "forgetting.text_limit=4", "forgetting.bootstrap_samples=200"]
+         "forgetting.probe_prompts=4", "forgetting.probe_tokens=16", "forgetting.text_limit=4",
+         "forgetting.retention_limit=8", "forgetting.bootstrap_samples=200"]
 
 
 def default_config_path() -> Path:

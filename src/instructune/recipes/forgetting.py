@@ -62,6 +62,8 @@ class ForgettingConfig:
     """Where each cure's run and forgetting.json are written."""
     target_limit: int = 200
     """Target-task test examples scored before and after."""
+    retention_limit: int | None = None
+    """A cap on every retention task's `limit` (for quick runs); null = each task's own."""
     probe_prompts: int = 48
     """General-behaviour probe: held-out general prompts (0 = off)."""
     probe_tokens: int = 48
@@ -260,7 +262,8 @@ class RetentionSuite:
         target = (recs, t, "likelihood" if run.eval_mode == "likelihood" else "generate")
         tasks = {}
         for task in cfg.retention:
-            recs, t = fixed(task.source, task.template, task.limit, template_file=task.template_file)
+            limit = min(task.limit, cfg.retention_limit or task.limit)
+            recs, t = fixed(task.source, task.template, limit, template_file=task.template_file)
             tasks[f"{task.source}/{task.template}"] = (recs, t, task.mode)
         return cls(target, tasks, probe_prompts(cfg.probe_prompts) if cfg.probe_prompts else [],
                    _held_out_texts(cfg, run) if cfg.text_source else [], cfg.probe_tokens)
