@@ -23,6 +23,10 @@ test: $(STAMP)
 	command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } || echo "chromium missing: the browser test will skip"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(PY) bench/eval_throughput.py --threads 1
+	$(PY) bench/adapter_swap.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
