@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "HTML report. Results whose inputs are unchanged are reused.")
     p.add_argument("config", nargs="?", help="YAML config (default: the packaged configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. forgetting.train.max_steps=30")
-    p.add_argument("--quick", action="store_true", help="a two-minute smoke run of every step (runs/demo-quick)")
+    p.add_argument("--quick", action="store_true", help="a small smoke run of every step (runs/demo-quick)")
     p.set_defaults(func=run)
 
 

@@ -1,7 +1,7 @@
 """The main job: the whole story of instruction fine-tuning on a real model and real data.
 
-    instructune demo            # about 20 minutes on a 2-core CPU
-    instructune demo --quick    # a two-minute smoke run of every step
+    instructune demo            # tens of minutes on a 2-core CPU
+    instructune demo --quick    # a small smoke run of every step
 
 Top to bottom: pull the model, evaluate the base model zero- and few-shot on the target task,
 fine-tune with full fine-tuning, LoRA and a forgetting cure while measuring what each forgot on
