@@ -48,7 +48,6 @@ def test_eval_every_shot_setting_on_the_same_examples(tmp_path: Path, tiny_model
 
 
 def test_eval_base_and_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -64,7 +63,6 @@ def test_eval_base_and_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert base["setting"] == str(tiny_model_dir) and "ad" in tuned["setting"]
     # the adapter changes the model: reference cross-entropy differs from the base's
     assert base["metrics"]["cross_entropy"] != pytest.approx(tuned["metrics"]["cross_entropy"], abs=1e-6)
-    del torch
 
 
 @pytest.mark.parametrize("args, message", [

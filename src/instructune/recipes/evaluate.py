@@ -57,7 +57,6 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str, s
 
 def _settings(models: list[str], adapters: list[str]) -> Any:
     """(label, model getter, tokenizer) per model, then per adapter on the first model (base loaded once)."""
-    import contextlib
 
     from instructune.models import attach_adapter, load_model
 
@@ -78,8 +77,6 @@ def _settings(models: list[str], adapters: list[str]) -> Any:
         for j, path in enumerate(adapters):
             model.set_adapter(names[j])
             yield f"{name} + {Path(path).parent.name}/{Path(path).name}", (lambda m=model: m), tok
-        with contextlib.suppress(Exception):
-            del model
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:

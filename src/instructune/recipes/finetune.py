@@ -98,7 +98,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     # --- evaluate the best weights on the test split, save
     best = run_dir / "best"
     if (best / "trainable.safetensors").exists():
-        _load_trainable(model, best / "trainable.safetensors")
+        ckpt.load_trainable(model, best / "trainable.safetensors")
     model.eval()
     # the loop validated the best weights already: their scores are in best/scores.json
     validation = json.loads((best / "scores.json").read_text()) if (best / "scores.json").exists() else \
@@ -191,15 +191,6 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
         return [d for k in set(a) | set(b) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [f"{prefix[:-1]} ({a!r} -> {b!r})"]
 
-
-def _load_trainable(model: Any, path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in load_file(str(path)).items():
-            params[n].copy_(t)
 
 
 def _save_output(model: Any, tok: Any, run_dir: Path, peft: bool) -> None:

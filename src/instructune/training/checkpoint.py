@@ -87,16 +87,21 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
                                "train into a new output_dir.") from None
 
 
-def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    weights = load_file(str(path / "trainable.safetensors"))
+def load_trainable(model: Any, file: Path) -> None:
+    """Copy saved trainable weights (a checkpoint's or best/) into the model's parameters."""
+    weights = load_file(str(file))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        raise InstructuneError(f"checkpoint {path} holds parameters this model lacks ({missing[:3]}...): it was "
-                               "written by a run with another model or method; start a new output_dir.")
+        raise InstructuneError(f"{file} holds parameters this model lacks ({missing[:3]}...): it was written by "
+                               "a run with another model or method; start a new output_dir.")
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
+
+
+def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    load_trainable(model, path / "trainable.safetensors")
     blob = torch.load(path / "optim.pt", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
