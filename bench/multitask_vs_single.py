@@ -97,10 +97,13 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"Multi-task ({r['multi_steps']} steps) versus one single-task run "
              f"per task ({r['single_steps']} steps each), same settings otherwise; {r['test_limit']} test "
              f"examples per task. Pass: multi-task reaches {THRESHOLD:.0%} of the single-task score.", "",
-             "| task | metric | single-task | multi-task | multi / single | pass |", "|---|---|---:|---:|---:|---|"]
+             "| task | share of multi-task draws | metric | single-task | multi-task | multi / single | pass |",
+             "|---|---:|---|---:|---:|---:|---|"]
+    drawn = {task: sum(counts.values()) for task, counts in (r.get("realised_epoch0") or {}).items()}
     for row in r["rows"]:
-        lines.append(f"| {row['task']}/{row['template']} | {row['metric']} | {row['single']:.3f} | {row['multi']:.3f} "
-                     f"| {row['ratio']:.2f} | {'yes' if row['passes'] else 'no'} |")
+        share = f"{drawn[row['task']] / sum(drawn.values()):.0%}" if row["task"] in drawn else "-"
+        lines.append(f"| {row['task']}/{row['template']} | {share} | {row['metric']} | {row['single']:.3f} "
+                     f"| {row['multi']:.3f} | {row['ratio']:.1%} | {'yes' if row['passes'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
