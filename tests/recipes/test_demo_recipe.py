@@ -64,7 +64,7 @@ def test_run_info_records_config_versions_model_and_split_hashes(demo_run: DemoR
     config = info["config"]
     assert (config["model"], config["output_dir"], config["seed"], info["seed"]) == (
         str(demo_run.model), str(demo_run.out), 0, 0)
-    assert (config["eval_limit"], config["shots"], config["forgetting"]["train"]["max_steps"]) == (16, [0, 1], 3)
+    assert (config["eval_limit"], config["shots"], config["forgetting"]["train"]["max_steps"]) == (16, [0, 1], 2)
     assert info["python"] == platform.python_version()
     for package in ("instructune", "torch", "transformers", "peft"):
         assert info["packages"][package] == metadata.version(package)

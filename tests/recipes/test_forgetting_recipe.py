@@ -73,3 +73,5 @@ def test_forgetting_recipe_runs_every_cure(tmp_path: Path, tiny_model_dir: Path,
             assert m["low"] <= m["drop"] <= m["high"]
         assert row["trainable_params"] > 0 and row["peak_memory_mb"] > 0
     assert "| full |" in (tmp_path / "f" / "forgetting.md").read_text()
+    # cures are trained again, never resumed: no checkpoint was written
+    assert not list((tmp_path / "f").glob("*/checkpoint-*")) and (tmp_path / "f" / "full" / "model").exists()

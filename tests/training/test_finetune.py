@@ -94,6 +94,23 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> No
         assert torch.equal(again[k], final[k]), k
 
 
+def test_keep_no_checkpoints_writes_none_and_trains_the_same(tmp_path: Path, tiny_model_dir: Path) -> None:
+    kept = finetune(config(tmp_path, tiny_model_dir, max_steps=6, eval_every=3), log=lambda *_: None).metrics
+    cfg = config(tmp_path, tiny_model_dir, max_steps=6, eval_every=3, keep_checkpoints=0,
+                 output_dir=tmp_path / "none")
+    none = finetune(cfg, log=lambda *_: None).metrics
+    run = cfg.output_dir
+    assert not list(run.glob("checkpoint-*")) and not (run / "best").exists()
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    # the final weights were the best: scored from memory, the same numbers as the run that kept best/
+    assert (tmp_path / "run" / "best").exists() and none["validation"]["step"] == 6
+    assert none["validation"] == pytest.approx(kept["validation"])
+    assert none["test"] == pytest.approx(kept["test"])
+    a = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 def test_resume_with_changed_config_names_fields(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir, max_steps=4)
     finetune(cfg, log=lambda *_: None)
@@ -171,3 +188,13 @@ def test_mixture_training_reports_each_task_and_macro(tmp_path: Path, tiny_model
 def test_nan_settings_are_refused(override: str, message: str) -> None:
     with pytest.raises(InstructuneError, match=message):
         load_config(TrainConfig, None, [override])
+
+
+def test_peak_memory_restarts_from_the_memory_in_use() -> None:
+    from instructune.training.loop import peak_memory_mb, reset_peak_memory
+
+    big = torch.ones(50_000_000)  # 200 MB, touched
+    del big
+    before = peak_memory_mb()
+    assert reset_peak_memory()
+    assert peak_memory_mb() < before - 150

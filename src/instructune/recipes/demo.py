@@ -44,10 +44,11 @@ class DemoConfig:
     """Seed of everything."""
 
 
-QUICK = ["eval_limit=16", "shots=[0,1]", "forgetting.train.max_steps=3", "forgetting.train.data.train_limit=64",
-         "forgetting.train.data.val_limit=8", "forgetting.train.eval_every=0", "forgetting.target_limit=16",
-         "forgetting.probe_prompts=4", "forgetting.probe_tokens=16", "forgetting.text_limit=4",
-         "forgetting.retention_limit=8", "forgetting.bootstrap_samples=200"]
+QUICK = ["eval_limit=16", "shots=[0,1]", "forgetting.train.max_steps=2", "forgetting.train.batch_size=4", "forgetting.train.data.train_limit=32",
+         "forgetting.train.data.val_limit=8", "forgetting.train.eval_every=0", "forgetting.target_limit=8",
+         "forgetting.probe_prompts=4", "forgetting.probe_tokens=16", "forgetting.text_limit=2",
+         "forgetting.retention_limit=4", "forgetting.bootstrap_samples=200",
+         "forgetting.isolate_runs=false"]  # a smoke run: the few seconds of a fresh process per cure count
 
 
 def default_config_path() -> Path:

@@ -29,6 +29,7 @@ class TrainResult:
 def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainResult:
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from instructune.methods import METHODS, PEFT_METHODS, PROMPT_LEARNING, count_parameters
@@ -38,6 +39,9 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     from instructune.training.regularizers import build_regularizer
 
     # --- config and run folder
+    # a fresh precision setting per run, so runs of different precisions can share one process (the
+    # process-level state, which holds the distributed setup, is kept)
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed(cfg.precision))
     _check_fsdp(accelerator, log)
     set_seed(cfg.seed)
@@ -63,8 +67,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
 
     # --- optimiser, schedule, loop
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  betas=tuple(cfg.optim.betas))
+    optimizer = adamw(params, cfg.optim)
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -93,7 +96,9 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         raise InstructuneError(_oom_advice(cfg, ckpt.latest_checkpoint(run_dir))) from None
     model = accelerator.unwrap_model(model)
     if reason.startswith("signal"):
-        log(f"stopped by {reason} at step {state.step}; checkpoint saved. Resume with --resume.")
+        kept = ("checkpoint saved. Resume with --resume." if cfg.keep_checkpoints else
+                "no checkpoint written (keep_checkpoints 0): the run cannot be resumed.")
+        log(f"stopped by {reason} at step {state.step}; {kept}")
         return TrainResult({"stopped": reason, "step": state.step}, model, tok)
 
     # --- evaluate the best weights on the test split, save
@@ -101,9 +106,12 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     if (best / "trainable.safetensors").exists():
         ckpt.load_trainable(model, best / "trainable.safetensors")
     model.eval()
-    # the loop validated the best weights already: their scores are in best/scores.json
-    validation = json.loads((best / "scores.json").read_text()) if (best / "scores.json").exists() else \
-        data.validate(model)
+    # the loop validated the best weights already: their scores are in best/scores.json, or in
+    # memory when they are the final weights of a run that keeps no checkpoints
+    if (best / "scores.json").exists():
+        validation = json.loads((best / "scores.json").read_text())
+    else:
+        validation = state.best_scores or data.validate(model)
     test = data.test_scores(model)
     metrics = {
         "method": cfg.method.name, "model": cfg.model, "stopped": reason, "steps": state.step,
@@ -124,6 +132,18 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         log(f"done: {run_dir} (test {json.dumps(_headline(test))})")
     accelerator.end_training()
     return TrainResult(metrics, model, tok)
+
+
+def adamw(params: list[Any], optim: Any) -> Any:
+    """AdamW, with torch's fused kernel (one pass over each tensor's weights, gradients and moments)
+    wherever every parameter is a floating-point tensor on a device that has it."""
+    import torch
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    fused = all(p.device.type in devices and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas),
+                             fused=fused)
 
 
 def _out_of_memory(e: BaseException) -> bool:

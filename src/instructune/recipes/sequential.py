@@ -107,7 +107,8 @@ def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
                  "data": {"source": task.source, "templates": [task.template], "template_file": task.template_file,
                           "test_limit": 0}}  # scored here, on the fixed examples
         try:
-            run = load_config(TrainConfig, data=_merge(cfg.train, {**stage, **({"model": start} if start else {})}))
+            shared = {"keep_checkpoints": 0, **cfg.train}  # an unfinished stage is trained again, never resumed
+            run = load_config(TrainConfig, data=_merge(shared, {**stage, **({"model": start} if start else {})}))
         except InstructuneError as e:
             raise InstructuneError(f"stage {j} ({name}): {e}") from None
         runs.append(run)

@@ -150,7 +150,7 @@ class TrainConfig:
     save_every: int = 50
     """Write a checkpoint every N optimiser steps (0 = only at the end)."""
     keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
+    """How many recent checkpoints to keep; 0 = write none (faster, but the run cannot be resumed)."""
     skip_bad_batches: bool = False
     """On a NaN/inf loss, skip the batch and count it instead of stopping the run."""
     regularizers: list[RegularizerConfig] = field(default_factory=list)
@@ -169,6 +169,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "epochs"):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            out.append(f"keep_checkpoints must be 0 (none) or more, got {self.keep_checkpoints}")
         if self.max_steps is not None and self.max_steps < 1:
             out.append(f"max_steps must be at least 1 (or null for epochs), got {self.max_steps}")
         if not 0 <= self.replay_fraction <= 1:

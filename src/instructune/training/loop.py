@@ -14,6 +14,7 @@ import json
 import math
 import random
 import resource
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ class LoopState:
     best_val_loss: float = math.inf
     evals_without_improvement: int = 0
     skipped_batches: int = 0
+    best_scores: dict | None = None
+    """Validation scores of the best weights so far, with their step."""
     tokens: int = 0
     """Real (non-padding) tokens seen by this process."""
     train_seconds: float = 0.0
@@ -135,8 +138,8 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
             if due and _validate(model, validate, st, run_dir, accelerator, log, tb, s):
                 reason = "early_stopping"
             stop = _anyone(stop_flag["stop"], accelerator)
-            if ((s.save_every and st.step % s.save_every == 0) or stop or reason == "early_stopping"
-                    or st.step == s.total_steps):
+            if s.keep_checkpoints and ((s.save_every and st.step % s.save_every == 0) or stop
+                                       or reason == "early_stopping" or st.step == s.total_steps):
                 _save(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, st, regularizers, s)
             if stop:
                 reason = f"signal {stop_flag['name'] or 'on another process'}"
@@ -211,7 +214,14 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
         _log(log, tb, {"step": st.step, **{f"val_{k}": v for k, v in scores.items()}})
     if scores["loss"] < st.best_val_loss:
         st.best_val_loss, st.evals_without_improvement = scores["loss"], 0
-        _save_best(run_dir, accelerator.unwrap_model(model), st.step, scores)
+        st.best_scores = {"step": st.step, **scores}
+        if s.keep_checkpoints == 0 and st.step == s.total_steps:
+            # nothing is kept for a resume and these final weights are the best: the run's
+            # output is saved from memory, so best/ would only be a copy (an older one is stale)
+            if ckpt.rank() == 0:
+                shutil.rmtree(run_dir / "best", ignore_errors=True)
+        else:
+            _save_best(run_dir, accelerator.unwrap_model(model), st.step, scores)
     else:
         st.evals_without_improvement += 1
     return bool(s.patience) and st.evals_without_improvement >= s.patience
@@ -285,9 +295,26 @@ def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: i
 
 
 def peak_memory_mb() -> float:
+    """Peak GPU memory allocated, else the process's peak resident set size (since the last reset)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:  # Linux: the high-water mark, which reset_peak_memory() can lower
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB, macOS bytes
+
+
+def reset_peak_memory() -> bool:
+    """Start peak_memory_mb() afresh from the memory in use now; False where the OS cannot."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
+        return True
+    except OSError:
+        return False
 
 
 def _log(log: Any, tb: Any, record: dict[str, Any]) -> None:
