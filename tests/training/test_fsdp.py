@@ -71,6 +71,8 @@ class Run:
         from transformers import AutoModelForCausalLM, get_scheduler
 
         from instructune.methods import METHODS
+        from instructune.recipes.finetune import adamw
+        from instructune.training.config import OptimConfig
 
         model = AutoModelForCausalLM.from_pretrained(self.tiny)
         layers = model.model.layers
@@ -81,7 +83,7 @@ class Run:
                 fully_shard(layer, mesh=self.mesh)
             fully_shard(model, mesh=self.mesh)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self.accelerator.prepare_optimizer(torch.optim.AdamW(params, lr=1e-2))
+        optimizer = self.accelerator.prepare_optimizer(adamw(params, OptimConfig(lr=1e-2)))  # the engine's
         return model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
 
     def loop(self, model: Any, optimizer: Any, scheduler: Any, run: Path, state: Any = None) -> None:
