@@ -22,7 +22,8 @@ class TrainResult:
     metrics: dict[str, Any]
     """What metrics.json holds."""
     model: Any
-    """The trained model (best validation weights), in eval mode."""
+    """The trained model (best validation weights), in eval mode. A bf16 PEFT run stores its frozen
+    linear layers in bf16: call it under `torch.autocast(..., dtype=torch.bfloat16)`."""
     tokenizer: Any
 
 
@@ -30,7 +31,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     from instructune.methods import METHODS, PEFT_METHODS, PROMPT_LEARNING, count_parameters
     from instructune.models import load_model, resolve_model
@@ -60,6 +61,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
 
+
     # --- data
     data = load_task_data(cfg, tok, log)
     regularizers = [build_regularizer(r.name, model, data.keep_batches, lam=r.lam, **r.options)
@@ -71,6 +73,9 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if (cfg.precision == "bf16" and cfg.method.name in PEFT_METHODS  # only the adapter is saved
+            and accelerator.distributed_type != DistributedType.FSDP):
+        frozen_linears_to_bf16(accelerator.unwrap_model(model))  # after the regularizers' fp32 estimates
     state = None
     if resume and (last := ckpt.latest_checkpoint(run_dir)):
         state = restore(last, accelerator.unwrap_model(model), optimizer, scheduler, regularizers)
@@ -86,9 +91,13 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         f"padding {data.padding:.1%} of token slots")
     if data.realised:
         log(f"mixture, examples per task and template in epoch 0: {data.realised(0)}")
+    def validate(m: Any) -> dict[str, Any]:
+        with accelerator.autocast():  # generation included: the run's precision throughout
+            return data.validate(accelerator.unwrap_model(m))
+
     try:
         state, reason = train_loop(model, optimizer, scheduler, accelerator, data.train, tok.pad_token_id, settings,
-                                   run_dir, lambda m: data.validate(accelerator.unwrap_model(m)), data.plan,
+                                   run_dir, validate, data.plan,
                                    regularizers, data.replay, state)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not _out_of_memory(e):
@@ -111,13 +120,15 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     if (best / "scores.json").exists():
         validation = json.loads((best / "scores.json").read_text())
     else:
-        validation = state.best_scores or data.validate(model)
-    test = data.test_scores(model)
+        validation = state.best_scores or validate(model)
+    with accelerator.autocast():
+        test = data.test_scores(model)
     metrics = {
         "method": cfg.method.name, "model": cfg.model, "stopped": reason, "steps": state.step,
         "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
         "validation": validation, "test": test, "skipped_batches": state.skipped_batches,
         "tokens_per_s": state.tokens * accelerator.num_processes / max(state.train_seconds, 1e-9),
+        "train_tokens": state.tokens * accelerator.num_processes, "train_seconds": state.train_seconds,
         "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start,
         "train_examples": len(data.train), "dropped_examples": data.dropped, "padding_fraction": data.padding,
         "templates": data.template_ids, "task": data.task,
@@ -132,6 +143,37 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         log(f"done: {run_dir} (test {json.dumps(_headline(test))})")
     accelerator.end_training()
     return TrainResult(metrics, model, tok)
+
+
+def frozen_linears_to_bf16(model: Any) -> int:
+    """Store the weights of frozen linear layers in bf16 for a bf16-autocast run: autocast rounds them
+    to bf16 for every matmul anyway, so the results are the same, without an fp32 copy in memory or a
+    cast per step. Trainable weights, norms, embeddings and the output layer keep their dtype.
+    Returns how many layers were converted."""
+    import torch
+
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    count = 0
+    for module in model.modules():
+        if (type(module) is torch.nn.Linear and module is not out and module.weight.dtype == torch.float32
+                and not any(p.requires_grad for p in module.parameters())):
+            module.to(torch.bfloat16)
+            count += 1
+    _release_freed_memory()
+    return count
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed on the heap back to the OS (glibc keeps it otherwise), so the dropped fp32
+    copies lower the resident size, and its peak, rather than sit in the allocator's free lists."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def adamw(params: list[Any], optim: Any) -> Any:
