@@ -14,9 +14,10 @@ checkpointing off (instructune's default), and TRL fp32 is the 1.0x baseline.
 Each (system, method, precision, repeat) is a fresh subprocess of this script (`--child`), so its peak
 RSS is its own; repeats take turns with the other settings, so a busy machine slows them alike. A child
 reports the seconds of the training steps only (instructune: the loop's own `train_seconds`, summed over
-steps, in its last checkpoint; TRL: first `on_step_begin` to last `on_step_end`), the real (non-padding)
+steps, in metrics.json; TRL: first `on_step_begin` to last `on_step_end`), the real (non-padding)
 tokens it trained on, its peak RSS (`ru_maxrss`; TRL: straight after `train()`, instructune: after
-`instructune train` returns, its end-of-run validation and checkpoint included), and the validation loss
+`instructune train` returns, its end-of-run validation and saved adapter or model included; neither
+writes a checkpoint: TRL `save_strategy="no"`, instructune `keep_checkpoints: 0`), and the validation loss
 of the saved result, reloaded in fp32 the same way for both: mean cross-entropy per completion token of
 64 fixed validation examples (`instructune.training.loop.validation_loss`).
 Writes bench/results/train_throughput.{json,md}.
@@ -314,7 +315,6 @@ def train_instructune(s: Setting, model: str, folder: Path, steps: int, run_dir:
     import yaml
 
     from instructune.cli import main as instructune
-    from instructune.training.checkpoint import latest_checkpoint
 
     method = {"name": "lora", **LORA} if s.method == "lora" else {"name": "full"}
     cfg = {"model": model, "output_dir": str(run_dir), "method": method, "batch_size": BATCH, "max_steps": steps,
@@ -322,16 +322,16 @@ def train_instructune(s: Setting, model: str, folder: Path, steps: int, run_dir:
                     "val_limit": VAL_EXAMPLES, "test_limit": None},
            "optim": {"lr": LR[s.method], "warmup_steps": WARMUP, "schedule": "linear"}, "seed": SEED,
            "precision": s.precision, "gradient_checkpointing": s.grad_ckpt, "group_by_length": s.group_by_length,
-           "eval_every": 0, "save_every": 0, "eval_mode": "likelihood"}  # one cheap validation, after the last step
+           "eval_every": 0, "save_every": 0, "eval_mode": "likelihood",  # one cheap validation, after the last step
+           "keep_checkpoints": 0}  # no checkpoint, as TRL's run (save_strategy "no")
     path = run_dir.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     if instructune(["train", str(path)]) != 0:
         raise SystemExit("instructune train failed")
     peak = _peak_rss_mb()
-    state = json.loads((latest_checkpoint(run_dir) / "trainer_state.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"peak_rss_mb": peak, "train_seconds": state["train_seconds"], "tokens": state["tokens"],
-            "steps": state["step"], "padding_fraction": metrics["padding_fraction"],
+    return {"peak_rss_mb": peak, "train_seconds": metrics["train_seconds"], "tokens": metrics["train_tokens"],
+            "steps": metrics["steps"], "padding_fraction": metrics["padding_fraction"],
             "own_val_loss": metrics["validation"]["loss"], "command": f"instructune train {path.name}",
             "saved": str(run_dir / ("adapter" if s.method == "lora" else "model"))}
 

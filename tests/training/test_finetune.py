@@ -198,3 +198,37 @@ def test_peak_memory_restarts_from_the_memory_in_use() -> None:
     before = peak_memory_mb()
     assert reset_peak_memory()
     assert peak_memory_mb() < before - 150
+
+
+def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from instructune.methods import METHODS
+    from instructune.recipes.finetune import frozen_linears_to_bf16
+    from instructune.training.batching import completion_loss_sum
+
+    model = METHODS["lora"](AutoModelForCausalLM.from_pretrained(tiny_model_dir), dropout=0.0)
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.where(ids > 100, ids, -100)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = completion_loss_sum(model, batch, True)
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen_linears_to_bf16(model) > 0
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(dtypes[n] == torch.float32 for n in trainable)  # adapters keep fp32 master weights
+    assert any(d == torch.bfloat16 for d in dtypes.values())
+    assert model.get_output_embeddings().weight.dtype == torch.float32  # tied to the embeddings: kept
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = completion_loss_sum(model, batch, True)
+    assert torch.equal(before, after)  # autocast rounded the fp32 weights to these same bf16 values
+
+    # end to end: a bf16 LoRA run with an EWC estimate and test scores trains and saves an fp32 adapter
+    cfg = config(tmp_path, tiny_model_dir, precision="bf16", max_steps=6,
+                 keep="[{source: " + str(tmp_path / "reviews.jsonl") + ", template_file: "
+                 + str(tmp_path / "templates.yaml") + ", templates: [mood]}]",
+                 regularizers="[{name: ewc, lam: 1.0, options: {samples: 4}}]")
+    metrics = finetune(cfg, log=lambda *_: None).metrics
+    assert metrics["test"]["loss"] > 0 and metrics["train_tokens"] > 0 and metrics["train_seconds"] > 0
+    saved = load_file(str(cfg.output_dir / "adapter" / "adapter_model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in saved.values())

@@ -9,6 +9,7 @@ running to `max_new_tokens` and cutting afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,9 +92,11 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def autocast(model: Any, dtype: str) -> Any:
-    """bf16 autocast on the model's device when asked and the weights are fp32; a no-op otherwise."""
-    on = dtype == "bfloat16" and next(model.parameters()).dtype == torch.float32
-    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=on)
+    """bf16 autocast on the model's device when asked and the weights are fp32; otherwise a no-op that
+    leaves an enclosing autocast (a bf16 training run's validation) in force."""
+    if dtype == "bfloat16" and next(model.parameters()).dtype == torch.float32:
+        return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.inference_mode()
