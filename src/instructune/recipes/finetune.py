@@ -166,14 +166,13 @@ def frozen_linears_to_bf16(model: Any) -> int:
 def _release_freed_memory() -> None:
     """Hand memory freed on the heap back to the OS (glibc keeps it otherwise), so the dropped fp32
     copies lower the resident size, and its peak, rather than sit in the allocator's free lists."""
+    import contextlib
     import ctypes
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
 
 
 def adamw(params: list[Any], optim: Any) -> Any:

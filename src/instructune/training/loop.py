@@ -230,7 +230,6 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
 def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -> None:
     """Every process calls it and rank 0 writes best/ (sharded weights are gathered to it first)."""
     import os
-    import shutil
 
     from safetensors.torch import save_file
 
