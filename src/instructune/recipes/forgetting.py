@@ -117,7 +117,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     rows = []
     for cure in cures:
         run = train_cfgs[cure.name]
-        metrics = _train_in_subprocess(run, out / f"{cure.name}.yaml", cure.name, log, cfg.isolate_runs)
+        metrics = _train_cure_run(run, out / f"{cure.name}.yaml", cure.name, log, cfg.isolate_runs)
 
         def score_tuned(run: Any = run, name: str = cure.name) -> dict[str, Any]:
             log(f"cure '{name}': scoring")
@@ -197,7 +197,7 @@ def _multi_task_mixture(cfg: ForgettingConfig, cure: CureConfig, target: dict) -
     return {"tasks": tasks, "strategy": "weights"}
 
 
-def _train_in_subprocess(run: Any, cfg_path: Path, name: str, log: Any, isolate: bool = True) -> dict[str, Any]:
+def _train_cure_run(run: Any, cfg_path: Path, name: str, log: Any, isolate: bool = True) -> dict[str, Any]:
     """Train in a fresh process, so its peak memory and time are the cure's own (or, not isolated, here)."""
     done = Path(run.output_dir) / "metrics.json"
     if done.exists() and yaml.safe_load((Path(run.output_dir) / "config.yaml").read_text()) == to_dict(run):

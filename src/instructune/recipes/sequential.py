@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError, collect
-from instructune.recipes.forgetting import RetentionTask, _cached, _merge, _train_in_subprocess
+from instructune.recipes.forgetting import RetentionTask, _cached, _merge, _train_cure_run
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _train_stage(run: Any, start: dict[str, Any], name: str, log: Any) -> dict[s
     if folder.exists() and (not marker.exists() or json.loads(marker.read_text()) != start):
         log(f"{name}: the weights it starts from changed since it was trained; training it again")
         shutil.rmtree(folder)
-    metrics = _train_in_subprocess(run, folder.parent / f"{folder.name}.yaml", name, log)
+    metrics = _train_cure_run(run, folder.parent / f"{folder.name}.yaml", name, log)
     marker.write_text(json.dumps(start))
     if run.method.name in PEFT_METHODS and not Path(stage_model(run)).exists():  # retraining removes it
         log(f"{name}: merging the adapter into {run.model}")
