@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import shutil
@@ -214,7 +215,13 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
     with torch.autocast("cpu", dtype=torch.bfloat16):
         before = completion_loss_sum(model, batch, True)
     trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    weights = str(tiny_model_dir / "model.safetensors")
+    assert any(weights in line for line in Path("/proc/self/maps").read_text().splitlines())  # loaded as a file map
     assert frozen_linears_to_bf16(model) > 0
+    gc.collect()
+    # the map, whose pages hold the replaced fp32 weights, is gone: the remaining weights were copied off it
+    assert not any(weights in line for line in Path("/proc/self/maps").read_text().splitlines())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert all(dtypes[n] == torch.float32 for n in trainable)  # adapters keep fp32 master weights
     assert any(d == torch.bfloat16 for d in dtypes.values())
@@ -232,3 +239,24 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
     assert metrics["test"]["loss"] > 0 and metrics["train_tokens"] > 0 and metrics["train_seconds"] > 0
     saved = load_file(str(cfg.output_dir / "adapter" / "adapter_model.safetensors"))
     assert all(t.dtype == torch.float32 for t in saved.values())
+
+
+def test_attention_kernels_train_alike_and_auto_picks_by_kept_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from instructune.recipes.finetune import _attention
+
+    runs = {}
+    for kernel in ("eager", "sdpa"):
+        cfg = config(tmp_path, tiny_model_dir, max_steps=4, keep_checkpoints=0, attention=kernel,
+                     output_dir=tmp_path / kernel, **{"method.dropout": 0.0})
+        runs[kernel] = finetune(cfg, log=lambda *_: None).metrics
+        assert runs[kernel]["attention"] == kernel
+    # the same maths by another kernel: the same training, up to float rounding
+    assert runs["eager"]["validation"]["loss"] == pytest.approx(runs["sdpa"]["validation"]["loss"], rel=1e-4)
+    assert losses(tmp_path / "eager") == pytest.approx(losses(tmp_path / "sdpa"), rel=1e-4)
+
+    model = type("M", (), {"config": type("C", (), {"num_attention_heads": 9, "num_hidden_layers": 30})()})()
+    # batch 8 x 9 heads x 30 layers x 256^2 x 6 bytes = 850 MB kept: eager; at 512 tokens 3.4 GB: sdpa
+    assert _attention(config(tmp_path, tiny_model_dir), model, "cpu") == "eager"
+    assert _attention(config(tmp_path, tiny_model_dir, **{"data.max_length": 512}), model, "cpu") == "sdpa"
+    assert _attention(config(tmp_path, tiny_model_dir), model, "cuda") == "sdpa"
+    assert _attention(config(tmp_path, tiny_model_dir, attention="sdpa"), model, "cpu") == "sdpa"

@@ -34,7 +34,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     from accelerate.utils import DistributedType, set_seed
 
     from instructune.methods import METHODS, PEFT_METHODS, PROMPT_LEARNING, count_parameters
-    from instructune.models import load_model, resolve_model
+    from instructune.models import load_model, resolve_model, set_attention
     from instructune.training import checkpoint as ckpt
     from instructune.training.loop import LoopSettings, peak_memory_mb, restore, train_loop
     from instructune.training.regularizers import build_regularizer
@@ -52,10 +52,12 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
 
     # --- model and method
     model, tok = load_model(cfg.model)
+    attention = set_attention(model, _attention(cfg, model, accelerator.device.type))
     options = {k: v for k, v in to_dict(cfg.method).items() if k != "name"}
     model = METHODS[cfg.method.name](model, tokenizer_path=resolve_model(cfg.model), **options)
     trainable, total = count_parameters(model)
-    log(f"method {cfg.method.name}: {trainable:,} trainable / {total:,} parameters ({100 * trainable / total:.2f}%)")
+    log(f"method {cfg.method.name}: {trainable:,} trainable / {total:,} parameters ({100 * trainable / total:.2f}%), "
+        f"{attention} attention")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -129,7 +131,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         "validation": validation, "test": test, "skipped_batches": state.skipped_batches,
         "tokens_per_s": state.tokens * accelerator.num_processes / max(state.train_seconds, 1e-9),
         "train_tokens": state.tokens * accelerator.num_processes, "train_seconds": state.train_seconds,
-        "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start,
+        "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start, "attention": attention,
         "train_examples": len(data.train), "dropped_examples": data.dropped, "padding_fraction": data.padding,
         "templates": data.template_ids, "task": data.task,
         "mixture_epoch0": data.realised(0) if data.realised else None,
@@ -159,8 +161,25 @@ def frozen_linears_to_bf16(model: Any) -> int:
                 and not any(p.requires_grad for p in module.parameters())):
             module.to(torch.bfloat16)
             count += 1
+    if count:
+        _off_the_file_map(model)
     _release_freed_memory()
     return count
+
+
+def _off_the_file_map(model: Any) -> None:
+    """Copy the weights still in the dtype they were loaded in into memory of their own.
+
+    `from_pretrained` maps the safetensors file and its tensors are views of that map; the map, with
+    every page read through it (the converted layers' fp32 weights included), stays resident while
+    one view lives. With the remaining views copied, the map goes and the resident size drops by the
+    fp32 weights the conversion replaced. Parameters keep their identity (the optimiser holds them)
+    and tied weights stay tied."""
+    seen: set[int] = set()
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in seen and t.dtype.is_floating_point and t.numel():
+            seen.add(id(t))
+            t.data = t.data.clone()
 
 
 def _release_freed_memory() -> None:
@@ -238,6 +257,17 @@ def _check_fsdp(accelerator: Any, log: Any) -> None:
         raise InstructuneError("fsdp_activation_checkpointing is not supported: it renames every layer's "
                                "parameters, which checkpoints cannot match. Set it to false in the Accelerate "
                                "config and use gradient_checkpointing=true in the run config instead.")
+
+
+def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
+    """`cfg.attention`, with auto resolved: eager on CPU while the attention weights it keeps for the
+    backward pass (fp32 softmax and its half-precision copy, every layer and head) of one micro-batch
+    at data.max_length stay under 1 GiB; sdpa otherwise."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    c = model.config
+    kept = cfg.batch_size * c.num_attention_heads * c.num_hidden_layers * cfg.data.max_length ** 2 * (4 + 2)
+    return "eager" if device == "cpu" and kept <= 2 ** 30 else "sdpa"
 
 
 def _mixed(precision: str) -> str:

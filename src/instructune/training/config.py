@@ -141,6 +141,11 @@ class TrainConfig:
     """Recompute activations in the backward pass: less memory, more time."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel while training: eager (plain matmul and softmax; the fastest on CPU for short
+    sequences, but it keeps every attention weight for the backward pass) or sdpa (torch's fused kernel;
+    less memory); auto = eager on CPU while one micro-batch's attention weights at data.max_length stay
+    under 1 GiB, else sdpa."""
     eval_every: int = 50
     """Validate every N optimiser steps (and at each epoch end); 0 = only at epoch ends."""
     eval_mode: Literal["generate", "likelihood"] = "generate"
