@@ -9,7 +9,8 @@ every one short enough to fit max_length 160 untruncated, the prompt rendered by
 linear schedule with 2 warmup steps, lr 5e-4 (LoRA r=16, alpha=32, dropout 0 on q,k,v,o,gate,up,down)
 or 5e-5 (full), gradient clipping at 1.0, seed 0. TRL's own defaults are kept otherwise; in TRL 1.16
 they are bf16 autocast and gradient checkpointing, so TRL also runs as `fp32` and `bf16` with
-checkpointing off (instructune's default), and TRL fp32 is the 1.0x baseline.
+checkpointing off (instructune's default), and TRL fp32 is the 1.0x baseline. instructune bf16 also runs
+with the attention kernel its `attention: auto` did not pick (sdpa for LoRA, eager for full fine-tuning).
 
 Each (system, method, precision, repeat) is a fresh subprocess of this script (`--child`), so its peak
 RSS is its own; repeats take turns with the other settings, so a busy machine slows them alike. A child
@@ -66,11 +67,16 @@ class Setting:
     grad_ckpt: bool = False
     group_by_length: bool = True
     """instructune only (TRL keeps its default, off)."""
+    attention: str = "auto"
+    """instructune only: auto (its default; at these lengths eager for LoRA, sdpa for full) | eager | sdpa
+    (TRL keeps its default, sdpa)."""
 
     @property
     def label(self) -> str:
-        ungrouped = self.system == "instructune" and not self.group_by_length
-        return ", ".join([self.precision] + ["grad ckpt"] * self.grad_ckpt + ["no length grouping"] * ungrouped)
+        ours = self.system == "instructune"
+        return ", ".join([self.precision] + ["grad ckpt"] * self.grad_ckpt
+                         + ["no length grouping"] * (ours and not self.group_by_length)
+                         + [f"{self.attention} attention"] * (ours and self.attention != "auto"))
 
 
 # --- parent: data, settings, children, summary
@@ -111,7 +117,9 @@ def settings_for(methods: list[str], threads: int, levers: bool) -> tuple[list[S
     table = [s for m in methods for s in (
         Setting("trl", m, "fp32", threads), Setting("trl", m, "bf16", threads),
         Setting("trl", m, "bf16", threads, grad_ckpt=True),  # TRL 1.16's defaults as shipped
-        Setting("instructune", m, "fp32", threads), Setting("instructune", m, "bf16", threads))]
+        Setting("instructune", m, "fp32", threads), Setting("instructune", m, "bf16", threads),
+        # the other attention kernel than the one auto picks (eager for LoRA, sdpa for full fine-tuning)
+        Setting("instructune", m, "bf16", threads, attention="sdpa" if m == "lora" else "eager"))]
     if not levers:
         return table, []
     base = Setting("instructune", "lora", "bf16", threads)
@@ -322,6 +330,7 @@ def train_instructune(s: Setting, model: str, folder: Path, steps: int, run_dir:
                     "val_limit": VAL_EXAMPLES, "test_limit": None},
            "optim": {"lr": LR[s.method], "warmup_steps": WARMUP, "schedule": "linear"}, "seed": SEED,
            "precision": s.precision, "gradient_checkpointing": s.grad_ckpt, "group_by_length": s.group_by_length,
+           "attention": s.attention,
            "eval_every": 0, "save_every": 0, "eval_mode": "likelihood",  # one cheap validation, after the last step
            "keep_checkpoints": 0}  # no checkpoint, as TRL's run (save_strategy "no")
     path = run_dir.with_suffix(".yaml")
@@ -333,6 +342,7 @@ def train_instructune(s: Setting, model: str, folder: Path, steps: int, run_dir:
     return {"peak_rss_mb": peak, "train_seconds": metrics["train_seconds"], "tokens": metrics["train_tokens"],
             "steps": metrics["steps"], "padding_fraction": metrics["padding_fraction"],
             "own_val_loss": metrics["validation"]["loss"], "command": f"instructune train {path.name}",
+            "attention_used": metrics["attention"],
             "saved": str(run_dir / ("adapter" if s.method == "lora" else "model"))}
 
 
@@ -386,6 +396,7 @@ def train_trl(s: Setting, model: str, folder: Path, steps: int, run_dir: Path) -
     return {"peak_rss_mb": peak, "train_seconds": timer.last - timer.first, "tokens": counts["real"],
             "steps": trainer.state.global_step, "padding_fraction": 1 - counts["real"] / counts["slots"],
             "completion_only_loss": trainer.completion_only_loss, "optim": getattr(args.optim, "value", args.optim),
+            "attention_used": trainer.model.config._attn_implementation,
             "lengths": [len(x) for x in prepared["input_ids"]],
             "completion_lengths": [sum(t != -100 for t in x) for x in prepared["labels"]], "saved": str(saved)}
 

@@ -259,4 +259,5 @@ def test_attention_kernels_train_alike_and_auto_picks_by_kept_weights(tmp_path: 
     assert _attention(config(tmp_path, tiny_model_dir), model, "cpu") == "eager"
     assert _attention(config(tmp_path, tiny_model_dir, **{"data.max_length": 512}), model, "cpu") == "sdpa"
     assert _attention(config(tmp_path, tiny_model_dir), model, "cuda") == "sdpa"
+    assert _attention(config(tmp_path, tiny_model_dir, **{"method.name": "full"}), model, "cpu") == "sdpa"
     assert _attention(config(tmp_path, tiny_model_dir, attention="sdpa"), model, "cpu") == "sdpa"

@@ -144,8 +144,8 @@ class TrainConfig:
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """Attention kernel while training: eager (plain matmul and softmax; the fastest on CPU for short
     sequences, but it keeps every attention weight for the backward pass) or sdpa (torch's fused kernel;
-    less memory); auto = eager on CPU while one micro-batch's attention weights at data.max_length stay
-    under 1 GiB, else sdpa."""
+    less memory); auto = eager on CPU for methods other than full fine-tuning while one micro-batch's
+    attention weights at data.max_length stay under 1 GiB, else sdpa."""
     eval_every: int = 50
     """Validate every N optimiser steps (and at each epoch end); 0 = only at epoch ends."""
     eval_mode: Literal["generate", "likelihood"] = "generate"
