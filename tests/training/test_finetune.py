@@ -208,14 +208,15 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
     from instructune.recipes.finetune import frozen_linears_to_bf16
     from instructune.training.batching import completion_loss_sum
 
-    model = METHODS["lora"](AutoModelForCausalLM.from_pretrained(tiny_model_dir), dropout=0.0)
+    own = shutil.copytree(tiny_model_dir, tmp_path / "model")  # a file only this model maps
+    model = METHODS["lora"](AutoModelForCausalLM.from_pretrained(own), dropout=0.0)
     torch.manual_seed(0)
     ids = torch.randint(3, 200, (2, 12))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.where(ids > 100, ids, -100)}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         before = completion_loss_sum(model, batch, True)
     trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
-    weights = str(tiny_model_dir / "model.safetensors")
+    weights = str(own / "model.safetensors")
     assert any(weights in line for line in Path("/proc/self/maps").read_text().splitlines())  # loaded as a file map
     assert frozen_linears_to_bf16(model) > 0
     gc.collect()
