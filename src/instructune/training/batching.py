@@ -57,12 +57,18 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
     The output layer (a 49k-word vocabulary on the default model) dominates the cost, and most
     positions are prompt tokens that carry no loss: with `only_completion_logits` the logits are
     computed only at positions where some row has a completion token next (`logits_to_keep`).
+    Such a model (no virtual tokens) also gets no padding mask when the batch is right-padded, as
+    `collate` pads: causal attention already hides every later position, the padding included,
+    from each real token, so the losses are the same and the attention kernel needs no mask.
     """
     labels = batch["labels"]
     targets = labels[:, 1:]  # position t predicts token t + 1
     if only_completion_logits:
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+        mask = batch["attention_mask"]
+        right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(mask[:, 0].all())
+        out = model(input_ids=batch["input_ids"], attention_mask=None if right_padded else mask,
+                    logits_to_keep=keep)
         logits, targets = out.logits, targets[:, keep]  # (B, K, V), (B, K)
     else:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

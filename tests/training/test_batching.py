@@ -1,0 +1,54 @@
+"""The batch loss: padding changes nothing, whichever side it is on and whether the mask is sent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instructune.testing import tiny_model
+from instructune.training.batching import collate, completion_loss_sum
+
+
+def rows() -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for n in (3, 9, 6):  # different prompt lengths: the batch is padded
+        prompt = torch.randint(4, 64, (n,), generator=g).tolist()
+        answer = [prompt[0] % 7 + 10, 2]
+        out.append({"input_ids": prompt + answer, "labels": [-100] * n + answer})
+    return out
+
+
+def left_padded(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in examples)
+    pad = [width - len(e["input_ids"]) for e in examples]
+    return {"input_ids": torch.tensor([[pad_id] * p + e["input_ids"] for p, e in zip(pad, examples)]),
+            "attention_mask": torch.tensor([[0] * p + [1] * len(e["input_ids"]) for p, e in zip(pad, examples)]),
+            "labels": torch.tensor([[-100] * p + e["labels"] for p, e in zip(pad, examples)])}
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_padded_batch_loss_equals_the_examples_alone(attention: str) -> None:
+    model = tiny_model(70).eval()
+    model.set_attn_implementation(attention)
+    examples = rows()
+    with torch.no_grad():
+        alone = sum(float(completion_loss_sum(model, collate([e], 2), True)) for e in examples)
+        right = float(completion_loss_sum(model, collate(examples, 2), True))  # right-padded: no mask sent
+        left = float(completion_loss_sum(model, left_padded(examples, 2), True))  # left-padded: the mask is needed
+    assert right == pytest.approx(alone, rel=1e-5)
+    assert left == pytest.approx(alone, rel=1e-4)
+
+
+def test_right_padded_batch_is_sent_without_a_mask() -> None:
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, logits_to_keep):  # noqa: ANN001, ANN202
+            seen.append(attention_mask)
+            return type("Out", (), {"logits": torch.zeros(input_ids.shape[0], len(logits_to_keep), 70)})()
+
+    examples = rows()
+    completion_loss_sum(Spy(), collate(examples, 2), True)
+    completion_loss_sum(Spy(), left_padded(examples, 2), True)
+    assert seen[0] is None and seen[1] is not None and seen[1].shape == (3, 11)
