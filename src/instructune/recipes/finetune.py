@@ -264,7 +264,7 @@ def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
     while the attention weights it keeps for the backward pass (the fp32 softmax and its bf16 copy,
     every layer and head) of one micro-batch at data.max_length stay under 1 GiB; sdpa otherwise.
     Measured on the reference CPU (bench/train_throughput.py, median of 3): eager made bf16 LoRA
-    training 13% faster for 6% more peak memory, and full fine-tuning 11% faster for 5% more; full
+    training 18% faster for 11% more peak memory, and full fine-tuning 17% faster for 8% more; full
     fine-tuning, the method that needs the most memory, keeps the kernel that needs less."""
     from instructune.methods import PROMPT_LEARNING
 
