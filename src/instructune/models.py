@@ -168,16 +168,15 @@ def resolve_model(name: str) -> str:
 
 
 def set_attention(model: Any, implementation: str) -> str:
-    """Switch a loaded model (or a peft model's base) to an attention implementation that transformers
-    knows (eager, sdpa, ...); returns the one in use after the switch."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.config._attn_implementation != implementation:
+    """Switch a loaded transformers model to an attention implementation it knows (eager, sdpa, ...);
+    returns the one in use after the switch."""
+    if model.config._attn_implementation != implementation:
         try:
-            base.set_attn_implementation(implementation)
+            model.set_attn_implementation(implementation)
         except (ValueError, ImportError) as e:
             raise InstructuneError(f"attention: {implementation} is not available for this model "
                                    f"({str(e).splitlines()[0][:200]}); use attention=auto.") from None
-    return base.config._attn_implementation
+    return model.config._attn_implementation
 
 
 def load_model(name: str, dtype: str = "float32", adapter: str | None = None,

@@ -260,7 +260,7 @@ def _check_fsdp(accelerator: Any, log: Any) -> None:
 
 
 def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
-    """`cfg.attention`, with auto resolved. Eager on CPU for methods that leave the base weights frozen,
+    """`cfg.attention`, with auto resolved. Eager on CPU for every method but full fine-tuning,
     while the attention weights it keeps for the backward pass (the fp32 softmax and its bf16 copy,
     every layer and head) of one micro-batch at data.max_length stay under 1 GiB; sdpa otherwise.
     Measured on the reference CPU (bench/train_throughput.py, median of 3): eager made bf16 LoRA
