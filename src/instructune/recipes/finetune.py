@@ -63,7 +63,6 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
 
-
     # --- data
     data = load_task_data(cfg, tok, log)
     regularizers = [build_regularizer(r.name, model, data.keep_batches, lam=r.lam, **r.options)
@@ -93,6 +92,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         f"padding {data.padding:.1%} of token slots")
     if data.realised:
         log(f"mixture, examples per task and template in epoch 0: {data.realised(0)}")
+
     def validate(m: Any) -> dict[str, Any]:
         with accelerator.autocast():  # generation included: the run's precision throughout
             return data.validate(accelerator.unwrap_model(m))
