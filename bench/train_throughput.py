@@ -10,7 +10,7 @@ linear schedule with 2 warmup steps, lr 5e-4 (LoRA r=16, alpha=32, dropout 0 on 
 or 5e-5 (full), gradient clipping at 1.0, seed 0. TRL's own defaults are kept otherwise; in TRL 1.16
 they are bf16 autocast and gradient checkpointing, so TRL also runs as `fp32` and `bf16` with
 checkpointing off (instructune's default), and TRL fp32 is the 1.0x baseline. instructune bf16 also runs
-with the attention kernel its `attention: auto` did not pick (sdpa for LoRA, eager for full fine-tuning).
+with the attention kernels its `attention: auto` did not pick (it picks recompute on CPU): eager and sdpa.
 
 Each (system, method, precision, repeat) is a fresh subprocess of this script (`--child`), so its peak
 RSS is its own; repeats take turns with the other settings, so a busy machine slows them alike. A child
@@ -68,8 +68,7 @@ class Setting:
     group_by_length: bool = True
     """instructune only (TRL keeps its default, off)."""
     attention: str = "auto"
-    """instructune only: auto (its default; at these lengths eager for LoRA, sdpa for full) | eager | sdpa
-    (TRL keeps its default, sdpa)."""
+    """instructune only: auto (its default; recompute on CPU) | eager | sdpa (TRL keeps its default, sdpa)."""
 
     @property
     def label(self) -> str:
@@ -118,8 +117,9 @@ def settings_for(methods: list[str], threads: int, levers: bool) -> tuple[list[S
         Setting("trl", m, "fp32", threads), Setting("trl", m, "bf16", threads),
         Setting("trl", m, "bf16", threads, grad_ckpt=True),  # TRL 1.16's defaults as shipped
         Setting("instructune", m, "fp32", threads), Setting("instructune", m, "bf16", threads),
-        # the other attention kernel than the one auto picks (eager for LoRA, sdpa for full fine-tuning)
-        Setting("instructune", m, "bf16", threads, attention="sdpa" if m == "lora" else "eager"))]
+        # the attention kernels auto does not pick on CPU
+        Setting("instructune", m, "bf16", threads, attention="eager"),
+        Setting("instructune", m, "bf16", threads, attention="sdpa"))]
     if not levers:
         return table, []
     base = Setting("instructune", "lora", "bf16", threads)

@@ -169,7 +169,11 @@ def resolve_model(name: str) -> str:
 
 def set_attention(model: Any, implementation: str) -> str:
     """Switch a loaded transformers model to an attention implementation it knows (eager, sdpa, ...);
-    returns the one in use after the switch."""
+    returns the one in use after the switch. `recompute` is instructune's (training/attention.py)."""
+    if implementation == "recompute":
+        from instructune.training.attention import register
+
+        register()
     if model.config._attn_implementation != implementation:
         try:
             model.set_attn_implementation(implementation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from instructune.models import set_attention
 from instructune.testing import tiny_model
 from instructune.training.batching import collate, completion_loss_sum
 
@@ -27,10 +28,10 @@ def left_padded(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, 
             "labels": torch.tensor([[-100] * p + e["labels"] for p, e in zip(pad, examples)])}
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("attention", ["recompute", "eager", "sdpa"])
 def test_padded_batch_loss_equals_the_examples_alone(attention: str) -> None:
     model = tiny_model(70).eval()
-    model.set_attn_implementation(attention)
+    set_attention(model, attention)
     examples = rows()
     with torch.no_grad():
         alone = sum(float(completion_loss_sum(model, collate([e], 2), True)) for e in examples)

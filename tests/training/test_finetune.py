@@ -242,23 +242,28 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
     assert all(t.dtype == torch.float32 for t in saved.values())
 
 
-def test_attention_kernels_train_alike_and_auto_picks_by_kept_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_attention_kernels_train_alike_and_auto_picks_by_method_and_kept_weights(tmp_path: Path,
+                                                                                 tiny_model_dir: Path) -> None:
     from instructune.recipes.finetune import _attention
 
     runs = {}
-    for kernel in ("eager", "sdpa"):
+    for kernel in ("recompute", "eager", "sdpa"):
         cfg = config(tmp_path, tiny_model_dir, max_steps=4, keep_checkpoints=0, attention=kernel,
                      output_dir=tmp_path / kernel, **{"method.dropout": 0.0})
         runs[kernel] = finetune(cfg, log=lambda *_: None).metrics
         assert runs[kernel]["attention"] == kernel
     # the same maths by another kernel: the same training, up to float rounding
-    assert runs["eager"]["validation"]["loss"] == pytest.approx(runs["sdpa"]["validation"]["loss"], rel=1e-4)
-    assert losses(tmp_path / "eager") == pytest.approx(losses(tmp_path / "sdpa"), rel=1e-4)
+    for kernel in ("recompute", "sdpa"):
+        assert runs[kernel]["validation"]["loss"] == pytest.approx(runs["eager"]["validation"]["loss"], rel=1e-4)
+        assert losses(tmp_path / kernel) == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
 
     model = type("M", (), {"config": type("C", (), {"num_attention_heads": 9, "num_hidden_layers": 30})()})()
-    # batch 8 x 9 heads x 30 layers x 256^2 x 6 bytes = 850 MB kept: eager; at 512 tokens 3.4 GB: sdpa
-    assert _attention(config(tmp_path, tiny_model_dir), model, "cpu") == "eager"
-    assert _attention(config(tmp_path, tiny_model_dir, **{"data.max_length": 512}), model, "cpu") == "sdpa"
+    assert _attention(config(tmp_path, tiny_model_dir), model, "cpu") == "recompute"
+    assert _attention(config(tmp_path, tiny_model_dir, **{"method.name": "full"}), model, "cpu") == "recompute"
     assert _attention(config(tmp_path, tiny_model_dir), model, "cuda") == "sdpa"
-    assert _attention(config(tmp_path, tiny_model_dir, **{"method.name": "full"}), model, "cpu") == "sdpa"
+    # prompt tuning's masks: batch 8 x 9 heads x 30 layers x (256 + 20)^2 x 6 bytes = 987 MB kept: eager;
+    # at 512 tokens 3.6 GB: sdpa
+    prompt = {"method.name": "prompt_tuning", "method.num_virtual_tokens": 20}
+    assert _attention(config(tmp_path, tiny_model_dir, **prompt), model, "cpu") == "eager"
+    assert _attention(config(tmp_path, tiny_model_dir, **prompt, **{"data.max_length": 512}), model, "cpu") == "sdpa"
     assert _attention(config(tmp_path, tiny_model_dir, attention="sdpa"), model, "cpu") == "sdpa"

@@ -260,20 +260,24 @@ def _check_fsdp(accelerator: Any, log: Any) -> None:
 
 
 def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
-    """`cfg.attention`, with auto resolved. Eager on CPU for every method but full fine-tuning,
-    while the attention weights it keeps for the backward pass (the fp32 softmax and its bf16 copy,
-    every layer and head) of one micro-batch at data.max_length stay under 1 GiB; sdpa otherwise.
-    Measured on the reference CPU (bench/train_throughput.py, median of 3): eager made bf16 LoRA
-    training 18% faster for 11% more peak memory, and full fine-tuning 17% faster for 8% more; full
-    fine-tuning, the method that needs the most memory, keeps the kernel that needs less."""
+    """`cfg.attention`, with auto resolved: recompute on CPU (training/attention.py), except for
+    prompt-learning methods, whose batches carry padding masks that kernel hands to sdpa: eager for
+    them while the attention weights it keeps for the backward pass (the fp32 softmax and its bf16
+    copy, every layer and head) of one micro-batch at data.max_length stay under 1 GiB. sdpa otherwise.
+    Measured on the reference CPU (bench/train_throughput.py): recompute trains as fast as eager with
+    sdpa's memory; eager is 17-18% faster than sdpa for 8-11% more peak memory."""
     from instructune.methods import PROMPT_LEARNING
 
     if cfg.attention != "auto":
         return cfg.attention
+    if device != "cpu":
+        return "sdpa"
+    if cfg.method.name not in PROMPT_LEARNING:
+        return "recompute"
     c = model.config
-    length = cfg.data.max_length + (cfg.method.num_virtual_tokens if cfg.method.name in PROMPT_LEARNING else 0)
+    length = cfg.data.max_length + cfg.method.num_virtual_tokens
     kept = cfg.batch_size * c.num_attention_heads * c.num_hidden_layers * length ** 2 * (4 + 2)
-    return "eager" if device == "cpu" and cfg.method.name != "full" and kept <= 2 ** 30 else "sdpa"
+    return "eager" if kept <= 2 ** 30 else "sdpa"
 
 
 def _mixed(precision: str) -> str:

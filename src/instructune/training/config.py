@@ -141,11 +141,13 @@ class TrainConfig:
     """Recompute activations in the backward pass: less memory, more time."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
-    attention: Literal["auto", "eager", "sdpa"] = "auto"
-    """Attention kernel while training: eager (plain matmul and softmax; the fastest on CPU for short
-    sequences, but it keeps every attention weight for the backward pass) or sdpa (torch's fused kernel;
-    less memory); auto = eager on CPU for methods other than full fine-tuning while one micro-batch's
-    attention weights at data.max_length stay under 1 GiB, else sdpa."""
+    attention: Literal["auto", "recompute", "eager", "sdpa"] = "auto"
+    """Attention kernel while training: recompute (CPU only: torch's fused forward and a backward that
+    rebuilds the attention weights from the saved softmax statistics; the speed of eager and the memory
+    of sdpa), eager (plain matmul and softmax; keeps every attention weight for the backward pass) or
+    sdpa (torch's fused kernel); auto = recompute on CPU, except for prompt-learning methods, whose
+    padding masks it cannot take (eager while one micro-batch's attention weights at data.max_length
+    stay under 1 GiB, else sdpa); sdpa elsewhere."""
     eval_every: int = 50
     """Validate every N optimiser steps (and at each epoch end); 0 = only at epoch ends."""
     eval_mode: Literal["generate", "likelihood"] = "generate"
