@@ -264,8 +264,9 @@ def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
     prompt-learning methods, whose batches carry padding masks that kernel hands to sdpa: eager for
     them while the attention weights it keeps for the backward pass (the fp32 softmax and its bf16
     copy, every layer and head) of one micro-batch at data.max_length stay under 1 GiB. sdpa otherwise.
-    Measured on the reference CPU (bench/train_throughput.py): recompute trains as fast as eager with
-    sdpa's memory; eager is 17-18% faster than sdpa for 8-11% more peak memory."""
+    Measured on the reference CPU (bench/train_throughput.py, bf16, median of 3): recompute trained
+    LoRA 3% and full fine-tuning 1% faster than sdpa for 1-2% more peak memory; eager was 3-4% faster
+    than recompute for 5-9% more."""
     from instructune.methods import PROMPT_LEARNING
 
     if cfg.attention != "auto":

@@ -143,9 +143,9 @@ class TrainConfig:
     """Batch examples of similar length together (less padding)."""
     attention: Literal["auto", "recompute", "eager", "sdpa"] = "auto"
     """Attention kernel while training: recompute (CPU only: torch's fused forward and a backward that
-    rebuilds the attention weights from the saved softmax statistics; the speed of eager and the memory
-    of sdpa), eager (plain matmul and softmax; keeps every attention weight for the backward pass) or
-    sdpa (torch's fused kernel); auto = recompute on CPU, except for prompt-learning methods, whose
+    rebuilds the attention weights from the saved softmax statistics, keeping what sdpa keeps), eager
+    (plain matmul and softmax; keeps every attention weight for the backward pass) or sdpa (torch's
+    fused kernel); auto = recompute on CPU, except for prompt-learning methods, whose
     padding masks it cannot take (eager while one micro-batch's attention weights at data.max_length
     stay under 1 GiB, else sdpa); sdpa elsewhere."""
     eval_every: int = 50
