@@ -265,7 +265,7 @@ def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
     them while the attention weights it keeps for the backward pass (the fp32 softmax and its bf16
     copy, every layer and head) of one micro-batch at data.max_length stay under 1 GiB. sdpa otherwise.
     Measured on the reference CPU (bench/train_throughput.py, bf16, median of 3): recompute trained
-    LoRA 3% and full fine-tuning 1% faster than sdpa for 1-2% more peak memory; eager was 3-4% faster
+    LoRA 3% and full fine-tuning 1% faster than sdpa for up to 2% more peak memory; eager was 3-4% faster
     than recompute for 5-9% more."""
     from instructune.methods import PROMPT_LEARNING
 
