@@ -20,6 +20,15 @@ def batch() -> dict[str, torch.Tensor]:
     return collate(rows, 2)
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per CausalAttention call, i.e. per layer that took the recompute kernel."""
+    calls: list[int] = []
+    apply = attention.CausalAttention.apply
+    monkeypatch.setattr(attention.CausalAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+    return calls
+
+
 def loss_and_grads(impl: str, b: dict[str, torch.Tensor], bf16: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
     model = tiny_model(70)  # 4 query heads share 2 key/value heads
     set_attention(model, impl)
@@ -42,13 +51,10 @@ def test_kernel_gradients_equal_the_reference_attention() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_model_trains_as_with_eager_and_the_kernel_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    apply = attention.CausalAttention.apply
-    monkeypatch.setattr(attention.CausalAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+def test_model_trains_as_with_eager_and_the_kernel_is_used(kernel_calls: list[int]) -> None:
     b = batch()
     loss, grads = loss_and_grads("recompute", b)
-    assert len(calls) == 2  # both layers, the right-padded batch needs no mask
+    assert len(kernel_calls) == 2  # both layers, the right-padded batch needs no mask
     eager_loss, eager_grads = loss_and_grads("eager", b)
     assert loss == pytest.approx(eager_loss, rel=1e-5)
     for name, grad in grads.items():
@@ -60,17 +66,14 @@ def test_model_trains_as_with_eager_and_the_kernel_is_used(monkeypatch: pytest.M
     assert loss16 == pytest.approx(eager16, rel=2e-2)
 
 
-def test_masked_and_cached_calls_go_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    apply = attention.CausalAttention.apply
-    monkeypatch.setattr(attention.CausalAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+def test_masked_and_cached_calls_go_to_sdpa(kernel_calls: list[int]) -> None:
     model = tiny_model(70).eval()
     set_attention(model, "recompute")
     ids = torch.randint(4, 64, (2, 6))
     with torch.no_grad():
         masked = model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6])).logits
         model.generate(ids, max_new_tokens=3, do_sample=False)  # prefill (2 calls), then 1-token steps
-    assert len(calls) == 2
+    assert len(kernel_calls) == 2
     set_attention(model, "sdpa")
     with torch.no_grad():
         reference = model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6])).logits
