@@ -25,6 +25,7 @@ import torch
 import transformers
 
 from instructune.adapters import AdapterSet, random_lora
+from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
 from instructune.models import DEFAULT_MODEL, prompt_text, pull_model
 
 SWAPS = 100
@@ -82,10 +83,8 @@ def main() -> int:
         "swap_ms_max": round(max(times), 4), "target_ms": TARGET_MS,
         "forward_ms_one_prompt": round(forward_ms, 2), "prompt_tokens": ids.shape[1],
         "load_base_and_adapters_s": round(load_s, 2), "checks": checks,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-                    "cpu": platform.processor() or platform.machine(),
-                    "load_average_1min": round(os.getloadavg()[0], 2)},
+        "machine": {**machine_summary(shapes_of(DEFAULT_MODEL)), "python": platform.python_version(),
+                    "transformers": transformers.__version__, "load_average_1min": round(os.getloadavg()[0], 2)},
     }
     write(result)
     ok = all(checks.values()) and result["swap_ms_max"] < TARGET_MS
@@ -96,9 +95,10 @@ def main() -> int:
 
 def write(r: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "adapter_swap.json").write_text(json.dumps(r, indent=2) + "\n")
+    stem = results_stem("adapter_swap", r["machine"])
+    (OUT / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
     checks = "\n".join(f"| {k} | {'yes' if v else 'NO'} |" for k, v in r["checks"].items())
-    (OUT / "adapter_swap.md").write_text(f"""# Adapter hot-swap ({r['model']}, {r['adapters']})
+    (OUT / f"{stem}.md").write_text(f"""# Adapter hot-swap ({r['model']}, {r['adapters']})
 
 `.venv/bin/python bench/adapter_swap.py`: {r['swaps']} swaps between two adapters on one base model.
 
@@ -116,8 +116,7 @@ loading the base plus both adapters took {r['load_base_and_adapters_s']:.1f} s (
 |---|---|
 {checks}
 
-torch {r['machine']['torch']}, transformers {r['machine']['transformers']}, {r['machine']['threads']} threads, \
-{r['machine']['cpu']}, load average {r['machine']['load_average_1min']} (other work on the machine slows every number).
+{describe_machine(r['machine'])}; transformers {r['machine']['transformers']}, load average {r['machine']['load_average_1min']} (other work on the machine slows every number).
 
 """)
 

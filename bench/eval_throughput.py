@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -28,6 +27,7 @@ from instructune.evaluation.evaluate import select
 from instructune.evaluation.generate import generate_batch
 from instructune.evaluation.metrics import accuracy, map_to_label
 from instructune.evaluation.scoring import classify_by_likelihood
+from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
 from instructune.models import load_model, prompt_text
 
 CHOICES = {"fresh": "positive", "rotten": "negative"}
@@ -159,8 +159,7 @@ def main() -> None:
         rows += w_rows
         checks[w.name] = {"examples": len(w.texts), "source": w.source, "max_new_tokens": w.max_new_tokens,
                           "stop": "newline" if w.stop_at_newline else "eos", "mismatches_fp32": mismatches}
-    result = {"model": args.model, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                                              f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+    result = {"model": args.model, "machine": machine_summary(shapes_of(args.model)),
               "load_average": {"before": load_before, "after": os.getloadavg()[0]},
               "batched_equals_one_at_a_time_fp32": all(c["mismatches_fp32"] == 0 for c in checks.values()),
               "workloads": checks, "rows": rows}
@@ -171,8 +170,10 @@ def main() -> None:
 
 def write(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"Evaluation throughput, {result['model']}, greedy decoding; {result['machine']}; load average "
+    stem = results_stem("eval_throughput", result["machine"])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"Evaluation throughput, {result['model']}, greedy decoding; {describe_machine(result['machine'])}; "
+             "load average "
              f"{result['load_average']['before']:.1f} before, {result['load_average']['after']:.1f} after.", ""]
     for name, c in result["workloads"].items():
         lines.append(f"- {name}: {c['examples']} examples ({c['source']}), stop at {c['stop']}, max "
@@ -185,7 +186,7 @@ def write(out: Path, result: dict) -> None:
         lines.append(f"| {r['workload']} | {r['setting']} | {r['batch_size']} | {r['examples_per_s']:.2f} | "
                      f"{r['speedup']:.1f}x | {r['new_tokens']} | {acc} |")
     lines += ["", "Speed-up is against one-at-a-time fp32 generation of the same workload."]
-    (out / "eval_throughput.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -24,6 +24,7 @@ import yaml
 
 from instructune.config import apply_overrides, load_config, read_yaml, to_dict
 from instructune.data.mixture import task_names
+from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
 from instructune.training.config import TrainConfig
 
 THRESHOLD = 0.9
@@ -69,11 +70,13 @@ def main() -> None:
     result = {"config": args.config, "multi_steps": steps, "single_steps": single_steps,
               "multi_wall_s": metrics["multi-task"]["wall_seconds"],
               "test_limit": multi.data.test_limit, "rows": rows,
-              "realised_epoch0": metrics["multi-task"].get("mixture_epoch0")}
+              "realised_epoch0": metrics["multi-task"].get("mixture_epoch0"),
+              "machine": machine_summary(shapes_of(multi.model))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "multitask.json").write_text(json.dumps(result, indent=2))
-    (out / "multitask.md").write_text(markdown(result))
+    stem = results_stem("multitask", result["machine"])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 
@@ -94,7 +97,7 @@ def train(run: Any) -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"Multi-task ({r['multi_steps']} steps) versus one single-task run "
+    lines = [f"{describe_machine(r['machine'])}.", "", f"Multi-task ({r['multi_steps']} steps) versus one single-task run "
              f"per task ({r['single_steps']} steps each), same settings otherwise; {r['test_limit']} test "
              f"examples per task. Pass: multi-task reaches {THRESHOLD:.0%} of the single-task score.", "",
              "| task | share of multi-task draws | metric | single-task | multi-task | multi / single | pass |",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
 
 PACK, TEMPLATE, SEED, ENCODE_LENGTH, EPOCH_SIZE = "rotten-tomatoes", "sentiment", 0, 256, 4000
 
@@ -148,15 +149,23 @@ def main() -> None:
         epochs = [run_child({"kind": "epoch", "tiny": str(tiny), "pool": str(pool), "examples": n,
                              "max_length": length}, work, f"epoch-{n}-{length}", args.threads) for n, length in grid]
     result = {"tokenizer": args.model, "training_model": "tiny llama (2 layers, 64 dims, vocab 512)",
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+              "machine": _machine(args.model, args.threads),
               "load_average": {"before": load_before, "after": os.getloadavg()[0]}, "data": data, "epochs": epochs}
     write(Path(args.out), result)
 
 
+def _machine(model: str, threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)  # the probe runs at the children's thread count
+    return machine_summary(shapes_of(model))
+
+
 def write(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"Scaling; {result['machine']}; load average {result['load_average']['before']:.1f} before, "
+    stem = results_stem("scaling", result["machine"])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"Scaling; {describe_machine(result['machine'])}; load average {result['load_average']['before']:.1f} before, "
              f"{result['load_average']['after']:.1f} after.", "",
              f"(a) Building the rotten-tomatoes sentiment dataset from N rows (render, split, write), then encoding "
              f"its records with the {result['tokenizer']} tokenizer (max_length {ENCODE_LENGTH}):", "",
@@ -177,7 +186,7 @@ def write(out: Path, result: dict) -> None:
     lines += ["", "Growth MB: peak RSS minus RSS before building (the pack table and tokenizer already loaded). "
               "Epoch seconds are the loop's own training-step time (validation and checkpoint left out); longer "
               "prompts are cut in their middle to fit max_length, so shorter limits see fewer tokens per example."]
-    (out / "scaling.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -21,7 +21,7 @@ tokens it trained on, its peak RSS (`ru_maxrss`; TRL: straight after `train()`, 
 writes a checkpoint: TRL `save_strategy="no"`, instructune `keep_checkpoints: 0`), and the validation loss
 of the saved result, reloaded in fp32 the same way for both: mean cross-entropy per completion token of
 64 fixed validation examples (`instructune.training.loop.validation_loss`).
-Writes bench/results/train_throughput.{json,md}.
+Writes bench/results/train_throughput_<cpu class>.{json,md}.
 """
 
 from __future__ import annotations
@@ -111,19 +111,27 @@ def prepare_data(model: str, n_train: int, folder: Path) -> dict[str, Any]:
             VAL_EXAMPLES, "left_out_too_long": too_long, "lengths": lengths, "completion_lengths": completions}
 
 
-def settings_for(methods: list[str], threads: int, levers: bool) -> tuple[list[Setting], list[tuple[str, Setting]]]:
-    """The table's settings, and the instructune LoRA levers (each flips one thing of the bf16 default)."""
-    table = [s for m in methods for s in (
-        Setting("trl", m, "fp32", threads), Setting("trl", m, "bf16", threads),
-        Setting("trl", m, "bf16", threads, grad_ckpt=True),  # TRL 1.16's defaults as shipped
-        Setting("instructune", m, "fp32", threads), Setting("instructune", m, "bf16", threads),
+def settings_for(methods: list[str], threads: int, levers: bool,
+                 precisions: list[str]) -> tuple[list[Setting], list[tuple[str, Setting]]]:
+    """The table's settings, and the instructune LoRA levers (each flips one thing of its default).
+
+    `precisions[0]` is the one `precision: auto` picks on this machine: the other attention kernels
+    and the levers run in it."""
+    table = []
+    for m in methods:
+        for p in precisions:
+            table.append(Setting("trl", m, p, threads))
+            if p == "bf16":
+                table.append(Setting("trl", m, p, threads, grad_ckpt=True))  # TRL 1.16's defaults as shipped
+        for p in precisions:
+            table.append(Setting("instructune", m, p, threads))
         # the attention kernels auto does not pick on CPU
-        Setting("instructune", m, "bf16", threads, attention="eager"),
-        Setting("instructune", m, "bf16", threads, attention="sdpa"))]
+        table += [Setting("instructune", m, precisions[0], threads, attention=a) for a in ("eager", "sdpa")]
     if not levers:
         return table, []
-    base = Setting("instructune", "lora", "bf16", threads)
-    flips = [("baseline", base), ("precision", replace(base, precision="fp32")),
+    base = Setting("instructune", "lora", precisions[0], threads)
+    other = next((p for p in ("fp32", "bf16") if p != base.precision), "fp32")
+    flips = [("baseline", base), ("precision", replace(base, precision=other)),
              ("group_by_length", replace(base, group_by_length=False)),
              ("gradient_checkpointing", replace(base, grad_ckpt=True)),
              ("threads", replace(base, threads=1 if threads > 1 else 2))]
@@ -166,10 +174,14 @@ def matmul_peak(threads: int, n: int = 2048, tries: int = 5) -> dict[str, float]
     return peak
 
 
-def machine(threads: int) -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+def machine(model: str, threads: int) -> dict[str, Any]:
+    """The CPU class of this run: CPU, its class, fp32 and bf16 matmul speed at the model's shapes."""
+    import torch
+
+    from instructune import hardware
+
+    torch.set_num_threads(threads)
+    return {**hardware.machine_summary(hardware.shapes_of(model)), "cores": os.cpu_count(),
             "versions": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "accelerate")}}
 
 
@@ -214,6 +226,8 @@ def main() -> None:
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     p.add_argument("--levers", action="store_true", help="also flip single instructune LoRA settings")
+    p.add_argument("--precisions", default="auto",
+                   help="fp32,bf16 or one of them; auto = both, the one `precision: auto` picks here first")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -222,7 +236,13 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     peak = matmul_peak(args.threads)
-    table, levers = settings_for(args.methods.split(","), args.threads, args.levers)
+    host = machine(args.model, args.threads)
+    precisions = args.precisions.split(",")
+    if precisions == ["auto"]:
+        precisions = sorted(["fp32", "bf16"], key=lambda p: p != host["auto_precision"])
+    if "fp32" not in precisions:
+        sys.exit("--precisions must include fp32: TRL fp32 is the 1.0x baseline")
+    table, levers = settings_for(args.methods.split(","), args.threads, args.levers, precisions)
     settings = list(dict.fromkeys(table + [s for _, s in levers]))
     runs: dict[Setting, list[dict]] = {s: [] for s in settings}
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
@@ -239,7 +259,7 @@ def main() -> None:
     mean_len = statistics.mean(data["lengths"])
     summary = summarise(runs, peak, mean_len)
     result = {"model": args.model, "steps": args.steps, "batch_size": BATCH, "repeats": args.repeats,
-              "machine": machine(args.threads), "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+              "machine": host, "load_average": {"before": load_before, "after": os.getloadavg()[0]},
               "matmul_peak_gflops": peak, "flops_formula": FLOPS_FORMULA, "mean_example_tokens": mean_len,
               "data": {k: v for k, v in data.items() if not k.endswith("lengths")}, "tokens": token_check(data, runs),
               "rows": [{**asdict(s), "label": s.label, **summary[s]} for s in table],
@@ -252,11 +272,15 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
+    from instructune.hardware import describe_machine, results_stem
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = results_stem("train_throughput", result["machine"])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+
     m, t, d = result["machine"], result["tokens"], result["data"]
     lines = [f"Training throughput, {result['model']}: {result['steps']} steps of batch {result['batch_size']}, "
-             f"median of {result['repeats']}; {m['cpu']}, {m['cores']} cores, {m['threads']} threads; "
+             f"median of {result['repeats']}; {describe_machine(m)}; {m['cores']} cores; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
              + f"; load average {result['load_average']['before']:.1f} before, {result['load_average']['after']:.1f} "
              "after.", "",
@@ -276,10 +300,12 @@ def write(out: Path, result: dict) -> None:
     for r in result["rows"]:
         base = next(b for b in result["rows"] if b["method"] == r["method"] and b["system"] == "trl"
                     and b["label"] == "fp32")
-        lines.append(_row([r["method"], r["system"], r["label"] + (" (TRL's defaults)" if r["grad_ckpt"] else "")],
-                          r, base))
+        note = (" (TRL's defaults)" if r["grad_ckpt"] else
+                " (auto here)" if r["system"] == "instructune" and r["precision"] == m["auto_precision"]
+                and r["attention"] == "auto" else "")
+        lines.append(_row([r["method"], r["system"], r["label"] + note], r, base))
     if result["levers"]:
-        lines += ["", "instructune LoRA, one lever flipped from its bf16 default:", "",
+        lines += ["", f"instructune LoRA, one lever flipped from its {result['levers'][0]['precision']} default:", "",
                   "| lever | setting | threads | real tokens/s | vs baseline | peak RSS MB | final val loss | MFU |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in result["levers"]:
@@ -287,7 +313,7 @@ def write(out: Path, result: dict) -> None:
     lines += ["", "Real tokens are non-padding tokens (prompt and completion); seconds are those of the training "
               "steps only. The validation loss is the mean cross-entropy per completion token of the saved result, "
               "reloaded in fp32 the same way for every run."]
-    (out / "train_throughput.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -329,7 +355,8 @@ def train_instructune(s: Setting, model: str, folder: Path, steps: int, run_dir:
            "data": {"source": str(folder), "templates": [TEMPLATE], "max_length": MAX_LENGTH, "train_limit": None,
                     "val_limit": VAL_EXAMPLES, "test_limit": None},
            "optim": {"lr": LR[s.method], "warmup_steps": WARMUP, "schedule": "linear"}, "seed": SEED,
-           "precision": s.precision, "gradient_checkpointing": s.grad_ckpt, "group_by_length": s.group_by_length,
+           "precision": s.precision, "threads": s.threads, "gradient_checkpointing": s.grad_ckpt,
+           "group_by_length": s.group_by_length,
            "attention": s.attention,
            "eval_every": 0, "save_every": 0, "eval_mode": "likelihood",  # one cheap validation, after the last step
            "keep_checkpoints": 0}  # no checkpoint, as TRL's run (save_strategy "no")

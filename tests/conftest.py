@@ -21,6 +21,9 @@ def _private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """Each test sees its own empty cache unless it asks for the real one."""
     monkeypatch.setenv("INSTRUCTUNE_HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # precision auto means fp32 in tests, whatever the CPU: pinned numbers stay comparable across machines
+    # (tests/test_hardware.py unsets it to test the measured choice)
+    monkeypatch.setenv("INSTRUCTUNE_AUTO_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ import warnings
 from instructune import __version__
 from instructune.errors import InstructuneError
 
-COMMANDS = ["models", "generate", "train", "eval", "forgetting", "sequential", "demo", "adapters", "serve", "data", "templates", "report"]
+COMMANDS = ["models", "generate", "train", "eval", "forgetting", "sequential", "demo", "adapters", "serve", "data", "templates", "report",
+            "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

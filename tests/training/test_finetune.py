@@ -267,3 +267,25 @@ def test_attention_kernels_train_alike_and_auto_picks_by_method_and_kept_weights
     assert _attention(config(tmp_path, tiny_model_dir, **prompt), model, "cpu") == "eager"
     assert _attention(config(tmp_path, tiny_model_dir, **prompt, **{"data.max_length": 512}), model, "cpu") == "sdpa"
     assert _attention(config(tmp_path, tiny_model_dir, attention="sdpa"), model, "cpu") == "sdpa"
+
+
+def test_metrics_record_the_measured_precision_and_threads(tmp_path: Path, tiny_model_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from instructune import hardware
+
+    monkeypatch.delenv("INSTRUCTUNE_AUTO_PRECISION")
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda shapes, bf16: 2.0 if bf16 else 66.0)  # an AVX2 CPU
+    lines: list[str] = []
+    threads = torch.get_num_threads()
+    try:
+        cfg = config(tmp_path, tiny_model_dir, max_steps=2, threads=1)
+        metrics = finetune(cfg, log=lines.append).metrics
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["precision"]["requested"] == "auto" and metrics["precision"]["precision"] == "fp32"
+    assert (metrics["precision"]["fp32_gflops"], metrics["precision"]["bf16_gflops"]) == (66.0, 2.0)
+    assert metrics["threads"] == 1
+    assert "threads: 1 (as asked)" in lines
+    assert any(line.startswith("precision auto -> fp32: bf16 matmul 2.0 GFLOP/s vs fp32 66.0 on this CPU")
+               for line in lines)
+    assert json.loads((cfg.output_dir / "metrics.json").read_text())["precision"] == metrics["precision"]

@@ -21,13 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto (default) measures bf16 against fp32 on this CPU (see `instructune doctor`)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json and predictions.csv")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from instructune.errors import InstructuneError
+    from instructune.hardware import setup_threads
     from instructune.recipes.evaluate import evaluate, print_table
 
     try:
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise InstructuneError(f"--shots needs counts >= 0, like 0,1,5; got {args.shots!r}")
     if args.limit is not None and args.limit < 1:
         raise InstructuneError(f"--limit must be at least 1, got {args.limit}")
+    setup_threads(args.threads)
     report = evaluate(args.model or ["smollm2-135m-instruct"], args.adapter, args.data, args.template,
                       split=args.split, shots=shots, limit=args.limit, mode=args.mode, seed=args.seed,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype,

@@ -15,16 +15,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto (default) measures bf16 against fp32 on this CPU (see `instructune doctor`)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     import time
 
     from instructune.errors import InstructuneError
     from instructune.evaluation.generate import generate
+    from instructune.hardware import eval_dtype, setup_threads
     from instructune.models import load_model, prompt_text
 
     problems = []
@@ -39,14 +43,18 @@ def run(args: argparse.Namespace) -> int:
     # Imported before the clock starts: the load time printed is the model's alone.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
+    def note(line: str) -> None:  # machine lines go to stderr: stdout holds the completion alone
+        print(line, file=sys.stderr)
+
+    setup_threads(args.threads, log=note)
+    dtype = eval_dtype(args.dtype, args.model, log=note)
     start = time.time()
-    model, tok = load_model(args.model, dtype=args.dtype, adapter=args.adapter,
+    model, tok = load_model(args.model, dtype=dtype, adapter=args.adapter,
                             trust_remote_code=args.trust_remote_code)
     load_s = time.time() - start
     text = prompt_text(tok, args.prompt, raw=args.raw)
     [completion] = generate(model, tok, [text], max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=1)
     print(completion.strip())
-    import sys
     print(f"(model loaded in {load_s:.1f} s)", file=sys.stderr)
     return 0

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-name", help="the `model` id of the base in requests (default: --model as given)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto (default) measures bf16 against fp32 on this CPU (see `instructune doctor`)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt, in tokens")
     p.add_argument("--max-concurrent", type=int, default=8, help="requests in flight at once; more get a 429")
@@ -26,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instructune.adapters import AdapterSet, validate_name
     from instructune.errors import collect
+    from instructune.hardware import eval_dtype, setup_threads
     from instructune.serve import Limits, create_app
 
     problems = [f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
@@ -37,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     for item in args.adapters:
         name, sep, path = item.partition("=")
         adapters[validate_name(name)] = path if sep else name
-    aset = AdapterSet(args.model, adapters, dtype=args.dtype, served_name=args.served_name)
+    setup_threads(args.threads)
+    aset = AdapterSet(args.model, adapters, dtype=eval_dtype(args.dtype, args.model), served_name=args.served_name)
     limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
                     max_concurrent=args.max_concurrent, batch_window_ms=args.batch_window_ms,
                     default_max_tokens=min(128, args.max_tokens))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instructune.config import load_config, to_dict
+from instructune.hardware import cpu_model, resolve_precision, setup_threads, shapes_of
 
 
 @dataclass
@@ -36,8 +37,11 @@ class DemoConfig:
     """In-context settings of the base model."""
     eval_limit: int = 200
     """Target test examples in the side-by-side evaluation."""
-    precision: Literal["fp32", "bf16"] = "bf16"
-    """Precision of the base and tuned evaluations: fp32, or bf16 autocast (faster on most CPUs)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Precision of the base and tuned evaluations: auto (measured on this machine, see `instructune
+    doctor`), fp32, or bf16 autocast (faster on CPUs with bf16 units, much slower on those without)."""
+    threads: int | None = None
+    """torch threads of every step; null = the CPUs this process may run on."""
     forgetting: dict = field(default_factory=dict)
     """The forgetting comparison (fields of `instructune forgetting`); its train block trains the target."""
     seed: int = 0
@@ -68,20 +72,23 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     fcfg_data = {**cfg.forgetting, "output_dir": str(out / "forgetting"), "seed": cfg.seed}
-    fcfg_data["train"] = {**fcfg_data.get("train", {}), "model": cfg.model, "seed": cfg.seed}
+    fcfg_data["train"] = {"threads": cfg.threads, **fcfg_data.get("train", {}), "model": cfg.model, "seed": cfg.seed}
     fcfg = load_config(ForgettingConfig, data=fcfg_data)
 
-    # --- model
+    # --- model, and what this machine runs fastest
     log(f"[1/5] model {cfg.model}")
     from instructune.models import MODEL_PACKS
     if cfg.model in MODEL_PACKS:
         pull_model(cfg.model, log=log)
+    threads = setup_threads(cfg.threads, log=log)
+    choice = resolve_precision(cfg.precision, shapes_of(cfg.model), log=log)
+    dtype = choice.dtype
 
     # --- base model, zero- and few-shot, on the target task
     log(f"[2/5] base model on {cfg.target}/{cfg.template}: {', '.join(map(str, cfg.shots))}-shot")
     base_eval = _cached_eval(out / "eval-base", dict(models=[cfg.model], adapters=[], data=cfg.target,
                              template=cfg.template, shots=cfg.shots, limit=cfg.eval_limit, seed=cfg.seed,
-                             dtype=_dtype(cfg)), log)
+                             dtype=dtype), log)
 
     # --- fine-tune: full, LoRA and the cures; retention before and after
     log("[3/5] fine-tuning and forgetting: " + ", ".join(["full", "lora", *[c.name for c in fcfg.cures]]))
@@ -95,20 +102,17 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     adapters = [str(runs / c / "adapter") for c in _cure_names(fcfg) if (runs / c / "adapter").exists()]
     tuned_eval = _cached_eval(out / "eval-tuned", dict(models=[cfg.model, *tuned], adapters=adapters,
                               data=cfg.target, template=cfg.template, shots=[0], limit=cfg.eval_limit,
-                              seed=cfg.seed, dtype=_dtype(cfg)), log)  # base 0-shot kept: answers side by side
+                              seed=cfg.seed, dtype=dtype), log)  # base 0-shot kept: answers side by side
     tuned_rows = [r for r in tuned_eval["results"] if r["setting"] != cfg.model]
     print_table({**base_eval, "results": base_eval["results"] + tuned_rows})
 
     # --- provenance and report
     log("[5/5] report")
-    write_run_info(out, cfg, resolve_model(cfg.model), [base_eval["dataset"]] + _study_folders(fcfg))
+    machine = {"cpu": cpu_model(), "cpu_class": choice.cpu_class, "threads": threads, "precision": choice.as_dict()}
+    write_run_info(out, cfg, resolve_model(cfg.model), [base_eval["dataset"]] + _study_folders(fcfg), machine)
     paths = build_report([out], out / "report")
     log(f"report: {paths['html']}")
     return paths["html"]
-
-
-def _dtype(cfg: DemoConfig) -> str:
-    return "bfloat16" if cfg.precision == "bf16" else "float32"
 
 
 def _cure_names(fcfg: Any) -> list[str]:
@@ -150,13 +154,15 @@ def _study_folders(fcfg: Any) -> list[str]:
     return list(dict.fromkeys(str(f) for f in folders))
 
 
-def write_run_info(out: Path, cfg: DemoConfig, model_dir: str, data_folders: list[str]) -> dict[str, Any]:
-    """What produced the run: config, seed, package versions, model checksum, data split hashes."""
+def write_run_info(out: Path, cfg: DemoConfig, model_dir: str, data_folders: list[str],
+                   machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What produced the run: config, seed, machine and precision, package versions, model checksum,
+    data split hashes."""
     manifest = Path(model_dir) / "instructune-pack.json"
     packages = ["instructune", "torch", "transformers", "peft", "accelerate", "datasets", "rouge-score", "sacrebleu"]
     info = {
         "config": to_dict(cfg), "seed": cfg.seed, "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": platform.platform(), "machine": machine,
         "packages": {p: _version(p) for p in packages},
         "model": {"name": cfg.model, "path": model_dir, **_model_checksums(Path(model_dir), manifest)},
         "data": {f: {s: _sha256(Path(f) / f"{s}.jsonl") for s in ("train", "validation", "test")}

@@ -19,11 +19,12 @@ from instructune.errors import InstructuneError
 
 def evaluate(models: list[str], adapters: list[str], data: str, template: str, split: str = "test",
              shots: list[int] = (0,), limit: int | None = None, mode: str = "generate", seed: int = 0,
-             batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "float32",
+             batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "auto",
              template_file: str | None = None, out: Path | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     from instructune.data.build import dataset_folder, dataset_templates, read_split
     from instructune.evaluation.evaluate import evaluate_records
+    from instructune.hardware import eval_dtype
 
     # --- data and template
     folder = dataset_folder(data, [template], seed=0, fractions=[0.8, 0.1, 0.1], template_file=template_file)
@@ -37,6 +38,7 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str, s
         raise InstructuneError(f"the {split} split of {data} has no '{template}' examples; check --split.")
     train = [r for r in read_split(folder, "train") if r["template"] == template] if max(shots) > 0 else None
     tokens = max_new_tokens or (8 if t.choices else 64)
+    dtype = eval_dtype(dtype, models[0], log=log)  # auto: measured on this machine
 
     # --- every setting on the same examples
     results = []
@@ -49,7 +51,7 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str, s
                                    max_new_tokens=tokens, dtype=dtype)
             results.append({"setting": label, "shots": k, **res})
     report = {"data": data, "dataset": str(folder), "template": template, "split": split, "seed": seed,
-              "mode": mode, "results": results}
+              "mode": mode, "dtype": dtype, "results": results}
     if out:
         write_outputs(Path(out), report)
     return report

@@ -33,17 +33,21 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, set_seed
 
+    from instructune import hardware
     from instructune.methods import METHODS, PEFT_METHODS, PROMPT_LEARNING, count_parameters
     from instructune.models import load_model, resolve_model, set_attention
     from instructune.training import checkpoint as ckpt
     from instructune.training.loop import LoopSettings, peak_memory_mb, restore, train_loop
     from instructune.training.regularizers import build_regularizer
 
-    # --- config and run folder
+    # --- config, machine and run folder
+    threads = hardware.setup_threads(cfg.threads, log=log if _main_process() else None)
+    choice = hardware.resolve_precision(cfg.precision, hardware.shapes_of(cfg.model),
+                                        log=log if _main_process() else None)
     # a fresh precision setting per run, so runs of different precisions can share one process (the
     # process-level state, which holds the distributed setup, is kept)
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed(cfg.precision))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed(choice.precision))
     _check_fsdp(accelerator, log)
     set_seed(cfg.seed)
     run_dir = Path(cfg.output_dir)
@@ -74,7 +78,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if (cfg.precision == "bf16" and cfg.method.name in PEFT_METHODS  # only the adapter is saved
+    if (choice.precision == "bf16" and cfg.method.name in PEFT_METHODS  # only the adapter is saved
             and accelerator.distributed_type != DistributedType.FSDP):
         frozen_linears_to_bf16(accelerator.unwrap_model(model))  # after the regularizers' fp32 estimates
     state = None
@@ -104,7 +108,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not _out_of_memory(e):
             raise
-        raise InstructuneError(_oom_advice(cfg, ckpt.latest_checkpoint(run_dir))) from None
+        raise InstructuneError(_oom_advice(cfg, choice.precision, ckpt.latest_checkpoint(run_dir))) from None
     model = accelerator.unwrap_model(model)
     if reason.startswith("signal"):
         kept = ("checkpoint saved. Resume with --resume." if cfg.keep_checkpoints else
@@ -132,6 +136,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         "tokens_per_s": state.tokens * accelerator.num_processes / max(state.train_seconds, 1e-9),
         "train_tokens": state.tokens * accelerator.num_processes, "train_seconds": state.train_seconds,
         "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start, "attention": attention,
+        "precision": choice.as_dict(), "threads": threads,
         "train_examples": len(data.train), "dropped_examples": data.dropped, "padding_fraction": data.padding,
         "templates": data.template_ids, "task": data.task,
         "mixture_epoch0": data.realised(0) if data.realised else None,
@@ -213,7 +218,7 @@ def _out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in text)
 
 
-def _oom_advice(cfg: TrainConfig, last: Path | None) -> str:
+def _oom_advice(cfg: TrainConfig, precision: str, last: Path | None) -> str:
     """The knobs that trade memory for time, with values worked out from this run's config."""
     knobs = []
     if cfg.batch_size > 1:
@@ -224,12 +229,13 @@ def _oom_advice(cfg: TrainConfig, last: Path | None) -> str:
         knobs.append("gradient_checkpointing=true (recompute activations: less memory, more time)")
     if cfg.method.name == "full":
         knobs.append("method.name=lora (train a small adapter instead of every weight)")
-    if cfg.precision == "fp32":
-        knobs.append("precision=bf16 (half the activation memory)")
+    if precision == "fp32":
+        knobs.append("precision=bf16 (half the activation memory; slower on CPUs without bf16 units, see "
+                     "`instructune doctor`)")
     knobs.append(f"data.max_length={max(cfg.data.max_length // 2, 16)} (shorter examples)")
     kept = f" The last checkpoint, {last}, is intact (--resume continues it unchanged)." if last else ""
     return (f"out of memory while training {cfg.model} (batch_size={cfg.batch_size}, method {cfg.method.name}, "
-            f"{cfg.precision}).{kept} To fit, train into a new output_dir with one or more of:\n"
+            f"{precision}).{kept} To fit, train into a new output_dir with one or more of:\n"
             + "\n".join(f"  - {k}" for k in knobs))
 
 
@@ -279,6 +285,13 @@ def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
     length = cfg.data.max_length + cfg.method.num_virtual_tokens
     kept = cfg.batch_size * c.num_attention_heads * c.num_hidden_layers * length ** 2 * (4 + 2)
     return "eager" if kept <= 2 ** 30 else "sdpa"
+
+
+def _main_process() -> bool:
+    """Rank 0 of a multi-process launch (or a single process): the one that prints the machine lines."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _mixed(precision: str) -> str:

@@ -24,6 +24,7 @@ import yaml
 
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
+from instructune.hardware import setup_threads
 
 
 @dataclass
@@ -81,9 +82,10 @@ class ForgettingConfig:
     """Texts in the perplexity probe."""
     text_words: int = 120
     """Each probe text is cut to this many words."""
-    score_precision: Literal["fp32", "bf16"] | None = None
-    """Precision of every before/after score: fp32, or bf16 autocast (about twice as fast on CPUs with
-    bf16 units); null = the training precision (fp16 training scores in fp32)."""
+    score_precision: Literal["auto", "fp32", "bf16"] | None = None
+    """Precision of every before/after score: auto (measured, as for training), fp32, or bf16 autocast
+    (about twice as fast on CPUs with bf16 units, many times slower on those without); null = the
+    training precision (fp16 training scores in fp32)."""
     isolate_runs: bool = True
     """Train each cure in a fresh process, so its wall time and peak memory are its own; false trains
     them in this process (saves some seconds of start-up per cure; peak memory then counts from the
@@ -101,12 +103,13 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cures = _cure_list(cfg)
     train_cfgs = {c.name: _train_config(cfg, c, out) for c in cures}  # validated before any work starts
+    setup_threads(next(iter(train_cfgs.values())).threads, log=log)
     suite = RetentionSuite.build(cfg, next(iter(train_cfgs.values())))
 
     first = train_cfgs[cures[0].name]
     suite_key = {k: v for k, v in to_dict(cfg).items() if k not in ("cures", "baselines", "output_dir", "train",
                                                                   "isolate_runs")}
-    suite_key.update(model=first.model, data=to_dict(first.data))
+    suite_key.update(model=first.model, data=to_dict(first.data), dtype=suite.dtype)
 
     def score_original() -> dict[str, Any]:
         log(f"scoring the original model {first.model} on the retention suite")
@@ -317,10 +320,11 @@ class RetentionSuite:
             limit = min(task.limit, cfg.retention_limit or task.limit)
             recs, t = fixed(task.source, task.template, limit, template_file=task.template_file)
             tasks[f"{task.source}/{task.template}"] = (recs, t, task.mode)
-        precision = cfg.score_precision or ("bf16" if run.precision == "bf16" else "fp32")
+        from instructune.hardware import eval_dtype
+
+        dtype = eval_dtype(cfg.score_precision or run.precision, run.model)
         return cls(target, tasks, probe_prompts(cfg.probe_prompts) if cfg.probe_prompts else [],
-                   _held_out_texts(cfg, run) if cfg.text_source else [], cfg.probe_tokens,
-                   "bfloat16" if precision == "bf16" else "float32")
+                   _held_out_texts(cfg, run) if cfg.text_source else [], cfg.probe_tokens, dtype)
 
     def score(self, model: Any, tok: Any, probe_answers: list[str] | None) -> dict[str, Any]:
         from instructune.forgetting import general_probe, task_scores, text_probe

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError, collect
+from instructune.hardware import eval_dtype, setup_threads
 from instructune.recipes.forgetting import RetentionTask, _cached, _merge, _train_cure_run
 
 
@@ -36,9 +37,9 @@ class SequentialConfig:
     """The tasks in training order; stage j trains task j. Every task is scored after every stage."""
     output_dir: Path = Path("runs/sequential")
     """Where each stage's run (`stage-<j>-<task>/`), the scores and sequential.json are written."""
-    score_precision: Literal["fp32", "bf16"] | None = None
-    """Precision of every score: fp32, or bf16 autocast; null = the training precision (fp16 training
-    scores in fp32)."""
+    score_precision: Literal["auto", "fp32", "bf16"] | None = None
+    """Precision of every score: auto (measured, as for training), fp32, or bf16 autocast; null = the
+    training precision (fp16 training scores in fp32)."""
     seed: int = 0
     """Seed of the fixed test subsets."""
 
@@ -48,9 +49,9 @@ def sequential(cfg: SequentialConfig, log: Any = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     names = task_names(cfg.tasks)
     runs = stage_configs(cfg, out)  # every stage validated before any work starts
+    setup_threads(runs[0].threads, log=log)
     examples = _fixed_examples(cfg, names, runs[0])
-    precision = cfg.score_precision or ("bf16" if runs[0].precision == "bf16" else "fp32")
-    dtype = "bfloat16" if precision == "bf16" else "float32"
+    dtype = eval_dtype(cfg.score_precision or runs[0].precision, runs[0].model)
     key = {"tasks": [to_dict(t) for t in cfg.tasks], "seed": cfg.seed, "dtype": dtype,
            "split": [runs[0].data.seed, runs[0].data.fractions]}
 

@@ -135,8 +135,12 @@ class TrainConfig:
     """Stop after this many optimiser steps."""
     seed: int = 0
     """Seed of initialisation, data order and dropout."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """fp32, or autocast in bf16 (CPU and GPU) or fp16 (GPU only)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto (measured on this machine: bf16 where its matmuls are clearly faster than fp32, see
+    `instructune doctor`), fp32, or autocast in bf16 (CPU and GPU) or fp16 (GPU only)."""
+    threads: int | None = None
+    """torch threads; null = the CPUs this process may run on (affinity and cgroup quota), shared
+    between the processes of a multi-process launch."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time."""
     group_by_length: bool = True
@@ -176,6 +180,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "epochs"):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            out.append(f"threads must be at least 1 (or null for every usable CPU), got {self.threads}")
         if self.keep_checkpoints < 0:
             out.append(f"keep_checkpoints must be 0 (none) or more, got {self.keep_checkpoints}")
         if self.max_steps is not None and self.max_steps < 1:
