@@ -10,7 +10,8 @@ LoRA r=16 on every linear layer, in the precision `auto` picks on this CPU unles
 
 - baseline: the engine's defaults, the output layer computed only at completion positions;
 - heap: `instructune.hardware.reuse_freed_memory()`: freed memory stays in the process for the next
-  tensors instead of going back to the OS and being faulted in again page by page;
+  tensors instead of going back to the OS and being faulted in again page by page (the engine's
+  default where a trainable tensor is larger than 32 MiB, so the baseline row leaves it off);
 - compile: the model's forward compiled by TorchInductor (dynamic shapes);
 - all-logits: the output layer at every position (what a plain `model(**batch).loss` does);
 - precision: the other precision (fp32 <-> bf16 autocast).
@@ -38,8 +39,7 @@ BATCH, MAX_LENGTH, WARMUP_STEPS = 8, 160, 2
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
         "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 LR = {"lora": 5e-4, "full": 5e-5}
-LEVERS = {"baseline": {}, "heap": {"heap": True}, "heap-trim": {"heap": {"mmap_threshold": None}},
-          "heap-nommap": {"heap": {"no_mmap": True}}, "compile": {"compile": True},
+LEVERS = {"baseline": {}, "heap": {"heap": True}, "compile": {"compile": True},
           "all-logits": {"all_logits": True}, "precision": {"flip_precision": True}}
 
 
@@ -70,7 +70,7 @@ def child(spec: dict[str, Any]) -> None:
     lever = spec["lever"]
     torch.set_num_threads(spec["threads"])
     if lever.get("heap"):
-        hardware.reuse_freed_memory(**(lever["heap"] if isinstance(lever["heap"], dict) else {}))
+        hardware.reuse_freed_memory()
     data = batches(spec["model"], spec["steps"])
     torch.manual_seed(0)
     model, _ = load_model(spec["model"])

@@ -29,8 +29,11 @@ T = TypeVar("T")
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source."""
+    """The docstring under each field of a dataclass, read from its source (and its bases')."""
     docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
@@ -110,6 +113,8 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {data!r}")
         return None
+    if hasattr(cls, "from_config"):  # a section that builds itself (a method's name picks its options)
+        return cls.from_config(data, prefix, problems)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     docs = field_docs(cls)
@@ -211,8 +216,12 @@ def type_name(tp: Any) -> str:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config as plain YAML-able data (Paths as strings)."""
+    """A config as plain YAML-able data (Paths as strings; a section with `as_config_dict` in its own form)."""
     def plain(v: Any) -> Any:
+        if hasattr(v, "as_config_dict"):
+            return plain(v.as_config_dict())
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, Path):
             return str(v)
         if isinstance(v, dict):
@@ -220,4 +229,4 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg)

@@ -50,6 +50,8 @@ def config(tmp_path: Path, model: Path, **over: object) -> TrainConfig:
             "data.templates": "[mood]", "data.val_limit": 8, "data.test_limit": 8, "batch_size": 8, "max_steps": 12,
             "eval_every": 0, "save_every": 1, "keep_checkpoints": 3, "log_every": 1, "optim.lr": 1e-2,
             "optim.warmup_steps": 2, "method.name": "lora", "method.dropout": 0.1, "eval_mode": "likelihood"}
+    if over.get("method.name", "lora") != "lora":
+        del base["method.dropout"]  # a LoRA option: refused for another method
     return load_config(TrainConfig, None, [f"{k}={v}" for k, v in {**base, **over}.items()])
 
 

@@ -49,7 +49,9 @@ def config(tmp_path: Path, model: Path, **over: object) -> TrainConfig:
     base = [f"model={model}", f"output_dir={tmp_path / 'run'}", f"data.source={data}",
             f"data.template_file={tpl}", "data.templates=[mood]", "data.val_limit=8", "data.test_limit=8",
             "batch_size=8", "max_steps=12", "eval_every=0", "save_every=4", "keep_checkpoints=5",
-            "log_every=1", "optim.lr=1e-2", "optim.warmup_steps=2", "method.name=lora", "method.dropout=0.1"]
+            "log_every=1", "optim.lr=1e-2", "optim.warmup_steps=2", "method.name=lora"]
+    if over.get("method.name", "lora") == "lora":
+        base.append("method.dropout=0.1")  # a LoRA option: refused for another method
     return load_config(TrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
 
 

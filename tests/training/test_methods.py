@@ -89,3 +89,28 @@ def test_selective_methods_choose_the_right_weights() -> None:
 def test_bad_method_options(name: str, options: dict, message: str) -> None:
     with pytest.raises(InstructuneError, match=message):
         METHODS[name](tiny_model(vocab_size=64), **options)
+
+
+def test_an_option_meant_for_another_method_is_refused() -> None:
+    from instructune.config import load_config, to_dict
+    from instructune.training.config import TrainConfig
+
+    with pytest.raises(InstructuneError) as err:
+        load_config(TrainConfig, data={"method": {"name": "full", "r": 16, "bogus": 1}})
+    message = str(err.value)
+    assert "method.r: not an option of method full" in message and "it belongs to lora" in message
+    assert "method.bogus: not an option of method full" in message
+    with pytest.raises(InstructuneError, match="method full has no option r"):
+        METHODS["full"](tiny_model(vocab_size=64), r=16)
+    # the chosen method's own options: read flat, written back flat
+    cfg = load_config(TrainConfig, data={"method": {"name": "prompt_tuning", "num_virtual_tokens": 4}})
+    assert cfg.method.num_virtual_tokens == 4 and cfg.method.init_text is None
+    assert to_dict(cfg)["method"] == {"name": "prompt_tuning", "num_virtual_tokens": 4, "init_text": None}
+    with pytest.raises(InstructuneError, match="dropout must be in \\[0, 1\\)"):
+        load_config(TrainConfig, data={"method": {"name": "lora", "dropout": 1.5}})
+
+
+def test_registry_reads_each_method_from_its_module() -> None:
+    assert {n for n, m in METHODS.items() if m.peft} == {"lora", "prompt_tuning", "ia3", "prefix_tuning"}
+    assert {n for n, m in METHODS.items() if m.prompt_learning} == PROMPT_LEARNING
+    assert METHODS["lora"].option_names() == ["r", "alpha", "dropout", "targets", "dora"]

@@ -1,7 +1,10 @@
-"""Fine-tuning methods, one small module each, in one registry.
+"""Fine-tuning methods, one module each, in one registry.
 
-A method takes the loaded model and its plain options and returns the model to train with
-exactly the right parameters requiring grad. PEFT families come from peft, never re-written.
+A method module has the same small shape: `NAME`, its own `Options` dataclass (a docstring per
+field, checks in `problems()`), `apply(model, options, tokenizer_path=None)`, which returns the model
+to train with exactly the right parameters requiring grad, and two flags: `PEFT` (only an adapter
+is saved) and `PROMPT_LEARNING` (virtual tokens are prepended). PEFT families come from peft,
+never re-written.
 
 | family | names |
 |---|---|
@@ -9,27 +12,112 @@ exactly the right parameters requiring grad. PEFT families come from peft, never
 | selective | `bitfit`, `last_n`, `regex` |
 | reparameterization | `lora` (DoRA with `dora: true`) |
 | additive | `prompt_tuning`, `ia3`, `prefix_tuning` |
+
+Adding a method is one new module of that shape plus its entry in `_MODULES` below.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from instructune.methods import additive, full, lora, selective
+from instructune.config import from_dict
+from instructune.errors import InstructuneError
+from instructune.methods import bitfit, full, ia3, last_n, lora, prefix_tuning, prompt_tuning, regex
 
-METHODS: dict[str, Callable[..., Any]] = {
-    "full": full.apply,
-    "bitfit": selective.bitfit,
-    "last_n": selective.last_n,
-    "regex": selective.regex,
-    "lora": lora.apply,
-    "prompt_tuning": additive.prompt_tuning,
-    "ia3": additive.ia3,
-    "prefix_tuning": additive.prefix_tuning,
-}
-PEFT_METHODS = {"lora", "prompt_tuning", "ia3", "prefix_tuning"}
-PROMPT_LEARNING = {"prompt_tuning", "prefix_tuning"}  # these prepend virtual tokens
+_MODULES: tuple[ModuleType, ...] = (full, bitfit, last_n, regex, lora, prompt_tuning, ia3, prefix_tuning)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method module's facts, read from the module."""
+
+    name: str
+    options: type
+    """Its options dataclass."""
+    apply: Callable[..., Any]
+    peft: bool
+    prompt_learning: bool
+
+    @classmethod
+    def of(cls, module: ModuleType) -> Method:
+        return cls(module.NAME, module.Options, module.apply, module.PEFT, module.PROMPT_LEARNING)
+
+    def option_names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.options)]
+
+    def __call__(self, model: Any, tokenizer_path: str | None = None, **options: Any) -> Any:
+        """Apply with options given as keywords: `METHODS["lora"](model, r=16)`."""
+        unknown = sorted(set(options) - set(self.option_names()))
+        if unknown:
+            raise InstructuneError(f"method {self.name} has no option {', '.join(unknown)}; its options: "
+                                   f"{', '.join(self.option_names()) or 'none'}.")
+        return self.apply(model, self.options(**options), tokenizer_path=tokenizer_path)
+
+
+METHODS: dict[str, Method] = {m.NAME: Method.of(m) for m in _MODULES}
+
+
+@dataclass
+class MethodConfig:
+    """`method:` in a config: a method's name and that method's own options, written flat in YAML
+    (`method: {name: lora, r: 16}`); an option of another method is refused."""
+
+    name: str = "lora"
+    """full | bitfit | last_n | regex | lora | prompt_tuning | ia3 | prefix_tuning."""
+    options: Any = None
+    """The chosen method's options (its `Options` dataclass); read them as `method.r`."""
+
+    def __post_init__(self) -> None:
+        if self.options is None and self.name in METHODS:
+            self.options = METHODS[self.name].options()
+
+    def __getattr__(self, item: str) -> Any:
+        if item.startswith("__") or item == "options":  # copy and pickle probe dunders first
+            raise AttributeError(item)
+        try:
+            return getattr(self.options, item)
+        except AttributeError:
+            raise AttributeError(f"method {self.name} has no option {item!r}") from None
+
+    @property
+    def peft(self) -> bool:
+        """Whether only an adapter is trained and saved."""
+        return METHODS[self.name].peft
+
+    @property
+    def prompt_learning(self) -> bool:
+        """Whether virtual tokens are prepended to the input."""
+        return METHODS[self.name].prompt_learning
+
+    def as_config_dict(self) -> dict[str, Any]:
+        """The flat YAML form: name plus the options."""
+        return {"name": self.name, **({f.name: getattr(self.options, f.name)
+                                        for f in dataclasses.fields(self.options)} if self.options else {})}
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any], prefix: str, problems: list[str]) -> MethodConfig | None:
+        """Build from the flat YAML form, reporting an unknown method or an option it does not have."""
+        name = str(data.get("name", "lora"))
+        if name not in METHODS:  # reported; the enclosing config's own checks still run
+            problems.append(f"{prefix}name: unknown method '{name}'; known: {', '.join(METHODS)}")
+            return cls(name, None)
+        method, options = METHODS[name], {}
+        for key, value in data.items():
+            if key == "name":
+                continue
+            if key in method.option_names():
+                options[key] = value
+                continue
+            owners = [m.name for m in METHODS.values() if key in m.option_names()]
+            problems.append(f"{prefix}{key}: not an option of method {name} (options: "
+                            f"{', '.join(method.option_names()) or 'none'})"
+                            + (f"; it belongs to {', '.join(owners)}: remove it, or set {prefix}name to one of them"
+                               if owners else "; remove it"))
+        return cls(name, from_dict(method.options, options, prefix, problems))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

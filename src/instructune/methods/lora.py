@@ -5,16 +5,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+from peft import LoraConfig
 
 from instructune.methods.peft_utils import check_targets, wrap
 
+NAME = "lora"
+PEFT = True
+PROMPT_LEARNING = False
 
-def apply(model: Any, r: int = 8, alpha: int = 16, dropout: float = 0.05, targets: list[str] | None = None,
-          dora: bool = False, **_: Any) -> Any:
-    from peft import LoraConfig
 
-    targets = check_targets(model, targets or ["q_proj", "v_proj"])
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, use_dora=dora,
-                     task_type="CAUSAL_LM")
+@dataclass
+class Options:
+    r: int = 8
+    """Rank of the update B A."""
+    alpha: int = 16
+    """Scale alpha (the update is multiplied by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input, in [0, 1)."""
+    targets: list[str] = field(default_factory=list)
+    """Module names to adapt (empty = q_proj, v_proj)."""
+    dora: bool = False
+    """Use DoRA (weight-decomposed LoRA)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.r < 1:
+            out.append(f"r must be at least 1, got {self.r}")
+        if self.alpha <= 0:
+            out.append(f"alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout must be in [0, 1), got {self.dropout}")
+        return out
+
+
+def apply(model: Any, options: Options, tokenizer_path: str | None = None) -> Any:
+    targets = check_targets(model, options.targets or ["q_proj", "v_proj"])
+    cfg = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=targets,
+                     use_dora=options.dora, task_type="CAUSAL_LM")
     return wrap(model, cfg)

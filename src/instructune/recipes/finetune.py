@@ -34,7 +34,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     from accelerate.utils import DistributedType, set_seed
 
     from instructune import hardware
-    from instructune.methods import METHODS, PEFT_METHODS, PROMPT_LEARNING, count_parameters
+    from instructune.methods import METHODS, count_parameters
     from instructune.models import load_model, resolve_model, set_attention
     from instructune.training import checkpoint as ckpt
     from instructune.training.loop import LoopSettings, peak_memory_mb, restore, train_loop
@@ -57,9 +57,11 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     # --- model and method
     model, tok = load_model(cfg.model)
     attention = set_attention(model, _attention(cfg, model, accelerator.device.type))
-    options = {k: v for k, v in to_dict(cfg.method).items() if k != "name"}
-    model = METHODS[cfg.method.name](model, tokenizer_path=resolve_model(cfg.model), **options)
+    model = METHODS[cfg.method.name].apply(model, cfg.method.options, tokenizer_path=resolve_model(cfg.model))
     trainable, total = count_parameters(model)
+    if accelerator.device.type == "cpu" and any(p.requires_grad and p.numel() * p.element_size() > 32 << 20
+                                                for p in model.parameters()):
+        hardware.reuse_freed_memory()  # their gradients are re-allocated every step (bench/step_levers.py)
     log(f"method {cfg.method.name}: {trainable:,} trainable / {total:,} parameters ({100 * trainable / total:.2f}%), "
         f"{attention} attention")
     if cfg.gradient_checkpointing:
@@ -78,7 +80,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if (choice.precision == "bf16" and cfg.method.name in PEFT_METHODS  # only the adapter is saved
+    if (choice.precision == "bf16" and cfg.method.peft  # only the adapter is saved
             and accelerator.distributed_type != DistributedType.FSDP):
         frozen_linears_to_bf16(accelerator.unwrap_model(model))  # after the regularizers' fp32 estimates
     state = None
@@ -90,7 +92,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         group_by_length=cfg.group_by_length, max_grad_norm=cfg.optim.max_grad_norm, eval_every=cfg.eval_every,
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
         patience=cfg.early_stopping_patience, skip_bad_batches=cfg.skip_bad_batches,
-        only_completion_logits=cfg.method.name not in PROMPT_LEARNING,
+        only_completion_logits=not cfg.method.prompt_learning,
         replay_fraction=cfg.replay_fraction)
     log(f"{len(data.train)} training examples ({data.dropped} dropped: too long), {total_steps} steps, "
         f"padding {data.padding:.1%} of token slots")
@@ -141,10 +143,10 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
         "templates": data.template_ids, "task": data.task,
         "mixture_epoch0": data.realised(0) if data.realised else None,
     }
-    _save_output(model, tok, run_dir, cfg.method.name in PEFT_METHODS)
+    _save_output(model, tok, run_dir, cfg.method.peft)
     if accelerator.is_main_process:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if cfg.register_as and cfg.method.name in PEFT_METHODS:
+        if cfg.register_as and cfg.method.peft:
             from instructune.adapters import register_adapter
             register_adapter(cfg.register_as, run_dir / "adapter", task=data.task)
         log(f"done: {run_dir} (test {json.dumps(_headline(test))})")
@@ -273,13 +275,11 @@ def _attention(cfg: TrainConfig, model: Any, device: str) -> str:
     Measured on the reference CPU (bench/train_throughput.py, bf16, median of 3): recompute trained
     LoRA 3% and full fine-tuning 1% faster than sdpa for up to 2% more peak memory; eager was 3-4% faster
     than recompute for 5-9% more."""
-    from instructune.methods import PROMPT_LEARNING
-
     if cfg.attention != "auto":
         return cfg.attention
     if device != "cpu":
         return "sdpa"
-    if cfg.method.name not in PROMPT_LEARNING:
+    if not cfg.method.prompt_learning:
         return "recompute"
     c = model.config
     length = cfg.data.max_length + cfg.method.num_virtual_tokens

@@ -104,7 +104,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     cures = _cure_list(cfg)
     train_cfgs = {c.name: _train_config(cfg, c, out) for c in cures}  # validated before any work starts
     setup_threads(next(iter(train_cfgs.values())).threads, log=log)
-    suite = RetentionSuite.build(cfg, next(iter(train_cfgs.values())))
+    suite = RetentionSuite.build(cfg, next(iter(train_cfgs.values())), log)
 
     first = train_cfgs[cures[0].name]
     suite_key = {k: v for k, v in to_dict(cfg).items() if k not in ("cures", "baselines", "output_dir", "train",
@@ -297,7 +297,7 @@ class RetentionSuite:
     dtype: str = "float32"
 
     @classmethod
-    def build(cls, cfg: ForgettingConfig, run: Any) -> RetentionSuite:
+    def build(cls, cfg: ForgettingConfig, run: Any, log: Any = print) -> RetentionSuite:
         from instructune.data.build import dataset_folder
         from instructune.forgetting import probe_prompts
         from instructune.recipes.task_data import subset
@@ -322,7 +322,7 @@ class RetentionSuite:
             tasks[f"{task.source}/{task.template}"] = (recs, t, task.mode)
         from instructune.hardware import eval_dtype
 
-        dtype = eval_dtype(cfg.score_precision or run.precision, run.model)
+        dtype = eval_dtype(cfg.score_precision or run.precision, run.model, log=log)
         return cls(target, tasks, probe_prompts(cfg.probe_prompts) if cfg.probe_prompts else [],
                    _held_out_texts(cfg, run) if cfg.text_source else [], cfg.probe_tokens, dtype)
 

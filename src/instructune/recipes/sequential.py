@@ -24,6 +24,7 @@ from typing import Any, Literal
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError, collect
 from instructune.hardware import eval_dtype, setup_threads
+from instructune.methods import METHODS
 from instructune.recipes.forgetting import RetentionTask, _cached, _merge, _train_cure_run
 
 
@@ -51,7 +52,7 @@ def sequential(cfg: SequentialConfig, log: Any = print) -> dict[str, Any]:
     runs = stage_configs(cfg, out)  # every stage validated before any work starts
     setup_threads(runs[0].threads, log=log)
     examples = _fixed_examples(cfg, names, runs[0])
-    dtype = eval_dtype(cfg.score_precision or runs[0].precision, runs[0].model)
+    dtype = eval_dtype(cfg.score_precision or runs[0].precision, runs[0].model, log=log)
     key = {"tasks": [to_dict(t) for t in cfg.tasks], "seed": cfg.seed, "dtype": dtype,
            "split": [runs[0].data.seed, runs[0].data.fractions]}
 
@@ -78,14 +79,11 @@ def task_names(tasks: list[RetentionTask]) -> list[str]:
 
 def stage_model(run: Any) -> str:
     """The full model a stage leaves: its `model/`, or for PEFT methods its adapter merged into its base."""
-    from instructune.methods import PEFT_METHODS
-
-    return str(Path(run.output_dir) / ("merged" if run.method.name in PEFT_METHODS else "model"))
+    return str(Path(run.output_dir) / ("merged" if run.method.peft else "model"))
 
 
 def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
     """One training config per stage: the shared `train` block on task j, starting where stage j-1 ends."""
-    from instructune.methods import PROMPT_LEARNING
     from instructune.training.config import TrainConfig
 
     names = task_names(cfg.tasks)
@@ -98,7 +96,7 @@ def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
         problems.append(f"tasks: {', '.join(dupes)} listed more than once; each task is one stage and one column")
     if cfg.train.get("mixture"):
         problems.append("train.mixture: each stage trains on its own task from `tasks:`; remove the mixture")
-    if isinstance(method, dict) and method.get("name") in PROMPT_LEARNING:
+    if isinstance(method, dict) and method.get("name") in METHODS and METHODS[method["name"]].prompt_learning:
         problems.append(f"train.method.name: {method['name']} adds virtual tokens that cannot be merged into the "
                         "weights, so the next stage has no model to start from; use lora, ia3 or full")
     collect(problems, "sequential config is invalid")
@@ -153,7 +151,6 @@ def _train_stage(run: Any, start: dict[str, Any], name: str, log: Any) -> dict[s
     """Train one stage in its own process (reused while its config and starting weights are unchanged);
     a PEFT stage's adapter is then merged into its base, the next stage's starting model."""
     from instructune.adapters import merge_adapter
-    from instructune.methods import PEFT_METHODS
 
     folder = Path(run.output_dir)
     marker = folder / "start.json"  # the config names the starting folder, not what is in it
@@ -162,7 +159,7 @@ def _train_stage(run: Any, start: dict[str, Any], name: str, log: Any) -> dict[s
         shutil.rmtree(folder)
     metrics = _train_cure_run(run, folder.parent / f"{folder.name}.yaml", name, log)
     marker.write_text(json.dumps(start))
-    if run.method.name in PEFT_METHODS and not Path(stage_model(run)).exists():  # retraining removes it
+    if run.method.peft and not Path(stage_model(run)).exists():  # retraining removes it
         log(f"{name}: merging the adapter into {run.model}")
         merge_adapter(folder / "adapter", stage_model(run), base=run.model)
     return metrics

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from instructune.data.mixture import MixtureConfig
+from instructune.methods import MethodConfig
 
 
 @dataclass
@@ -39,30 +40,6 @@ class DataConfig:
         if self.max_length < 16:
             out.append(f"max_length must be at least 16 tokens, got {self.max_length}")
         return out
-
-
-@dataclass
-class MethodConfig:
-    name: str = "lora"
-    """full | bitfit | last_n | regex | lora | prompt_tuning | ia3 | prefix_tuning."""
-    r: int = 8
-    """lora: rank of the update B A."""
-    alpha: int = 16
-    """lora: scale alpha (the update is multiplied by alpha / r)."""
-    dropout: float = 0.05
-    """lora: dropout on the adapter's input."""
-    targets: list[str] = field(default_factory=list)
-    """lora / ia3: module names to adapt (empty = the method's default: q_proj, v_proj for lora)."""
-    dora: bool = False
-    """lora: use DoRA (weight-decomposed LoRA)."""
-    num_virtual_tokens: int = 20
-    """prompt_tuning / prefix_tuning: number of virtual tokens."""
-    init_text: str | None = None
-    """prompt_tuning: initialise the virtual tokens from this text's embedding."""
-    last_n: int = 2
-    """last_n: how many final transformer blocks train."""
-    patterns: list[str] = field(default_factory=list)
-    """regex: parameter-name regular expressions that train."""
 
 
 @dataclass
@@ -192,7 +169,4 @@ class TrainConfig:
             out.append("replay_fraction > 0 needs keep tasks to replay: add keep: [{source: PACK, templates: [ID]}]")
         if self.regularizers and not self.keep:
             out.append("regularizers need keep tasks to estimate what to keep: add keep: [{source: PACK}]")
-        from instructune.methods import METHODS
-        if self.method.name not in METHODS:
-            out.append(f"method.name: unknown method '{self.method.name}'; known: {', '.join(METHODS)}")
         return out
