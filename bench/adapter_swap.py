@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from instructune.adapters import AdapterSet, random_lora
+from instructune.adapters.merge import random_lora
 from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
 from instructune.models import DEFAULT_MODEL, prompt_text, pull_model
+from instructune.serving.hotswap import AdapterSet
 
 SWAPS = 100
 TARGET_MS = 50.0

@@ -48,7 +48,7 @@ def measure_data(model: str, rows: int, work: Path) -> dict[str, Any]:
     """Seconds and memory of building a dataset of `rows` rows, then encoding its records."""
     from instructune.data.build import SPLITS, build_table, load_tokenizer, read_split, select_templates
     from instructune.data.sources import read_table
-    from instructune.recipes.task_data import encode_records
+    from instructune.data.tokenize import encode_records
 
     table, templates, tok = read_table(PACK), select_templates(PACK, [TEMPLATE]), load_tokenizer(model)
     before = _rss_mb()

@@ -62,10 +62,10 @@ def child(spec: dict[str, Any]) -> None:
 
     from instructune import hardware
     from instructune.methods import METHODS
-    from instructune.models import load_model, set_attention
-    from instructune.recipes.finetune import adamw
+    from instructune.models import load_model
+    from instructune.training.attention import set_attention
     from instructune.training.batching import completion_loss_sum
-    from instructune.training.config import OptimConfig
+    from instructune.training.setup import adamw
 
     lever = spec["lever"]
     torch.set_num_threads(spec["threads"])
@@ -77,7 +77,7 @@ def child(spec: dict[str, Any]) -> None:
     set_attention(model, "recompute")
     model = METHODS[spec["method"]](model, **(LORA if spec["method"] == "lora" else {}))
     model.train()
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], OptimConfig(lr=LR[spec["method"]]))
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=LR[spec["method"]])
     if lever.get("compile"):
         model.forward = torch.compile(model.forward, dynamic=True)
     bf16 = spec["precision"] == "bf16"

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from instructune.errors import InstructuneError
 
@@ -74,9 +76,6 @@ def sha256(path: Path) -> str:
 
 def model_hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the model hub answers a TCP connection (offline mode counts as unreachable)."""
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")

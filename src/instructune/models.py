@@ -20,6 +20,9 @@ from typing import Any
 from instructune import hub
 from instructune.errors import InstructuneError
 
+# torch and transformers are imported inside the functions that load models: `instructune models list`
+# and the data commands import this module and need neither (seconds saved per call).
+
 MANIFEST = "instructune-pack.json"
 
 
@@ -167,22 +170,6 @@ def resolve_model(name: str) -> str:
     return name  # a hub id, handed to from_pretrained
 
 
-def set_attention(model: Any, implementation: str) -> str:
-    """Switch a loaded transformers model to an attention implementation it knows (eager, sdpa, ...);
-    returns the one in use after the switch. `recompute` is instructune's (training/attention.py)."""
-    if implementation == "recompute":
-        from instructune.training.attention import register
-
-        register()
-    if model.config._attn_implementation != implementation:
-        try:
-            model.set_attn_implementation(implementation)
-        except (ValueError, ImportError) as e:
-            raise InstructuneError(f"attention: {implementation} is not available for this model "
-                                   f"({str(e).splitlines()[0][:200]}); use attention=auto.") from None
-    return model.config._attn_implementation
-
-
 def load_model(name: str, dtype: str = "float32", adapter: str | None = None,
                trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load (model, tokenizer) from a pack name, a local folder or a hub id; optionally attach a peft adapter."""
@@ -226,27 +213,29 @@ def attach_adapter(model: Any, adapter: str, name: str = "default") -> Any:
         raise InstructuneError(f"{path} is not a peft adapter folder (no adapter_config.json); point --adapter at "
                                "the `adapter/` folder a training run wrote.")
     cfg = PeftConfig.from_pretrained(str(path))
-    expected = _fingerprint_of(cfg.base_model_name_or_path)
-    if expected and expected != _fingerprint(model.config):
+    expected = fingerprint_of(cfg.base_model_name_or_path)
+    if expected and expected != fingerprint(model.config):
         raise InstructuneError(
             f"adapter {path} was trained on base {cfg.base_model_name_or_path} ({expected}), but the loaded model "
-            f"is {_fingerprint(model.config)}; load the adapter with --model {cfg.base_model_name_or_path}.")
+            f"is {fingerprint(model.config)}; load the adapter with --model {cfg.base_model_name_or_path}.")
     return PeftModel.from_pretrained(model, str(path), adapter_name=name)
 
 
-def _fingerprint(config: Any) -> str:
+def fingerprint(config: Any) -> str:
+    """A model's architecture in one line: type, layers, hidden size, vocabulary."""
     return (f"{config.model_type}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
             f"vocab {config.vocab_size}")
 
 
-def _fingerprint_of(base: str | None) -> str | None:
+def fingerprint_of(base: str | None) -> str | None:
+    """`fingerprint` of a local base folder; None when it cannot be read here."""
     if not base:
         return None
     cfg = Path(base) / "config.json"
     if not cfg.exists():
         return None
     from transformers import AutoConfig
-    return _fingerprint(AutoConfig.from_pretrained(str(cfg.parent)))
+    return fingerprint(AutoConfig.from_pretrained(str(cfg.parent)))
 
 
 def prompt_text(tokenizer: Any, prompt: str, raw: bool = False, system: str | None = None) -> str:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from instructune.adapters import random_lora, register_adapter
+from instructune.adapters.merge import random_lora
+from instructune.adapters.registry import register_adapter
 from instructune.cli import main
 
 TEXT = "The movie was wonderful, moving and funny."

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from instructune.adapters import adapters_root, get_adapter, random_lora, register_adapter
+from instructune.adapters.merge import random_lora
+from instructune.adapters.registry import adapters_root, get_adapter, register_adapter
 from instructune.cli import main
 from instructune.errors import InstructuneError
 from instructune.testing import save_tiny, tiny_model, tiny_tokenizer

@@ -77,3 +77,32 @@ def test_eval_bad_arguments(args: list[str], message: str, tmp_path: Path, tiny_
             "--template", "mood"]
     assert main(base + args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_scores_the_test_rows_a_run_held_out(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A run split with seed 3: eval, given that run (or its task and split), scores exactly its test rows."""
+    from instructune.config import load_config
+    from instructune.models import load_model
+    from instructune.training.config import TrainConfig
+    from instructune.training.run_data import RunData
+
+    data, tpl = toy(tmp_path, n=120)
+    run, empty = tmp_path / "run", tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert main(["train", str(empty), f"model={tiny_model_dir}", f"output_dir={run}", f"data.source={data}",
+                 f"data.template_file={tpl}", "data.templates=[mood]", "data.seed=3", "data.test_limit=null",
+                 "max_steps=1", "eval_every=0", "save_every=0", "keep_checkpoints=0", "eval_mode=likelihood"]) == 0
+    cfg = load_config(TrainConfig, run / "config.yaml")
+    _, tok = load_model(str(tiny_model_dir))
+    [held_out] = RunData.build(cfg, tok, lambda *_: None).evals
+    run_ids = sorted(r["id"] for r in held_out.test)
+
+    def scored(*args: str) -> list[str]:
+        out = tmp_path / "eval"
+        assert main(["eval", "--model", str(tiny_model_dir), "--mode", "likelihood", "--out", str(out), *args]) == 0
+        return sorted(p["id"] for p in json.loads((out / "eval.json").read_text())["results"][0]["predictions"])
+
+    assert scored("--run", str(run)) == run_ids
+    assert scored("--data", str(data), "--template-file", str(tpl), "--template", "mood", "--data-seed", "3") == run_ids
+    # another split seed holds out other rows: the seed is what makes them the run's
+    assert scored("--data", str(data), "--template-file", str(tpl), "--template", "mood") != run_ids

@@ -1,4 +1,4 @@
-"""`instructune forgetting` end to end on a tiny model, and the measures it is built on."""
+"""`instructune forgetting` end to end on a tiny model."""
 
 from __future__ import annotations
 
@@ -8,24 +8,12 @@ from pathlib import Path
 import pytest
 
 from instructune.config import load_config
-from instructune.forgetting import bootstrap_drop
-from instructune.recipes.forgetting import CureConfig, ForgettingConfig, forgetting
-
-
-def test_bootstrap_drop_hand_computed() -> None:
-    before, after = [1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]
-    stats = bootstrap_drop(before, after, higher_is_better=True, samples=500)
-    assert stats["drop"] == pytest.approx(0.5)
-    assert 0.0 <= stats["low"] <= 0.5 <= stats["high"] <= 1.0
-    ce = bootstrap_drop([2.0, 2.0], [3.0, 2.5], higher_is_better=False)  # CE rose by 0.75 on average: forgot
-    assert ce["drop"] == pytest.approx(0.75) and ce["low"] > 0
-    same = bootstrap_drop([0.3, 0.7], [0.3, 0.7], True)
-    assert same["drop"] == same["low"] == same["high"] == 0
+from instructune.recipes.forgetting import ForgettingConfig, forgetting
 
 
 def test_multi_task_cure_mixes_target_and_retention(tmp_path: Path, toy_tasks: tuple[Path, Path, Path]) -> None:
     from instructune.errors import InstructuneError
-    from instructune.recipes.forgetting import _cure_list, _train_config
+    from instructune.recipes.forgetting import run_configs
 
     target, keep, tpl = toy_tasks
     data = {"train": {"model": "m", "data": {"source": str(target), "template_file": str(tpl), "templates": ["mood"]}},
@@ -33,15 +21,15 @@ def test_multi_task_cure_mixes_target_and_retention(tmp_path: Path, toy_tasks: t
                           {"source": "bbc-news", "template": "topic"}],
             "cures": [{"name": "multi-task", "target_weight": 0.6}]}
     cfg = load_config(ForgettingConfig, data=data)
-    run = _train_config(cfg, _cure_list(cfg)[-1], tmp_path)
+    run = run_configs(cfg, tmp_path)["multi-task"]
     assert [(t.source, t.templates, t.weight) for t in run.mixture.tasks] == [
         (str(target), ["mood"], 0.6), (str(keep), ["title"], pytest.approx(0.2)), ("bbc-news", ["topic"], pytest.approx(0.2))]
     assert run.mixture.strategy == "weights"
-    plain = _train_config(cfg, _cure_list(cfg)[0], tmp_path)  # the baselines stay single-task
+    plain = run_configs(cfg, tmp_path)["full"]  # the baselines stay single-task
     assert plain.mixture is None
     data["cures"] = [{"name": "multi-task", "target_weight": 1.0}]
     with pytest.raises(InstructuneError, match="target_weight must be between 0 and 1"):
-        _train_config(load_config(ForgettingConfig, data=data), CureConfig("multi-task", target_weight=1.0), tmp_path)
+        run_configs(load_config(ForgettingConfig, data=data), tmp_path)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`instructune sequential` end to end on a tiny model, and the transfer measures it reports."""
+"""`instructune sequential` end to end on a tiny model."""
 
 from __future__ import annotations
 
@@ -11,31 +11,9 @@ import yaml
 
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.forgetting import transfer_measures
 from instructune.recipes.sequential import SequentialConfig, sequential, stage_configs
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_transfer_measures_hand_computed() -> None:
-    R = [[0.50, 0.20, 0.10],   # before any training
-         [0.90, 0.30, 0.15],   # after stage 1 (task 1)
-         [0.95, 0.80, 0.25],   # after stage 2 (task 2)
-         [0.60, 0.60, 0.70]]   # after stage 3 (task 3)
-    m = transfer_measures(R)
-    # f_1 = max(R[1][1], R[2][1]) - R[3][1] = 0.95 - 0.60 = 0.35 (the best came after stage 2, not 1)
-    # f_2 = R[2][2] - R[3][2] = 0.80 - 0.60 = 0.20
-    assert m["forgetting"] == pytest.approx([0.35, 0.20])
-    assert m["average_forgetting"] == pytest.approx(0.275)          # (0.35 + 0.20) / 2
-    # BWT = ((R[3][1] - R[1][1]) + (R[3][2] - R[2][2])) / 2 = (-0.30 - 0.20) / 2
-    assert m["bwt"] == pytest.approx(-0.25)
-    # FWT = ((R[1][2] - R[0][2]) + (R[2][3] - R[0][3])) / 2 = (0.10 + 0.15) / 2
-    assert m["fwt"] == pytest.approx(0.125)
-    assert m["final_average"] == pytest.approx(1.9 / 3)              # (0.60 + 0.60 + 0.70) / 3
-    one = transfer_measures([[0.2], [0.9]])  # one task: nothing to forget or transfer
-    assert one["forgetting"] == [] and one["bwt"] is one["fwt"] is one["average_forgetting"] is None
-    with pytest.raises(ValueError, match="T \\+ 1 rows"):
-        transfer_measures([[0.1, 0.2], [0.3, 0.4]])
 
 
 def test_shipped_config_loads(tmp_path: Path) -> None:
@@ -80,10 +58,9 @@ def weight(folder: Path | str, key: str = "model.layers.0.self_attn.q_proj.weigh
 def test_sequential_full_fine_tuning(tmp_path: Path, tiny_model_dir: Path, toy_tasks: tuple[Path, Path, Path]) -> None:
     import torch
 
-    from instructune.data.build import dataset_folder, dataset_templates, read_split
-    from instructune.forgetting import task_scores
+    from instructune.data.task import SplitSpec, load_split, subset, templates
+    from instructune.forgetting.measures import task_scores
     from instructune.models import load_model
-    from instructune.recipes.task_data import subset
 
     cfg = toy_config(tmp_path, tiny_model_dir, {"name": "full"}, toy_tasks)
     report = sequential(cfg, log=lambda *_: None)
@@ -95,9 +72,9 @@ def test_sequential_full_fine_tuning(tmp_path: Path, tiny_model_dir: Path, toy_t
     # row 0 is the untrained model, scored directly on the same fixed test examples
     model, tok = load_model(str(tiny_model_dir))
     for i, task in enumerate(cfg.tasks):
-        folder = dataset_folder(task.source, [task.template], 0, [0.8, 0.1, 0.1], task.template_file)
-        recs = subset([r for r in read_split(folder, "test") if r["template"] == task.template], task.limit, cfg.seed)
-        _, scores, _ = task_scores(model, tok, recs, dataset_templates(folder)[task.template], task.mode)
+        split = SplitSpec(0, [0.8, 0.1, 0.1])
+        recs = subset(load_split(task.task_spec(), split, "test", task.template), task.limit, cfg.seed)
+        _, scores, _ = task_scores(model, tok, recs, templates(task.task_spec(), split)[task.template], task.mode)
         assert report["matrix"][0][i] == pytest.approx(sum(scores) / len(scores))
 
     # stage 2 started from the weights stage 1 saved, which training had moved away from the original

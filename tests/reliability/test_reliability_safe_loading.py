@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import instructune
-from instructune.adapters import adapters_root, register_adapter, validate_name
+from instructune.adapters.registry import adapters_root, register_adapter, validate_name
 from instructune.data.templates import load_templates
 from instructune.errors import InstructuneError
 

@@ -25,8 +25,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from instructune.adapters import AdapterSet, random_lora
-from instructune.serve import Limits, create_app
+from instructune.adapters.merge import random_lora
+from instructune.serving.app import create_app
+from instructune.serving.hotswap import AdapterSet
+from instructune.serving.protocol import Limits
 
 PROMPT = "Classify the sentiment of this review"
 REQUESTS, CLIENTS, RSS_GROWTH_MB = 60, 8, 300

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from instructune.errors import InstructuneError
-from instructune.report.data import discover, read_train_log
+from instructune.report.data import discover, read_train_log, setting_kind
 from instructune.report.examples import pick_columns, pick_ids, user_turn
-from instructune.report.sections import setting_kind
 
 
 def test_discover_finds_every_file_and_groups_cure_runs_under_their_study(demo_dir: Path) -> None:

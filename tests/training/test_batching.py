@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instructune.models import set_attention
 from instructune.testing import tiny_model
+from instructune.training.attention import set_attention
 from instructune.training.batching import collate, completion_loss_sum
 
 

@@ -207,8 +207,8 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
     from transformers import AutoModelForCausalLM
 
     from instructune.methods import METHODS
-    from instructune.recipes.finetune import frozen_linears_to_bf16
     from instructune.training.batching import completion_loss_sum
+    from instructune.training.setup import frozen_linears_to_bf16
 
     own = shutil.copytree(tiny_model_dir, tmp_path / "model")  # a file only this model maps
     model = METHODS["lora"](AutoModelForCausalLM.from_pretrained(own), dropout=0.0)
@@ -246,7 +246,13 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
 
 def test_attention_kernels_train_alike_and_auto_picks_by_method_and_kept_weights(tmp_path: Path,
                                                                                  tiny_model_dir: Path) -> None:
-    from instructune.recipes.finetune import _attention
+    from instructune.training.attention import choose
+
+    def _attention(cfg: TrainConfig, model: object, device: str) -> str:  # the run's settings, as finetune passes them
+        length = cfg.data.max_length + (cfg.method.num_virtual_tokens if cfg.method.prompt_learning else 0)
+        c = model.config  # type: ignore[attr-defined]
+        return choose(cfg.attention, device, cfg.method.prompt_learning, cfg.batch_size, length,
+                      c.num_attention_heads, c.num_hidden_layers)
 
     runs = {}
     for kernel in ("recompute", "eager", "sdpa"):
@@ -276,7 +282,7 @@ def test_metrics_record_the_measured_precision_and_threads(tmp_path: Path, tiny_
     from instructune import hardware
 
     monkeypatch.delenv("INSTRUCTUNE_AUTO_PRECISION")
-    monkeypatch.setattr(hardware, "matmul_gflops", lambda shapes, bf16: 2.0 if bf16 else 66.0)  # an AVX2 CPU
+    monkeypatch.setattr(hardware.precision, "matmul_gflops", lambda shapes, bf16: 2.0 if bf16 else 66.0)  # AVX2
     lines: list[str] = []
     threads = torch.get_num_threads()
     try:

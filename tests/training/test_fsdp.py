@@ -71,8 +71,7 @@ class Run:
         from transformers import AutoModelForCausalLM, get_scheduler
 
         from instructune.methods import METHODS
-        from instructune.recipes.finetune import adamw
-        from instructune.training.config import OptimConfig
+        from instructune.training.setup import adamw
 
         model = AutoModelForCausalLM.from_pretrained(self.tiny)
         layers = model.model.layers
@@ -83,7 +82,7 @@ class Run:
                 fully_shard(layer, mesh=self.mesh)
             fully_shard(model, mesh=self.mesh)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self.accelerator.prepare_optimizer(adamw(params, OptimConfig(lr=1e-2)))  # the engine's
+        optimizer = self.accelerator.prepare_optimizer(adamw(params, lr=1e-2))  # the engine's
         return model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
 
     def loop(self, model: Any, optimizer: Any, scheduler: Any, run: Path, state: Any = None) -> None:
@@ -113,8 +112,8 @@ def worker(tiny: Path, out: Path, shard: bool) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from instructune.recipes.finetune import _save_output
     from instructune.training.loop import restore
+    from instructune.training.run_dir import save_output
 
     r = Run(tiny, shard)
     model, optimizer, scheduler = r.fresh()
@@ -125,7 +124,7 @@ def worker(tiny: Path, out: Path, shard: bool) -> None:
     local = {n: list(p.to_local().shape) for n, p in model.named_parameters()}
     r.loop(model, optimizer, scheduler, out / "full")
     full = gathered(model)
-    _save_output(model, r.tok, out / "full", peft=False)
+    save_output(model, r.tok, out / "full", peft=False)
     probe = torch.tensor(PROBE)
     with torch.no_grad():
         sharded_logits = model(input_ids=probe).logits
@@ -140,7 +139,7 @@ def worker(tiny: Path, out: Path, shard: bool) -> None:
     model, optimizer, scheduler = r.fresh(lora=True)
     r.loop(model, optimizer, scheduler, out / "lora")
     lora = {n: t for n, t in gathered(model).items() if "lora_" in n}
-    _save_output(model, r.tok, out / "lora", peft=True)
+    save_output(model, r.tok, out / "lora", peft=True)
     with torch.no_grad():
         lora_logits = model(input_ids=probe).logits
     if not r.accelerator.is_main_process:
@@ -261,13 +260,13 @@ def test_fsdp_settings_checkpoints_cannot_read_are_refused(version: int, activat
     from accelerate.utils import DistributedType
 
     from instructune.errors import InstructuneError
-    from instructune.recipes.finetune import _check_fsdp
+    from instructune.training.setup import check_fsdp
 
     plugin = SimpleNamespace(fsdp_version=version, activation_checkpointing=activation_checkpointing)
     accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin),
                                   is_main_process=True)
     with pytest.raises(InstructuneError, match=message):
-        _check_fsdp(accelerator, print)
+        check_fsdp(accelerator, print)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_cmd(args: argparse.Namespace) -> int:
-    from instructune.adapters import get_adapter, register_adapter
+    from instructune.adapters.registry import get_adapter, register_adapter
 
     folder = register_adapter(args.name, args.path, task=args.task, base=args.base, overwrite=args.force)
     rec = get_adapter(args.name)
@@ -49,7 +49,7 @@ def list_cmd(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from instructune.adapters import list_adapters
+    from instructune.adapters.registry import list_adapters
 
     records = list_adapters()
     if args.json:
@@ -69,14 +69,14 @@ def list_cmd(args: argparse.Namespace) -> int:
 
 
 def show_cmd(args: argparse.Namespace) -> int:
-    from instructune.adapters import get_adapter
+    from instructune.adapters.registry import get_adapter
 
     print(json.dumps(get_adapter(args.name), indent=2))
     return 0
 
 
 def remove_cmd(args: argparse.Namespace) -> int:
-    from instructune.adapters import remove_adapter
+    from instructune.adapters.registry import remove_adapter
 
     remove_adapter(args.name)
     print(f"removed '{args.name}'")
@@ -84,7 +84,7 @@ def remove_cmd(args: argparse.Namespace) -> int:
 
 
 def merge_cmd(args: argparse.Namespace) -> int:
-    from instructune.adapters import merge_adapter
+    from instructune.adapters.merge import merge_adapter
 
     info = merge_adapter(args.name, args.out, base=args.base, dtype=args.dtype, overwrite=args.force)
     print(f"merged '{args.name}' into {info['base']}: {info['path']} (max logit difference vs unmerged "

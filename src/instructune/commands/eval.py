@@ -10,8 +10,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="model pack, folder or hub id (repeat to compare several; default smollm2-135m-instruct)")
     p.add_argument("--adapter", action="append", default=[], help="peft adapter folder on the first model (repeat)")
-    p.add_argument("--data", required=True, help="data pack, data file, or dataset folder from `data build`")
-    p.add_argument("--template", required=True, help="template id")
+    p.add_argument("--data", help="data pack, data file, or dataset folder from `data build`")
+    p.add_argument("--template", help="template id (with --run: default the run's first)")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="a training run's folder: its data, templates and split (so exactly its test rows)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation/test split (default 0)")
+    p.add_argument("--fractions", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"),
+                   help="split fractions (default 0.8 0.1 0.1)")
     p.add_argument("--template-file", help="user YAML templates (with --data FILE)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--shots", default="0", help="comma-separated in-context exemplar counts, e.g. 0,1,5")
@@ -41,11 +46,39 @@ def run(args: argparse.Namespace) -> int:
         raise InstructuneError(f"--shots needs counts >= 0, like 0,1,5; got {args.shots!r}")
     if args.limit is not None and args.limit < 1:
         raise InstructuneError(f"--limit must be at least 1, got {args.limit}")
+    data = _task_of(args)
     setup_threads(args.threads)
-    report = evaluate(args.model or ["smollm2-135m-instruct"], args.adapter, args.data, args.template,
-                      split=args.split, shots=shots, limit=args.limit, mode=args.mode, seed=args.seed,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-                      template_file=args.template_file, out=args.out)
+    report = evaluate(args.model or ["smollm2-135m-instruct"], args.adapter, split=args.split, shots=shots,
+                      limit=args.limit, mode=args.mode, seed=args.seed, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, dtype=args.dtype, out=args.out, **data)
     print_table(report)
     print(f"wrote {args.out}/eval.json and predictions.csv")
     return 0
+
+
+def _task_of(args: argparse.Namespace) -> dict:
+    """The task and split to score: from --run's config.yaml, else from --data, --template and the split flags."""
+    from instructune.data.task import DEFAULT_FRACTIONS
+    from instructune.errors import InstructuneError
+
+    split = {"data_seed": args.data_seed, "fractions": args.fractions or list(DEFAULT_FRACTIONS)}
+    if not args.run:
+        if not args.data or not args.template:
+            raise InstructuneError("eval needs --data and --template (or --run RUN_DIR, a training run's folder).")
+        return {"data": args.data, "template": args.template, "template_file": args.template_file, **split}
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(args.run) / "config.yaml"
+    if not path.is_file():
+        raise InstructuneError(f"--run {args.run}: no config.yaml there; point --run at a folder `instructune train` "
+                               "wrote.")
+    d = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    built = list(d.get("templates") or [])
+    template = args.template or (built[0] if built else None)
+    if not template:
+        raise InstructuneError(f"{path}: data.templates is empty; give --template.")
+    return {"data": d.get("source", "rotten-tomatoes"), "template": template, "template_file": d.get("template_file"),
+            "data_seed": d.get("seed", 0), "fractions": d.get("fractions") or list(DEFAULT_FRACTIONS),
+            "built_with": built or None}

@@ -26,10 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from instructune.adapters import AdapterSet, validate_name
+    from instructune.adapters.registry import validate_name
     from instructune.errors import collect
     from instructune.hardware import eval_dtype, setup_threads
-    from instructune.serve import Limits, create_app
+    from instructune.serving.app import create_app
+    from instructune.serving.hotswap import AdapterSet
+    from instructune.serving.protocol import Limits
 
     problems = [f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
                 for flag in ("max_tokens", "max_prompt_tokens", "max_concurrent") if getattr(args, flag) < 1]

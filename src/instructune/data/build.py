@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from rich.progress import track
+
 from instructune import hub
 from instructune.data.packs import PACKS, get_pack, write_atomic
 from instructune.data.sources import Table, read_table
-from instructune.data.splits import SPLITS, assign_splits, check_fractions
+from instructune.data.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, check_fractions, normalise
 from instructune.data.templates import CONTEXT_NAMES, RowError, Template, load_templates, variables
 from instructune.errors import InstructuneError
 
@@ -38,7 +41,6 @@ MAX_LISTED = 10
 @dataclass
 class BuildConfig:
     """`instructune data build --config data.yaml`: what to build (flags override the file)."""
-
     pack: str | None = None
     """A data pack name (`instructune data list`); or give `file`."""
     file: str | None = None
@@ -47,7 +49,7 @@ class BuildConfig:
     """Template ids to apply to every row (default: all templates of the pack or templates file)."""
     templates_file: str | None = None
     """A YAML file of templates (needed for `file`; optional for a pack, replacing its own)."""
-    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     """train, validation, test fractions of the rows; they sum to 1."""
     seed: int = 0
     """Seeds the split and the order of records."""
@@ -59,7 +61,6 @@ class BuildConfig:
     """Leave rows that cannot be rendered out (counted in stats.json) instead of stopping."""
     limit: int | None = None
     """Use at most this many rows (a seeded sample, kept in source order)."""
-
     def problems(self) -> list[str]:
         out = []
         if (self.pack is None) == (self.file is None):
@@ -87,7 +88,7 @@ def select_templates(source: str, template_ids: Sequence[str], template_file: st
     return [available[t] for t in dict.fromkeys(template_ids or available)]
 
 
-def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS,
             template_file: str | None = None, tokenizer: Any = None, skip_bad: bool = False,
             limit: int | None = None) -> Path:
     """Build (or reuse) the dataset folder for these inputs in `$INSTRUCTUNE_HOME/datasets/<hash>/`."""
@@ -114,17 +115,8 @@ def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequ
     return folder
 
 
-def dataset_folder(source: str, template_ids: Sequence[str], seed: int = 0,
-                   fractions: Sequence[float] = (0.8, 0.1, 0.1), template_file: str | None = None) -> Path:
-    """A built dataset folder: `source` itself if it already is one, else built (and cached) by `prepare`."""
-    path = Path(source)
-    if path.is_dir() and (path / "train.jsonl").exists():
-        return path
-    return prepare(source, list(template_ids), seed=seed, fractions=tuple(fractions), template_file=template_file)
-
-
 def build(source: str, template_ids: Sequence[str], out: Path, seed: int = 0,
-          fractions: Sequence[float] = (0.8, 0.1, 0.1), template_file: str | None = None, tokenizer: Any = None,
+          fractions: Sequence[float] = DEFAULT_FRACTIONS, template_file: str | None = None, tokenizer: Any = None,
           skip_bad: bool = False, limit: int | None = None, progress: bool = False) -> dict:
     """Write train/validation/test.jsonl, templates.json and stats.json into `out`; returns the stats."""
     templates = select_templates(source, template_ids, template_file)
@@ -133,7 +125,7 @@ def build(source: str, template_ids: Sequence[str], out: Path, seed: int = 0,
 
 
 def build_table(table: Table, templates: list[Template], out: Path, seed: int = 0,
-                fractions: Sequence[float] = (0.8, 0.1, 0.1), tokenizer: Any = None, skip_bad: bool = False,
+                fractions: Sequence[float] = DEFAULT_FRACTIONS, tokenizer: Any = None, skip_bad: bool = False,
                 limit: int | None = None, progress: bool = False, source: str = "") -> dict:
     """The recipe: sample, render every row (errors first), split rows, write records and stats."""
     fractions = check_fractions(fractions)
@@ -224,7 +216,6 @@ def infer_text_field(templates: list[Template], rows: list[dict]) -> str | None:
 
 
 def duplicate_stats(keys: list[str], text_field: str | None) -> dict:
-    from instructune.data.splits import normalise
 
     sizes = Counter(normalise(k) for k in keys)
     groups = [n for n in sizes.values() if n > 1]
@@ -246,8 +237,6 @@ def load_tokenizer(name: str) -> Any:
 
 def token_stats(tok: Any, records: dict[str, list[dict]]) -> dict:
     """Token-length percentiles of prompts, completions and both, per split (raw text, no chat template)."""
-    import numpy as np
-
     out = {}
     for split, recs in records.items():
         if not recs:
@@ -287,6 +276,5 @@ def _tokenizer_name(tokenizer: Any) -> str | None:
 def _track(items: list, enabled: bool, description: str) -> Any:
     if not enabled:
         return items
-    from rich.progress import track
 
     return track(items, description=description, transient=True)

@@ -29,11 +29,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from instructune.data.task import SplitSpec, TaskSpec, dataset, load_split
+from instructune.data.task import templates as task_templates
+from instructune.data.tokenize import encode
 from instructune.errors import InstructuneError
 
 STRATEGIES = ("proportional", "capped", "temperature", "weights")
@@ -41,13 +44,8 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass
-class MixtureTask:
-    source: str
-    """A data pack name, a CSV/JSONL/Parquet file, or a built dataset folder."""
-    templates: list[str] = field(default_factory=list)
-    """Template ids of this task; empty = every template of the pack or templates file."""
-    template_file: str | None = None
-    """A user YAML file of templates (needed when `source` is a file)."""
+class MixtureTask(TaskSpec):
+    """One task of the mixture (TaskSpec fields) and how often it is drawn."""
     weight: float | None = None
     """Relative weight of the task; used by strategy `weights` only."""
     template_weights: dict[str, float] | None = None
@@ -66,7 +64,6 @@ class MixtureConfig:
     """temperature: T in p_i ~ n_i^(1/T); 1 = proportional, larger flattens towards uniform."""
     examples_per_epoch: int | None = None
     """Draws per epoch; null = sum of task sizes (each capped at `cap` for strategy capped)."""
-
     def problems(self) -> list[str]:
         out = []
         if not self.tasks:
@@ -249,17 +246,14 @@ def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int
 
     `data_seed` seeds each task's train/validation/test split; `seed` seeds the draws.
     """
-    from instructune.data.build import dataset_folder, dataset_templates, read_split
-    from instructune.data.tokenize import encode
-
     names = task_names([t.source for t in cfg.tasks])
     examples: list[dict] = []
     pools: list[dict[str, list[int]]] = []
     mix = Mixture(examples, None, {}, {}, {}, {})  # type: ignore[arg-type]  # sampler set below
     for name, task in zip(names, cfg.tasks):
-        folder = dataset_folder(task.source, task.templates, data_seed, fractions, task.template_file)
-        templates = _chosen_templates(name, task, dataset_templates(folder), folder)
-        splits = {s: [r for r in read_split(folder, s) if r["template"] in templates]
+        split = SplitSpec(data_seed, list(fractions))
+        templates = _chosen_templates(name, task, task_templates(task, split), dataset(task, split))
+        splits = {s: [r for r in load_split(task, split, s) if r["template"] in templates]
                   for s in ("train", "validation", "test")}
         pool: dict[str, list[int]] = {tid: [] for tid in templates}
         mix.dropped[name] = 0

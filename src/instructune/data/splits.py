@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from instructune.errors import InstructuneError
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+"""Train, validation and test shares of the rows unless a split says otherwise."""
 
 
 _NOT_WORD = re.compile(r"[^\w\s]|_")  # punctuation (and symbols): "great -- fun!" == "Great fun"

@@ -39,8 +39,9 @@ import yaml
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from instructune.data.packs import PACKS
 from instructune.errors import InstructuneError, collect
-from instructune.evaluation.metrics import METRICS  # the metrics a template may name are the ones that exist
+from instructune.evaluation.metrics import TEMPLATE_METRICS  # a template may name the metrics that exist
 
 TASKS = ("classification", "generation", "summarization", "qa", "extraction", "translation")
 DEFAULT_METRICS = {"classification": ["accuracy", "f1"], "qa": ["exact_match", "f1"]}
@@ -50,7 +51,6 @@ CONTEXT_NAMES = {"choices", "answer"}  # what a body sees besides the row's own 
 
 class RowError(InstructuneError):
     """One row cannot be rendered. `kind` groups such errors when `--skip-bad` counts them."""
-
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
@@ -59,7 +59,6 @@ class RowError(InstructuneError):
 @dataclass
 class Template:
     """One way to turn a row into an instruction example."""
-
     id: str
     task: str
     prompt: str
@@ -73,7 +72,6 @@ class Template:
     description: str = ""
     label_field: str = "label"
     """Classification: the row field whose value is a key of `choices`."""
-
     def fields(self) -> list[str]:
         """Row fields the prompt and completion use (plus the label field for classification)."""
         used = set(variables(self.prompt) | variables(self.completion))
@@ -194,8 +192,6 @@ def builtin_file(pack: str) -> Path | None:
 
 def load_templates(source: str) -> dict[str, Template]:
     """Templates by id, from a built-in pack's file (`rotten-tomatoes`) or a user YAML file."""
-    from instructune.data.packs import PACKS
-
     path = builtin_file(source) if source in PACKS else None
     if path is None:
         path = Path(source).expanduser()
@@ -275,8 +271,8 @@ def _template(entry: Any, where: str, path: Path, pack: str | None, problems: li
             problems.append(f"{where}: the {part} does not parse as Jinja ({reason}, line {e.lineno} of the {part}); "
                             "fix it there")
     metrics = entry.get("metrics", DEFAULT_METRICS.get(str(task), ["rouge", "bleu"]))
-    if not isinstance(metrics, list) or any(not isinstance(m, str) or m not in METRICS for m in metrics):
-        problems.append(f"{where}: metrics {metrics!r} must be a list drawn from {', '.join(METRICS)}")
+    if not isinstance(metrics, list) or any(not isinstance(m, str) or m not in TEMPLATE_METRICS for m in metrics):
+        problems.append(f"{where}: metrics {metrics!r} must be a list drawn from {', '.join(TEMPLATE_METRICS)}")
     stop = entry.get("stop", "newline")
     if stop not in STOPS:
         problems.append(f"{where}: stop {stop!r} must be 'newline' (one-line answers) or 'eos'")

@@ -62,3 +62,15 @@ def _truncated_prompt_ids(tokenizer: Any, prompt: str, budget: int) -> list[int]
             return ids
         keep -= len(ids) - budget + 1
     return None
+
+
+def encode_records(records: list[dict], tok: Any, max_length: int) -> tuple[list[dict], int]:
+    """`encode` every record (keeping its id); and how many were dropped because they do not fit."""
+    out, dropped = [], 0
+    for r in records:
+        e = encode(tok, r["prompt"], r["completion"], max_length)
+        if e is None:
+            dropped += 1
+        else:
+            out.append({"id": r["id"], **e})
+    return out, dropped

@@ -23,7 +23,7 @@ from typing import Any
 from instructune.errors import InstructuneError, collect
 from instructune.evaluation.fewshot import format_prompt, pick_exemplars
 from instructune.evaluation.generate import encode_prompts, generate_batch
-from instructune.evaluation.metrics import INVALID, METRICS, compute, map_to_label
+from instructune.evaluation.metrics import INVALID, TEMPLATE_METRICS, compute, map_to_label
 from instructune.evaluation.scoring import NORMALIZE, classify_by_likelihood, mean_completion_ce
 
 MODES = ("generate", "likelihood")
@@ -36,11 +36,11 @@ def check_settings(records: list[dict], *, task: str, choices: dict | None, metr
     """Collect every problem with the settings and records, and raise them together."""
     problems = []
     if not metrics:
-        problems.append(f"the template lists no metric; add `metrics:` with some of {', '.join(METRICS)}")
-    unknown = [m for m in metrics if m not in METRICS]
+        problems.append(f"the template lists no metric; add `metrics:` with some of {', '.join(TEMPLATE_METRICS)}")
+    unknown = [m for m in metrics if m not in TEMPLATE_METRICS]
     if unknown:
         problems.append(f"unknown metric(s) {', '.join(map(repr, unknown))} in the template's `metrics`; "
-                        f"known metrics: {', '.join(METRICS)}")
+                        f"known metrics: {', '.join(TEMPLATE_METRICS)}")
     if mode not in MODES:
         problems.append(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
     if stop not in STOPS:

@@ -16,7 +16,11 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import sacrebleu
+from rouge_score import rouge_scorer
 
 from instructune.errors import InstructuneError
 
@@ -127,8 +131,6 @@ def token_f1(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, dict[str, float]]:
     """ROUGE-1/2/L/Lsum precision, recall and F1 (rouge_score, Porter stemmer), each a mean over examples."""
-    from rouge_score import rouge_scorer
-
     _same_length(predictions, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = {t: {"precision": 0.0, "recall": 0.0, "f1": 0.0} for t in ROUGE_TYPES}
@@ -142,8 +144,6 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, di
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu defaults: 13a tokenisation, 0-100 scale), one reference per example."""
-    import sacrebleu
-
     _same_length(predictions, references)
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
 
@@ -187,23 +187,55 @@ def _rouge(predictions: Sequence[str], references: Sequence[str], labels: Any = 
     return out
 
 
-METRICS: dict[str, Callable[..., dict[str, float]]] = {
-    "accuracy": lambda p, r, labels=None: {"accuracy": accuracy(p, r)},
-    "f1": _classification("f1"),
-    "precision": _classification("precision"),
-    "recall": _classification("recall"),
-    "exact_match": lambda p, r, labels=None: {"exact_match": exact_match(p, r)},
-    "rouge": _rouge,
-    "bleu": lambda p, r, labels=None: {"bleu": bleu(p, r)},
+@dataclass(frozen=True)
+class Metric:
+    """A number evaluation reports: which way is better, and how a template asks for it."""
+    higher_is_better: bool
+    compute: Callable[..., dict[str, float]] | None = None
+    """f(predictions, references, labels=None) -> scores; None for a score other code computes
+    (cross-entropy from likelihoods, the invalid rate, one of ROUGE's keys)."""
+    headline: bool = True
+    """Shown in result tables."""
+    chart: int | None = None
+    """Charted when a report picks a few scores: lower ranks first."""
+
+
+METRICS: dict[str, Metric] = {  # in the order result tables show them
+    "accuracy": Metric(True, lambda p, r, labels=None: {"accuracy": accuracy(p, r)}, chart=0),
+    "f1": Metric(True, _classification("f1"), chart=1),
+    "invalid_rate": Metric(False),
+    "rouge": Metric(True, _rouge, headline=False),  # reports the four ROUGE keys below
+    "rouge1": Metric(True, chart=5),
+    "rouge2": Metric(True),
+    "rougeL": Metric(True, chart=2),
+    "rougeLsum": Metric(True, headline=False),
+    "bleu": Metric(True, lambda p, r, labels=None: {"bleu": bleu(p, r)}, chart=3),
+    "exact_match": Metric(True, lambda p, r, labels=None: {"exact_match": exact_match(p, r)}, chart=4),
+    "cross_entropy": Metric(False),
+    "precision": Metric(True, _classification("precision"), headline=False),
+    "recall": Metric(True, _classification("recall"), headline=False),
+    "perplexity": Metric(False, headline=False),
+    "loss": Metric(False, headline=False),
 }
+HEADLINE = [name for name, m in METRICS.items() if m.headline]
+"""The scores result tables show, in order."""
+TEMPLATE_METRICS = [name for name, m in METRICS.items() if m.compute]
+"""The metrics a template may list."""
+CHART = sorted((name for name, m in METRICS.items() if m.chart is not None), key=lambda n: METRICS[n].chart)
+"""The scores a report charts, best first."""
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of this score is better (unknown scores: yes)."""
+    return METRICS[name].higher_is_better if name in METRICS else True
 
 
 def check_names(metric_names: Sequence[str]) -> None:
     """Raise one error naming every unknown metric and listing the known ones."""
-    unknown = [m for m in metric_names if m not in METRICS]
+    unknown = [m for m in metric_names if m not in TEMPLATE_METRICS]
     if unknown:
         raise InstructuneError(f"unknown metric{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
-                               f"known metrics: {', '.join(METRICS)}. Fix the template's `metrics` list.")
+                               f"known metrics: {', '.join(TEMPLATE_METRICS)}. Fix the template's `metrics` list.")
 
 
 def compute(metric_names: Sequence[str], predictions: Sequence[str], references: Sequence[str],
@@ -216,7 +248,7 @@ def compute(metric_names: Sequence[str], predictions: Sequence[str], references:
     _same_length(predictions, references)
     out: dict[str, float] = {}
     for name in metric_names:
-        out.update(METRICS[name](predictions, references, labels=labels))
+        out.update(METRICS[name].compute(predictions, references, labels=labels))
     return out
 
 

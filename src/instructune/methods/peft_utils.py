@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import get_peft_model
+
 from instructune.errors import InstructuneError
 
 
@@ -18,7 +20,6 @@ def check_targets(model: Any, targets: list[str]) -> list[str]:
 
 
 def wrap(model: Any, config: Any) -> Any:
-    from peft import get_peft_model
 
     try:
         return get_peft_model(model, config)

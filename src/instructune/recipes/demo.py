@@ -15,12 +15,19 @@ import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Literal
 
 from instructune.config import load_config, to_dict
+from instructune.data.packs import PACKS
+from instructune.data.task import TaskSpec, dataset
+from instructune.data.templates import load_templates
 from instructune.hardware import cpu_model, resolve_precision, setup_threads, shapes_of
+from instructune.models import MODEL_PACKS, pull_model, resolve_model
+from instructune.recipes.evaluate import evaluate, print_table, write_outputs
+from instructune.recipes.forgetting import ForgettingConfig, forgetting, markdown_table, run_configs
+from instructune.report import build_report
 
 
 @dataclass
@@ -56,16 +63,10 @@ QUICK = ["eval_limit=16", "shots=[0,1]", "forgetting.train.max_steps=2", "forget
 
 
 def default_config_path() -> Path:
-    from importlib import resources
     return Path(str(resources.files("instructune").joinpath("configs/demo.yaml")))
 
 
 def demo(config: str | None = None, overrides: list[str] = (), quick: bool = False, log: Any = print) -> Path:
-    from instructune.models import pull_model, resolve_model
-    from instructune.recipes.evaluate import print_table
-    from instructune.recipes.forgetting import ForgettingConfig, forgetting, markdown_table
-    from instructune.report import build_report
-
     # --- config (quick mode shrinks every step, into its own folder)
     extra = ([*QUICK, "output_dir=runs/demo-quick"] if quick else []) + list(overrides)
     cfg = load_config(DemoConfig, config or default_config_path(), extra)
@@ -77,7 +78,6 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
 
     # --- model, and what this machine runs fastest
     log(f"[1/5] model {cfg.model}")
-    from instructune.models import MODEL_PACKS
     if cfg.model in MODEL_PACKS:
         pull_model(cfg.model, log=log)
     threads = setup_threads(cfg.threads, log=log)
@@ -115,14 +115,12 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     return paths["html"]
 
 
-def _cure_names(fcfg: Any) -> list[str]:
-    return [*fcfg.baselines, *[c.name for c in fcfg.cures]]
+def _cure_names(fcfg: ForgettingConfig) -> list[str]:
+    return list(run_configs(fcfg))
 
 
 def _cached_eval(folder: Path, settings: dict[str, Any], log: Any) -> dict[str, Any]:
     """Run (or reuse) an evaluation."""
-    from instructune.recipes.evaluate import evaluate
-
     key = json.loads(json.dumps(settings))
     saved = folder / "eval.json"
     if saved.exists():
@@ -132,26 +130,18 @@ def _cached_eval(folder: Path, settings: dict[str, Any], log: Any) -> dict[str, 
             return report
     report = evaluate(**settings, out=None, log=log)
     report["key"] = key
-    from instructune.recipes.evaluate import write_outputs
     write_outputs(folder, report)
     return report
 
 
-def _study_folders(fcfg: Any) -> list[str]:
+def _study_folders(fcfg: ForgettingConfig) -> list[str]:
     """The dataset folders the forgetting study read: its training data, each retention task, the text probe."""
-    from instructune.data.build import dataset_folder
-    from instructune.data.packs import PACKS
-    from instructune.data.templates import load_templates
-    from instructune.recipes.forgetting import _cure_list, _train_config
-
-    run = _train_config(fcfg, _cure_list(fcfg)[0], Path(fcfg.output_dir))
-    seed, fractions = run.data.seed, run.data.fractions
-    folders = [dataset_folder(run.data.source, run.data.templates, seed, fractions, run.data.template_file)]
-    folders += [dataset_folder(t.source, [t.template], seed, fractions, t.template_file) for t in fcfg.retention]
+    run = next(iter(run_configs(fcfg).values()))
+    split = run.data.split_spec()
+    tasks = [run.data.task_spec(), *[t.task_spec() for t in fcfg.retention]]
     if fcfg.text_source in PACKS:
-        folders.append(dataset_folder(fcfg.text_source, [next(iter(load_templates(fcfg.text_source)))], seed,
-                                      fractions, None))
-    return list(dict.fromkeys(str(f) for f in folders))
+        tasks.append(TaskSpec(fcfg.text_source, [next(iter(load_templates(fcfg.text_source)))]))
+    return list(dict.fromkeys(str(dataset(t, split)) for t in tasks))
 
 
 def write_run_info(out: Path, cfg: DemoConfig, model_dir: str, data_folders: list[str],

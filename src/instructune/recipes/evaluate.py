@@ -10,33 +10,47 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from instructune.data.task import DEFAULT_FRACTIONS, SplitSpec, TaskSpec, dataset, load_split
+from instructune.data.task import templates as task_templates
 from instructune.errors import InstructuneError
+from instructune.evaluation.evaluate import evaluate_records
+from instructune.evaluation.metrics import HEADLINE
+from instructune.hardware import eval_dtype
+from instructune.models import attach_adapter, load_model
 
 
 def evaluate(models: list[str], adapters: list[str], data: str, template: str, split: str = "test",
              shots: list[int] = (0,), limit: int | None = None, mode: str = "generate", seed: int = 0,
              batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "auto",
-             template_file: str | None = None, out: Path | None = None,
+             template_file: str | None = None, out: Path | None = None, data_seed: int = 0,
+             fractions: Sequence[float] = DEFAULT_FRACTIONS, built_with: Sequence[str] | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    from instructune.data.build import dataset_folder, dataset_templates, read_split
-    from instructune.evaluation.evaluate import evaluate_records
-    from instructune.hardware import eval_dtype
+    """Score every model (and every adapter on the first model) with every shot count on the same
+    `limit` examples (seeded by `seed`) of `split` of the task `data`/`template`.
 
+    The rows are split as a run with the same task and split split them: `data_seed`, `fractions`
+    and the templates its dataset was built with (`built_with`, default this template alone, since
+    the templates decide the stratifying label), so the test rows are the ones that run held out."""
     # --- data and template
-    folder = dataset_folder(data, [template], seed=0, fractions=[0.8, 0.1, 0.1], template_file=template_file)
-    templates = dataset_templates(folder)
+    task = TaskSpec(data, list(built_with or [template]), template_file)
+    cut = SplitSpec(data_seed, list(fractions))
+    folder = dataset(task, cut)
+    templates = task_templates(task, cut)
     if template not in templates:
         raise InstructuneError(f"template '{template}' is not in the dataset {folder}; its templates: "
                                f"{', '.join(templates)}.")
     t = templates[template]
-    records = [r for r in read_split(folder, split) if r["template"] == template]
+    records = load_split(task, cut, split, template)
     if not records:
         raise InstructuneError(f"the {split} split of {data} has no '{template}' examples; check --split.")
-    train = [r for r in read_split(folder, "train") if r["template"] == template] if max(shots) > 0 else None
+    train = load_split(task, cut, "train", template) if max(shots) > 0 else None
     tokens = max_new_tokens or (8 if t.choices else 64)
     dtype = eval_dtype(dtype, models[0], log=log)  # auto: measured on this machine
 
@@ -51,7 +65,8 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str, s
                                    max_new_tokens=tokens, dtype=dtype)
             results.append({"setting": label, "shots": k, **res})
     report = {"data": data, "dataset": str(folder), "template": template, "split": split, "seed": seed,
-              "mode": mode, "dtype": dtype, "results": results}
+              "data_seed": data_seed, "fractions": list(fractions), "mode": mode, "dtype": dtype,
+              "results": results}
     if out:
         write_outputs(Path(out), report)
     return report
@@ -59,9 +74,6 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str, s
 
 def _settings(models: list[str], adapters: list[str]) -> Any:
     """(label, model getter, tokenizer) per model, then per adapter on the first model (base loaded once)."""
-
-    from instructune.models import attach_adapter, load_model
-
     for i, name in enumerate(models):
         model, tok = load_model(name)
         if i > 0 or not adapters:
@@ -82,8 +94,7 @@ def _settings(models: list[str], adapters: list[str]) -> Any:
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
-    keys = ["accuracy", "f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "bleu", "exact_match", "cross_entropy"]
-    return {k: metrics[k] for k in keys if isinstance(metrics.get(k), (int, float))}
+    return {k: metrics[k] for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
 
 
 def write_outputs(out: Path, report: dict[str, Any]) -> None:
@@ -101,8 +112,6 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     rows = [(r["setting"], r["shots"], headline(r["metrics"]), r["timings"]["examples_per_s"])
             for r in report["results"]]

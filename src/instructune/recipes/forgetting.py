@@ -10,36 +10,18 @@ examples; the drops (bootstrap 95% intervals) and the target gain go to forgetti
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
-from instructune.hardware import setup_threads
-
-
-@dataclass
-class RetentionTask:
-    source: str
-    """Data pack (or file / dataset folder) of a task to keep."""
-    template: str
-    """Its template id."""
-    mode: Literal["generate", "likelihood"] = "generate"
-    """Classification scoring: generate an answer, or pick the most likely choice."""
-    limit: int = 100
-    """Test examples scored (the same ones before and after)."""
-    template_file: str | None = None
-    """User YAML templates, when `source` is a file rather than a pack."""
-
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, drops
+from instructune.hardware import eval_dtype, setup_threads
+from instructune.models import load_model
+from instructune.runs import cached, deep_merge, load_trained, train_run
+from instructune.training.config import TrainConfig
 
 MULTI_TASK = "multi-task"
 
@@ -97,16 +79,15 @@ class ForgettingConfig:
 
 
 def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
-    from instructune.models import load_model
-
+    # --- every cure's training config, validated before any work starts
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cures = _cure_list(cfg)
-    train_cfgs = {c.name: _train_config(cfg, c, out) for c in cures}  # validated before any work starts
-    setup_threads(next(iter(train_cfgs.values())).threads, log=log)
-    suite = RetentionSuite.build(cfg, next(iter(train_cfgs.values())), log)
+    runs = run_configs(cfg, out)
+    first = next(iter(runs.values()))
+    setup_threads(first.threads, log=log)
 
-    first = train_cfgs[cures[0].name]
+    # --- the retention suite on the original model
+    suite = build_suite(cfg, first, log)
     suite_key = {k: v for k, v in to_dict(cfg).items() if k not in ("cures", "baselines", "output_dir", "train",
                                                                   "isolate_runs")}
     suite_key.update(model=first.model, data=to_dict(first.data), dtype=suite.dtype)
@@ -116,58 +97,47 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
         model, tok = load_model(first.model)
         return suite.score(model, tok, probe_answers=None)
 
-    before = _cached(out / "scores" / "original.json", suite_key, score_original, log)
-    rows = []
-    for cure in cures:
-        run = train_cfgs[cure.name]
-        metrics = _train_cure_run(run, out / f"{cure.name}.yaml", cure.name, log, cfg.isolate_runs)
+    before = cached(out / "scores" / "original.json", suite_key, score_original, log)
 
-        def score_tuned(run: Any = run, name: str = cure.name) -> dict[str, Any]:
+    # --- each cure: train, score on the same examples, compare
+    rows = []
+    for name, run in runs.items():
+        metrics = train_run(run, out / f"{name}.yaml", f"cure '{name}'", log, cfg.isolate_runs)
+
+        def score_tuned(run: Any = run, name: str = name) -> dict[str, Any]:
             log(f"cure '{name}': scoring")
-            model, tok = _load_tuned(run)
+            model, tok = load_trained(run)
             return suite.score(model, tok, probe_answers=before["probe_answers"])
 
-        after = _cached(out / "scores" / f"{cure.name}.json", {**suite_key, "run": to_dict(run)}, score_tuned, log)
-        rows.append(_compare(cure.name, before, after, metrics, cfg))
+        after = cached(out / "scores" / f"{name}.json", {**suite_key, "run": to_dict(run)}, score_tuned, log)
+        rows.append(_row(name, before, after, metrics, cfg))
         _write(out, cfg, before, rows)  # a crash later keeps what is done
     return {"before": before, "cures": rows}
 
 
-def _cached(path: Path, key: dict[str, Any], compute: Any, log: Any) -> dict[str, Any]:
-    """Scores saved with the inputs that produced them; reused while the inputs are unchanged."""
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == json.loads(json.dumps(key)):
-            log(f"reusing {path} (same inputs)")
-            return saved["scores"]
-    start = time.perf_counter()
-    scores = {**compute(), "seconds": time.perf_counter() - start}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "scores": scores}))
-    tmp.replace(path)
-    return scores
-
-
-def _cure_list(cfg: ForgettingConfig) -> list[CureConfig]:
+def run_configs(cfg: ForgettingConfig, out: Path | None = None) -> dict[str, TrainConfig]:
+    """Every cure's training config by name, baselines first: the shared `train` block with the cure's
+    fields laid on top, into `out/<cure>`."""
     names = [c.name for c in cfg.cures]
     if len(set(names)) != len(names):
         raise InstructuneError(f"cure names must be unique, got {names}")
-    extra = [CureConfig(n, over) for n, over in cfg.baselines.items() if n not in names]
-    return extra + list(cfg.cures)
+    cures = [CureConfig(n, over) for n, over in cfg.baselines.items() if n not in names] + list(cfg.cures)
+    return {c.name: _train_config(cfg, c, Path(out or cfg.output_dir)) for c in cures}
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
+def build_suite(cfg: ForgettingConfig, run: TrainConfig, log: Any = print) -> RetentionSuite:
+    """The fixed examples every model of the study is scored on, from the target run's task and split."""
+    if not run.data.templates:
+        raise InstructuneError("forgetting: train.data.templates must name the target template")
+    retention = [replace(t, limit=min(t.limit, cfg.retention_limit or t.limit)) for t in cfg.retention]
+    return RetentionSuite.build(
+        run.data.task_spec(), run.data.templates[0], "likelihood" if run.eval_mode == "likelihood" else "generate",
+        cfg.target_limit, retention, run.data.split_spec(), cfg.probe_prompts, cfg.probe_tokens, cfg.text_source,
+        cfg.text_limit, cfg.text_words, cfg.seed, eval_dtype(cfg.score_precision or run.precision, run.model, log))
 
 
-def _train_config(cfg: ForgettingConfig, cure: CureConfig, out: Path) -> Any:
-    from instructune.training.config import TrainConfig
-
-    data = _merge(cfg.train, cure.train)
+def _train_config(cfg: ForgettingConfig, cure: CureConfig, out: Path) -> TrainConfig:
+    data = deep_merge(cfg.train, cure.train)
     data["output_dir"] = str(out / cure.name)
     if cure.name == MULTI_TASK and "mixture" not in cure.train:
         data["mixture"] = _multi_task_mixture(cfg, cure, data.get("data", {}))
@@ -200,59 +170,14 @@ def _multi_task_mixture(cfg: ForgettingConfig, cure: CureConfig, target: dict) -
     return {"tasks": tasks, "strategy": "weights"}
 
 
-def _train_cure_run(run: Any, cfg_path: Path, name: str, log: Any, isolate: bool = True) -> dict[str, Any]:
-    """Train in a fresh process, so its peak memory and time are the cure's own (or, not isolated, here)."""
-    done = Path(run.output_dir) / "metrics.json"
-    if done.exists() and yaml.safe_load((Path(run.output_dir) / "config.yaml").read_text()) == to_dict(run):
-        log(f"reusing {done} (same config)")
-        return json.loads(done.read_text())
-    log(f"cure '{name}': training")
-    if Path(run.output_dir).exists():
-        import shutil
-        shutil.rmtree(run.output_dir)
-    cfg_path.write_text(yaml.safe_dump(to_dict(run), sort_keys=False))
-    if not isolate:
-        import gc
-
-        from instructune.recipes.finetune import finetune
-        from instructune.training.loop import reset_peak_memory
-
-        gc.collect()
-        reset_peak_memory()
-        metrics = finetune(run, log=log).metrics  # the model is dropped here: scoring reloads the saved one
-        gc.collect()
-        return metrics
-    proc = subprocess.run([sys.executable, "-m", "instructune", "train", str(cfg_path)], env=os.environ.copy())
-    if proc.returncode != 0 or not done.exists():
-        raise InstructuneError(f"training for {cfg_path.stem} failed (exit {proc.returncode}); its output is above "
-                               f"and its config in {cfg_path}.")
-    return json.loads(done.read_text())
-
-
-def _load_tuned(run: Any) -> tuple[Any, Any]:
-    from instructune.models import load_model
-
-    folder = Path(run.output_dir)
-    if (folder / "adapter").exists():
-        return load_model(run.model, adapter=str(folder / "adapter"))
-    return load_model(str(folder / "model"))
-
-
-def _compare(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingConfig) -> dict[str, Any]:
-    from instructune.forgetting import HIGHER_IS_BETTER, bootstrap_drop
-
+def _row(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingConfig) -> dict[str, Any]:
     target_b, target_a = before["target"], after["target"]
-    row = {"cure": name, "target_metric": target_b["metric"], "target_before": target_b["mean"],
-           "target_after": target_a["mean"], "gain": target_a["mean"] - target_b["mean"], "retention": {},
-           "trainable_params": metrics.get("trainable_params"), "trainable_pct": metrics.get("trainable_pct"),
-           "wall_seconds": metrics.get("wall_seconds"), "score_seconds": after.get("seconds"),
-           "peak_memory_mb": metrics.get("peak_memory_mb")}
-    for key, b in before["measures"].items():
-        a = after["measures"][key]
-        stats = bootstrap_drop(b["scores"], a["scores"], HIGHER_IS_BETTER[b["metric"]], cfg.bootstrap_samples,
-                               cfg.seed)
-        row["retention"][key] = {"metric": b["metric"], "before": b["mean"], "after": a["mean"], **stats}
-    return row
+    return {"cure": name, "target_metric": target_b["metric"], "target_before": target_b["mean"],
+            "target_after": target_a["mean"], "gain": target_a["mean"] - target_b["mean"],
+            "retention": drops(before, after, cfg.bootstrap_samples, cfg.seed),
+            "trainable_params": metrics.get("trainable_params"), "trainable_pct": metrics.get("trainable_pct"),
+            "wall_seconds": metrics.get("wall_seconds"), "score_seconds": after.get("seconds"),
+            "peak_memory_mb": metrics.get("peak_memory_mb")}
 
 
 def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict]) -> None:
@@ -285,95 +210,5 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\ndrop = before - after, positive = forgot (for cross-entropy measures: after - before).\n"
 
 
-@dataclass
-class RetentionSuite:
-    """Fixed examples of the target and of every retention measure."""
-
-    target: tuple[list[dict], Any, str]
-    tasks: dict[str, tuple[list[dict], Any, str]]
-    probe: list[str]
-    texts: list[str]
-    probe_tokens: int
-    dtype: str = "float32"
-
-    @classmethod
-    def build(cls, cfg: ForgettingConfig, run: Any, log: Any = print) -> RetentionSuite:
-        from instructune.data.build import dataset_folder
-        from instructune.forgetting import probe_prompts
-        from instructune.recipes.task_data import subset
-
-        def fixed(source: str, template: str, limit: int, templates: list[str] | None = None,
-                  template_file: str | None = None) -> tuple:
-            from instructune.data.build import dataset_templates, read_split
-
-            folder = dataset_folder(source, templates or [template], run.data.seed, run.data.fractions, template_file)
-            recs = [r for r in read_split(folder, "test") if r["template"] == template]
-            return subset(recs, limit, cfg.seed), dataset_templates(folder)[template]
-
-        target_t = run.data.templates[0] if run.data.templates else None
-        if not target_t:
-            raise InstructuneError("forgetting: train.data.templates must name the target template")
-        recs, t = fixed(run.data.source, target_t, cfg.target_limit, run.data.templates, run.data.template_file)
-        target = (recs, t, "likelihood" if run.eval_mode == "likelihood" else "generate")
-        tasks = {}
-        for task in cfg.retention:
-            limit = min(task.limit, cfg.retention_limit or task.limit)
-            recs, t = fixed(task.source, task.template, limit, template_file=task.template_file)
-            tasks[f"{task.source}/{task.template}"] = (recs, t, task.mode)
-        from instructune.hardware import eval_dtype
-
-        dtype = eval_dtype(cfg.score_precision or run.precision, run.model, log=log)
-        return cls(target, tasks, probe_prompts(cfg.probe_prompts) if cfg.probe_prompts else [],
-                   _held_out_texts(cfg, run) if cfg.text_source else [], cfg.probe_tokens, dtype)
-
-    def score(self, model: Any, tok: Any, probe_answers: list[str] | None) -> dict[str, Any]:
-        from instructune.forgetting import general_probe, task_scores, text_probe
-
-        def pack(metric: str, scores: list[float], extra: dict | None = None) -> dict[str, Any]:
-            return {"metric": metric, "scores": scores, "mean": sum(scores) / len(scores), **(extra or {})}
-
-        recs, t, mode = self.target
-        metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
-        out: dict[str, Any] = {"target": pack(metric, scores), "measures": {}, "probe_answers": probe_answers}
-        for key, (recs, t, mode) in self.tasks.items():
-            metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
-            out["measures"][key] = pack(metric, scores)
-        if self.probe:
-            answers, ce = general_probe(model, tok, self.probe, probe_answers, max_new_tokens=self.probe_tokens,
-                                        dtype=self.dtype)
-            out["probe_answers"] = answers
-            out["measures"]["general-probe"] = pack("cross_entropy", ce)
-        if self.texts:
-            out["measures"]["text-perplexity"] = pack("cross_entropy", text_probe(model, tok, self.texts,
-                                                                                   dtype=self.dtype))
-        return out
-
-
-def _held_out_texts(cfg: ForgettingConfig, run: Any) -> list[str]:
-    """Plain texts of `text_source`: a pack's test-split rows (never trained on, replay included), or a
-    file's rows (a seeded subset)."""
-    from instructune.data.build import dataset_folder, read_split
-    from instructune.data.packs import PACKS
-    from instructune.data.sources import read_table
-    from instructune.data.templates import load_templates
-    from instructune.recipes.task_data import subset
-
-    source = cfg.text_source
-    table = read_table(source)
-    keep = set(table.ids)
-    if source in PACKS:
-        folder = dataset_folder(source, [next(iter(load_templates(source)))], run.data.seed, run.data.fractions, None)
-        keep = {r["id"].rsplit("/", 1)[0] for r in read_split(folder, "test")}
-    name = table.text_field or "text"
-    texts = [" ".join(str(r[name]).split()[:cfg.text_words]) for r, i in zip(table.rows, table.ids)
-             if i in keep and r.get(name)]
-    if not texts:
-        raise InstructuneError(f"text_source {source} has no '{name}' texts for the perplexity probe; point "
-                               "text_source at a pack or a file with a `text` column, or set it to null.")
-    return subset(texts, cfg.text_limit, cfg.seed)
-
-
 def load_forgetting_config(path: str, overrides: list[str]) -> ForgettingConfig:
     return load_config(ForgettingConfig, path, overrides)
-
-

@@ -21,11 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from instructune.adapters.merge import merge_adapter
 from instructune.config import load_config, to_dict
+from instructune.data.task import SplitSpec
 from instructune.errors import InstructuneError, collect
+from instructune.forgetting.measures import task_scores, transfer_measures
+from instructune.forgetting.suite import RetentionTask, fixed_examples
 from instructune.hardware import eval_dtype, setup_threads
 from instructune.methods import METHODS
-from instructune.recipes.forgetting import RetentionTask, _cached, _merge, _train_cure_run
+from instructune.models import load_model
+from instructune.runs import cached, deep_merge, train_run
+from instructune.training.config import TrainConfig
 
 
 @dataclass
@@ -56,14 +62,14 @@ def sequential(cfg: SequentialConfig, log: Any = print) -> dict[str, Any]:
     key = {"tasks": [to_dict(t) for t in cfg.tasks], "seed": cfg.seed, "dtype": dtype,
            "split": [runs[0].data.seed, runs[0].data.fractions]}
 
-    rows = [_cached(out / "scores" / "before.json", {**key, "model": runs[0].model},
+    rows = [cached(out / "scores" / "before.json", {**key, "model": runs[0].model},
                     lambda: _score(runs[0].model, examples, dtype, log), log)]
     stages, start = [], None
     for j, (name, run) in enumerate(zip(names, runs), 1):
         metrics = _train_stage(run, {"model": run.model, "weights": start}, f"stage {j} ({name})", log)
         start = _weights_id(run)  # names the weights stage j+1 starts from
         model = stage_model(run)
-        rows.append(_cached(out / "scores" / f"stage-{j}.json", {**key, "model": model, "weights": start},
+        rows.append(cached(out / "scores" / f"stage-{j}.json", {**key, "model": model, "weights": start},
                             lambda m=model: _score(m, examples, dtype, log), log))
         stages.append({"stage": j, "task": name, "start": run.model, "output_dir": str(run.output_dir),
                        **{k: metrics.get(k) for k in ("trainable_params", "trainable_pct", "wall_seconds",
@@ -84,8 +90,6 @@ def stage_model(run: Any) -> str:
 
 def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
     """One training config per stage: the shared `train` block on task j, starting where stage j-1 ends."""
-    from instructune.training.config import TrainConfig
-
     names = task_names(cfg.tasks)
     method = cfg.train.get("method")
     problems = []
@@ -107,7 +111,7 @@ def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
                           "test_limit": 0}}  # scored here, on the fixed examples
         try:
             shared = {"keep_checkpoints": 0, **cfg.train}  # an unfinished stage is trained again, never resumed
-            run = load_config(TrainConfig, data=_merge(shared, {**stage, **({"model": start} if start else {})}))
+            run = load_config(TrainConfig, data=deep_merge(shared, {**stage, **({"model": start} if start else {})}))
         except InstructuneError as e:
             raise InstructuneError(f"stage {j} ({name}): {e}") from None
         runs.append(run)
@@ -117,27 +121,20 @@ def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
 
 def _fixed_examples(cfg: SequentialConfig, names: list[str], run: Any) -> dict[str, tuple[list[dict], Any, str]]:
     """Each task's fixed test subset, template and scoring mode: the same examples in every row."""
-    from instructune.data.build import dataset_folder, dataset_templates, read_split
-    from instructune.recipes.task_data import subset
-
     out, problems = {}, []
+    split: SplitSpec = run.data.split_spec()  # the split a stage trains on, so the test split is held out
     for name, task in zip(names, cfg.tasks):
-        # the split a stage trains on: same source, template, seed and fractions, so the test split is held out
-        folder = dataset_folder(task.source, [task.template], run.data.seed, run.data.fractions, task.template_file)
-        recs = [r for r in read_split(folder, "test") if r["template"] == task.template]
+        recs, template = fixed_examples(task.task_spec(), task.template, split, task.limit, cfg.seed)
         if not recs:
-            problems.append(f"task {name}: its test split ({folder}/test.jsonl) has no examples; give the source "
-                            "more rows or a larger test fraction (train.data.fractions)")
-        out[name] = (subset(recs, task.limit, cfg.seed), dataset_templates(folder)[task.template], task.mode)
+            problems.append(f"task {name}: its test split has no examples; give the source more rows or a larger "
+                            "test fraction (train.data.fractions)")
+        out[name] = (recs, template, task.mode)
     collect(problems, "sequential: tasks cannot be scored")
     return out
 
 
 def _score(model_name: str, examples: dict[str, tuple[list[dict], Any, str]], dtype: str,
            log: Any) -> dict[str, Any]:
-    from instructune.forgetting import task_scores
-    from instructune.models import load_model
-
     log(f"scoring {model_name} on every task")
     model, tok = load_model(model_name)
     out = {}
@@ -150,14 +147,12 @@ def _score(model_name: str, examples: dict[str, tuple[list[dict], Any, str]], dt
 def _train_stage(run: Any, start: dict[str, Any], name: str, log: Any) -> dict[str, Any]:
     """Train one stage in its own process (reused while its config and starting weights are unchanged);
     a PEFT stage's adapter is then merged into its base, the next stage's starting model."""
-    from instructune.adapters import merge_adapter
-
     folder = Path(run.output_dir)
     marker = folder / "start.json"  # the config names the starting folder, not what is in it
     if folder.exists() and (not marker.exists() or json.loads(marker.read_text()) != start):
         log(f"{name}: the weights it starts from changed since it was trained; training it again")
         shutil.rmtree(folder)
-    metrics = _train_cure_run(run, folder.parent / f"{folder.name}.yaml", name, log)
+    metrics = train_run(run, folder.parent / f"{folder.name}.yaml", name, log)
     marker.write_text(json.dumps(start))
     if run.method.peft and not Path(stage_model(run)).exists():  # retraining removes it
         log(f"{name}: merging the adapter into {run.model}")
@@ -171,8 +166,6 @@ def _weights_id(run: Any) -> str:
 
 
 def _write(out: Path, cfg: SequentialConfig, names: list[str], rows: list[dict], stages: list[dict]) -> dict[str, Any]:
-    from instructune.forgetting import transfer_measures
-
     matrix = [[row["tasks"][n]["mean"] for n in names] for row in rows]  # R[j][i-1]: task i after stage j
     report = {"config": to_dict(cfg), "tasks": names, "metrics": {n: rows[0]["tasks"][n]["metric"] for n in names},
               "rows": ["before", *[f"after {n}" for n in names]], "matrix": matrix,

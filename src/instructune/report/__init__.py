@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from instructune.report.blocks import Chart, Section
-
-if TYPE_CHECKING:
-    from instructune.report.data import Runs
+from instructune.report.data import Runs, discover
+from instructune.report.html import render_html
+from instructune.report.markdown import FILES, render_markdown
+from instructune.report.sections import build_sections
 
 
 def build_report(run_dirs: list[Path], out: Path) -> dict[str, Path]:
     """Write out/report.html, out/report.md and out/report_files/*.png; returns {"html": ..., "md": ...}."""
-    from instructune.report.data import discover
-    from instructune.report.html import render_html
-    from instructune.report.markdown import FILES, render_markdown
-    from instructune.report.sections import build_sections
-
     runs = discover([Path(d) for d in run_dirs])
     sections = build_sections(runs)
     charts = _name_charts(sections)

@@ -75,7 +75,6 @@ class KeyValues:
 @dataclass
 class Details:
     """Collapsed preformatted text (a config, a file list)."""
-
     summary: str
     text: str
 

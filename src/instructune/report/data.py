@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from instructune.errors import InstructuneError, collect
 
 REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "run_info.json")
@@ -38,7 +40,6 @@ class TrainingRun:
     """train_log.jsonl records, one per step and kind (a resumed run's repeated steps: the last wins)."""
     group: str = ""
     """Label of the forgetting study this run belongs to ("" for a stand-alone run)."""
-
     @property
     def name(self) -> str:
         """Short name: the cure inside a study, else the label."""
@@ -76,7 +77,6 @@ class RunInfo:
 @dataclass
 class Runs:
     """Everything found below the folders given, in a stable order (by path)."""
-
     roots: list[Path]
     infos: list[RunInfo] = field(default_factory=list)
     trainings: list[TrainingRun] = field(default_factory=list)
@@ -192,7 +192,6 @@ def _read_forgetting(path: Path) -> dict[str, Any]:
 
 
 def _read_training(folder: Path, label: str, group: str) -> TrainingRun:
-    import yaml
 
     metrics = _read_json(folder / "metrics.json")
     config = None
@@ -227,3 +226,13 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
             kind = "val" if any(k.startswith("val_") for k in rec) else "train"
             latest[(kind, rec["step"])] = rec
     return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[0]))]
+
+
+def setting_kind(result: dict[str, Any]) -> str:
+    """"tuned" for an adapter on a model ("M + run/adapter") or a saved tuned model folder, else by shots."""
+    if result.get("kind") in ("base", "few-shot", "tuned"):
+        return result["kind"]
+    name = str(result["setting"])
+    if " + " in name or Path(name).name in ("model", "adapter"):
+        return "tuned"
+    return "few-shot" if result.get("shots", 0) else "base"

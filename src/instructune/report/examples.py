@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from instructune.report.blocks import Answer, Example, Examples, Section
-from instructune.report.data import EvalRun, Runs
-from instructune.report.sections import setting_kind
+from instructune.report.data import EvalRun, Runs, setting_kind
 
 MAX_COLUMNS = 4
 MAX_EXAMPLES = 4

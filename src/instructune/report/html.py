@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from instructune import __version__
 from instructune.report.blocks import Section
 
 
@@ -14,14 +17,12 @@ def data_uri(png: bytes) -> str:
 
 
 def render_html(sections: Sequence[Section], title: str, subtitle: str, roots: Sequence[str]) -> str:
-    from jinja2 import Environment, PackageLoader, StrictUndefined
 
     # autoescape on for every template: prompts and answers are model text, never markup
     env = Environment(loader=PackageLoader("instructune.report", "templates"), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
     env.filters["data_uri"] = data_uri
     env.filters["kind"] = lambda block: type(block).__name__.lower()
-    from instructune import __version__
 
     return env.get_template("report.html.j2").render(sections=sections, title=title, subtitle=subtitle,
                                                      roots=roots, version=__version__)

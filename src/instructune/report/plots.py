@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from instructune.evaluation.metrics import higher_is_better
 
 PALETTE = ["#4f46e5", "#0d9488", "#e11d48", "#d97706", "#0284c7", "#7c3aed", "#65a30d", "#db2777",
            "#0891b2", "#9333ea", "#ca8a04", "#475569"]
 BASE = "#94a3b8"    # the model before tuning: zero-shot scores, "before" bars
 FEWSHOT = "#64748b"  # in-context prompting of the base model
 INK, MUTED, GRID = "#0f172a", "#64748b", "#e2e8f0"
-LOWER_IS_BETTER = ("cross_entropy", "loss", "perplexity", "invalid_rate")
 
 STYLE = {
     "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "axes.titlelocation": "left",
@@ -30,7 +35,6 @@ STYLE = {
 
 class Colors:
     """A stable colour per name, handed out in order of first request."""
-
     def __init__(self) -> None:
         self._given: dict[str, str] = {}
 
@@ -42,8 +46,6 @@ class Colors:
 
 @contextmanager
 def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw: Any) -> Iterator[tuple[Any, Any]]:
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
 
     with rc_context(STYLE):
         fig = Figure(figsize=(width, height), layout="constrained")
@@ -58,7 +60,7 @@ def _png(fig: Any) -> bytes:
 
 
 def direction(metric: str) -> str:
-    return "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    return "higher is better" if higher_is_better(metric) else "lower is better"
 
 
 def metric_bars(settings: Sequence[tuple[str, str]], metrics: dict[str, Sequence[float | None]]) -> bytes:
@@ -73,7 +75,7 @@ def metric_bars(settings: Sequence[tuple[str, str]], metrics: dict[str, Sequence
             for y, v in zip(ys, values):
                 ax.text((v or 0) + top * 0.015, y, "n/a" if v is None else f"{v:.3f}", va="center", fontsize=9,
                         color=INK)
-            ax.set_xlim(0, 1.0 if top <= 1 and metric not in LOWER_IS_BETTER else top * 1.18)
+            ax.set_xlim(0, 1.0 if top <= 1 and higher_is_better(metric) else top * 1.18)
             ax.set_title(f"{metric}  ({direction(metric)})")
             ax.set_yticks(ys, [_short(s, 40) for s, _ in settings])
             ax.grid(axis="y", visible=False)
@@ -174,8 +176,6 @@ def cost_bars(rows: Sequence[tuple[str, str, float | None, float | None]], color
 
 def _wrap(text: str, width: int) -> str:
     """Panel titles on up to two lines so neighbouring panels' titles never overlap."""
-    import textwrap
-
     lines = textwrap.wrap(text, width, break_on_hyphens=False) or [""]
     return "\n".join(lines[:1] + [_short(" ".join(lines[1:]), width)] if len(lines) > 1 else lines)
 

@@ -5,9 +5,11 @@ Order: provenance, results, loss curves, before/after, forgetting, cost, example
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+import yaml
+
+from instructune.evaluation.metrics import CHART, HEADLINE
 from instructune.report import plots
 from instructune.report.blocks import (
     Card,
@@ -20,17 +22,13 @@ from instructune.report.blocks import (
     Table,
     num,
 )
-from instructune.report.data import EvalRun, Runs, TrainingRun
-
-SCORES = ["accuracy", "f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "bleu", "exact_match", "cross_entropy"]
-"""Headline scores, in column order (those of `instructune eval`'s own table)."""
-CHART_SCORES = ["accuracy", "f1", "rougeL", "bleu", "exact_match", "rouge1"]
+from instructune.report.data import EvalRun, Runs, TrainingRun, setting_kind
+from instructune.report.examples import examples_section
+from instructune.report.studies import before_after_section, forgetting_section
 
 
 def build_sections(runs: Runs) -> list[Section]:
     colors = plots.Colors()
-    from instructune.report.examples import examples_section
-    from instructune.report.studies import before_after_section, forgetting_section
 
     found = [provenance_section(runs), results_section(runs), loss_section(runs, colors),
              before_after_section(runs, colors), forgetting_section(runs, colors), cost_section(runs, colors),
@@ -42,8 +40,6 @@ def build_sections(runs: Runs) -> list[Section]:
 
 def provenance_section(runs: Runs) -> Section:
     """run_info.json when there is one (a demo); else the configs of the runs found."""
-    import yaml
-
     s = Section("provenance", "What produced this report",
                 "The configuration, seed, package versions and checksums recorded by the runs themselves.",
                 nav="Provenance")
@@ -92,19 +88,9 @@ def _scalar(v: Any) -> str:
 
 # ----------------------------------------------------------------------------- results
 
-def setting_kind(result: dict[str, Any]) -> str:
-    """"tuned" for an adapter on a model ("M + run/adapter") or a saved tuned model folder, else by shots."""
-    if result.get("kind") in ("base", "few-shot", "tuned"):
-        return result["kind"]
-    name = str(result["setting"])
-    if " + " in name or Path(name).name in ("model", "adapter"):
-        return "tuned"
-    return "few-shot" if result.get("shots", 0) else "base"
-
-
 def score_keys(metric_dicts: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> list[str]:
-    """The headline scores any of `metric_dicts` has, in SCORES order (then `extra`)."""
-    return [k for k in [*SCORES, *extra] if any(isinstance(m.get(k), (int, float)) for m in metric_dicts)]
+    """The headline scores any of `metric_dicts` has, in the metric registry's order (then `extra`)."""
+    return [k for k in [*HEADLINE, *extra] if any(isinstance(m.get(k), (int, float)) for m in metric_dicts)]
 
 
 def results_section(runs: Runs) -> Section | None:
@@ -136,7 +122,7 @@ def eval_blocks(ev: EvalRun) -> list[Any]:
     title = " / ".join(str(d[k]) for k in ("data", "template", "split") if k in d) or ev.label
     table = Table(cols, [c not in ("setting", "kind") for c in cols], rows, title=f"{title} ({ev.label}/eval.json)",
                   note=f"mode: {d.get('mode', '?')}; every setting scored on the same seeded examples.")
-    chart_keys = [k for k in CHART_SCORES if k in keys][:3]
+    chart_keys = [k for k in CHART if k in keys][:3]
     if not chart_keys:
         return [table]
     png = plots.metric_bars([(_setting_label(r), setting_kind(r)) for r in results],
@@ -168,7 +154,7 @@ def highlight_cards(evals: list[EvalRun], tested: list[TrainingRun]) -> list[Car
     cards: list[Card] = []
     for ev in evals[:2]:
         results = ev.data["results"]
-        keys = [k for k in CHART_SCORES if any(isinstance(r["metrics"].get(k), (int, float)) for r in results)]
+        keys = [k for k in CHART if any(isinstance(r["metrics"].get(k), (int, float)) for r in results)]
         if not keys:
             continue
         key = keys[0]

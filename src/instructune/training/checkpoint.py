@@ -22,6 +22,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 from instructune.errors import InstructuneError
 
@@ -32,7 +40,6 @@ def sharded(model: Any) -> bool:
     """Whether FSDP2 holds the parameters as shards (DTensors): saving and loading are then collective."""
     if not torch.distributed.is_available():
         return False
-    from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
 
@@ -46,7 +53,6 @@ def rank() -> int:
 def full_state(model: Any) -> dict[str, torch.Tensor]:
     """Every weight and buffer, gathered from FSDP2 shards into full CPU tensors on rank 0 (other ranks
     get {}). A collective: every process must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -64,8 +70,6 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 def optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
     """The optimiser's state dict; sharded, gathered to rank 0 and keyed by parameter name (others get {})."""
     if sharded(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
         return get_optimizer_state_dict(model, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
@@ -151,7 +155,6 @@ def load_trainable(model: Any, file: Path) -> None:
         raise InstructuneError(f"{file} holds parameters this model lacks ({missing[:3]}...): it was written by "
                                "a run with another model or method; start a new output_dir.")
     if sharded(model):  # full tensors in, each process keeps its shard (no broadcast: a bad file fails everywhere)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
         return
@@ -169,8 +172,6 @@ def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, A
                "without FSDP: resume it without FSDP")
         raise InstructuneError(f"checkpoint {path} was written {how}, or train into a new output_dir.")
     if sharded(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(blob["optimizer"])

@@ -8,21 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 from instructune.data.mixture import MixtureConfig
+from instructune.data.task import SplitSpec, TaskSpec
 from instructune.methods import MethodConfig
 
 
 @dataclass
-class DataConfig:
+class DataConfig(SplitSpec, TaskSpec):
+    """The task to train on and its split (TaskSpec and SplitSpec fields), plus lengths and limits."""
     source: str = "rotten-tomatoes"
     """A data pack name (`instructune data list`), a CSV/JSONL/Parquet file, or a built dataset folder."""
-    templates: list[str] = field(default_factory=list)
-    """Template ids to render (several ids mix templates); empty = every template of the pack."""
-    template_file: str | None = None
-    """A user YAML file of templates, instead of the pack's own."""
-    seed: int = 0
-    """Seed of the train/validation/test split."""
-    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    """Train, validation and test fractions."""
     max_length: int = 256
     """Longest example in tokens; longer prompts lose tokens from their middle, never the completion."""
     train_limit: int | None = None
@@ -31,12 +25,8 @@ class DataConfig:
     """Validation examples used for loss and task metric during training (a fixed subset)."""
     test_limit: int | None = 300
     """Test examples for the final scores (a fixed subset); null = the whole test split."""
-
     def problems(self) -> list[str]:
-        out = []
-        if (len(self.fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in self.fractions)
-                or abs(sum(self.fractions) - 1) > 1e-6):
-            out.append(f"fractions must be three non-negative numbers summing to 1, got {self.fractions}")
+        out = SplitSpec.problems(self)
         if self.max_length < 16:
             out.append(f"max_length must be at least 16 tokens, got {self.max_length}")
         return out
@@ -56,7 +46,6 @@ class OptimConfig:
     """Decay after warmup."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
-
     def problems(self) -> list[str]:
         out = []
         if not self.lr > 0 or not math.isfinite(self.lr):  # NaN compares False both ways
@@ -77,15 +66,10 @@ class RegularizerConfig:
 
 
 @dataclass
-class KeepConfig:
-    source: str
-    """A data pack, file or built dataset folder of a task to keep."""
-    templates: list[str] = field(default_factory=list)
-    """Its template ids (empty = all of the pack's)."""
+class KeepConfig(TaskSpec):
+    """A task to keep (TaskSpec fields) and how much of it the cures read."""
     limit: int = 256
     """Training-split examples of this task used for importance estimates and replay."""
-    template_file: str | None = None
-    """User YAML templates, when `source` is a file rather than a pack."""
 
 
 @dataclass
@@ -151,7 +135,6 @@ class TrainConfig:
     """Write a train_log.jsonl line every N steps."""
     register_as: str | None = None
     """Register the trained adapter under this name (`instructune adapters list`)."""
-
     def problems(self) -> list[str]:
         out = []
         for name in ("batch_size", "grad_accum", "epochs"):

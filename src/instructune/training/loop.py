@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import resource
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from instructune.errors import InstructuneError
@@ -65,10 +68,6 @@ class LoopSettings:
     replay_fraction: float = 0.0
 
 
-class Stop(Exception):
-    """Raised inside the loop by a signal handler's flag: save, then leave."""
-
-
 def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
                settings: LoopSettings, run_dir: Path, validate: Callable[[Any], dict[str, float]],
                plan: Callable[[int], list[list[int]]], regularizers: list[Any] = (),
@@ -78,82 +77,118 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
     `plan(epoch)` gives the epoch's micro-batches as index lists into `train`; it must be the same
     for the same epoch every time, which is what makes resuming exact.
     """
-    s, st = settings, state or LoopState()
+    st = state or LoopState()
     per_epoch = len(plan(0))
     stream = _micro_batches(plan, per_epoch, st.position)
-    main = accelerator.is_main_process
-    log = open(run_dir / "train_log.jsonl", "a") if main else None  # noqa: SIM115 (closed in finally)
-    tb = _tensorboard(run_dir) if main else None
-    if main:
-        ckpt.remove_partial(run_dir)  # left by a write that a crash cut short
-    stop_flag = _install_signal_handlers()
-    bar = tqdm(total=s.total_steps, initial=st.step, disable=not main, desc="train", dynamic_ncols=True)
+    run = _Run(model, optimizer, scheduler, accelerator, train, pad_id, settings, run_dir, validate, regularizers,
+               replay, st, per_epoch)
     reason = "max_steps"
     model.train()
     try:
-        while st.step < s.total_steps:
-            t0 = time.perf_counter()
-            window = [next(stream) for _ in range(s.grad_accum)]
-            batches = [_rank_share(collate(_with_replay(train, idx, replay, s, pos), pad_id), accelerator)
-                       for pos, (epoch, idx) in window]
-            n_tokens = accelerator.reduce(torch.tensor(sum(int((b["labels"] != -100).sum()) for b in batches),
-                                                       device=accelerator.device), "sum").item()
-            loss_sum = _accumulate(model, batches, accelerator, n_tokens, regularizers, s)
-            bad = not math.isfinite(loss_sum)
-            if not bad:
-                for r in regularizers:
-                    r.before_step(model)
-                norm = accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm or float("inf"))
-                bad = not math.isfinite(float(norm))
-            if bad:
-                ids = [train[i].get("id", i) for _, (_, idx) in window for i in idx]
-                if not s.skip_bad_batches:
-                    last = ckpt.latest_checkpoint(run_dir)
-                    raise InstructuneError(
-                        f"non-finite loss or gradient at step {st.step + 1} (examples {ids[:8]}); the run stopped. "
-                        f"Last good checkpoint: {last or 'none'}. Lower optim.lr, use precision=fp32, or set "
-                        "skip_bad_batches=true to skip such batches.")
-                st.skipped_batches += 1
-                optimizer.zero_grad(set_to_none=True)
-                st.position += s.grad_accum
-                continue
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            for r in regularizers:
-                r.after_step(model)
-            st.step += 1
-            st.position += s.grad_accum
-            st.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
-            st.train_seconds += time.perf_counter() - t0
-            loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item() / max(n_tokens, 1)
-            tok_s = st.tokens / max(st.train_seconds, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{tok_s:.0f}")
-            if main and (st.step % s.log_every == 0 or st.step == 1):
-                _log(log, tb, {"step": st.step, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
-                               "epoch": window[-1][1][0]})
-            epoch_end = (st.position // per_epoch) != ((st.position - s.grad_accum) // per_epoch)
-            due = (s.eval_every and st.step % s.eval_every == 0) or epoch_end or st.step == s.total_steps
-            if due and _validate(model, validate, st, run_dir, accelerator, log, tb, s):
-                reason = "early_stopping"
-            stop = _anyone(stop_flag["stop"], accelerator)
-            if s.keep_checkpoints and ((s.save_every and st.step % s.save_every == 0) or stop
-                                       or reason == "early_stopping" or st.step == s.total_steps):
-                _save(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, st, regularizers, s)
-            if stop:
-                reason = f"signal {stop_flag['name'] or 'on another process'}"
-            if reason != "max_steps":
-                break
+        while st.step < settings.total_steps and reason == "max_steps":
+            reason = run.step([next(stream) for _ in range(settings.grad_accum)])
         accelerator.wait_for_everyone()  # the main process has written best/ and the last checkpoint
     finally:
-        bar.close()
-        if log:
-            log.close()
-        if tb:
-            tb.close()
-        _restore_signal_handlers(stop_flag)
+        run.close()
     return st, reason
+
+
+class _Run:
+    """One run's moving parts: what `train_loop` steps, logs and saves."""
+    def __init__(self, model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
+                 s: LoopSettings, run_dir: Path, validate: Callable, regularizers: Any, replay: list[dict] | None,
+                 st: LoopState, per_epoch: int) -> None:
+        self.model, self.optimizer, self.scheduler, self.accelerator = model, optimizer, scheduler, accelerator
+        self.train, self.pad_id, self.s, self.run_dir, self.validate = train, pad_id, s, run_dir, validate
+        self.regularizers, self.replay, self.st, self.per_epoch = regularizers, replay, st, per_epoch
+        self.main = accelerator.is_main_process
+        self.log = open(run_dir / "train_log.jsonl", "a") if self.main else None  # noqa: SIM115 (see close)
+        self.tb = _tensorboard(run_dir) if self.main else None
+        if self.main:
+            ckpt.remove_partial(run_dir)  # left by a write that a crash cut short
+        self.stop_flag = _install_signal_handlers()
+        self.bar = tqdm(total=s.total_steps, initial=st.step, disable=not self.main, desc="train",
+                        dynamic_ncols=True)
+
+    def step(self, window: list[tuple[int, tuple[int, list[int]]]]) -> str:
+        """One optimiser step over a window of micro-batches; returns why to stop ("max_steps": go on)."""
+        s, st, acc = self.s, self.st, self.accelerator
+        t0 = time.perf_counter()
+        batches = [_rank_share(collate(_with_replay(self.train, idx, self.replay, s, pos), self.pad_id), acc)
+                   for pos, (epoch, idx) in window]
+        n_tokens = acc.reduce(torch.tensor(sum(int((b["labels"] != -100).sum()) for b in batches),
+                                           device=acc.device), "sum").item()
+        loss_sum = _accumulate(self.model, batches, acc, n_tokens, self.regularizers, s)
+        if not self._apply(loss_sum):
+            self._skip_bad(window)
+            return "max_steps"
+        st.step += 1
+        st.position += s.grad_accum
+        st.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+        st.train_seconds += time.perf_counter() - t0
+        self._report(acc.reduce(torch.tensor(loss_sum, device=acc.device), "sum").item() / max(n_tokens, 1),
+                     window[-1][1][0])
+        return self._after_step()
+
+    def _apply(self, loss_sum: float) -> bool:
+        """Clip and take the optimiser step; False (nothing applied) on a non-finite loss or gradient."""
+        if not math.isfinite(loss_sum):
+            return False
+        for r in self.regularizers:
+            r.before_step(self.model)
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm or float("inf"))
+        if not math.isfinite(float(norm)):
+            return False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for r in self.regularizers:
+            r.after_step(self.model)
+        return True
+
+    def _skip_bad(self, window: list[tuple[int, tuple[int, list[int]]]]) -> None:
+        """Count and skip a bad batch when asked to; otherwise stop, naming its examples."""
+        st = self.st
+        if not self.s.skip_bad_batches:
+            ids = [self.train[i].get("id", i) for _, (_, idx) in window for i in idx]
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise InstructuneError(
+                f"non-finite loss or gradient at step {st.step + 1} (examples {ids[:8]}); the run stopped. "
+                f"Last good checkpoint: {last or 'none'}. Lower optim.lr, use precision=fp32, or set "
+                "skip_bad_batches=true to skip such batches.")
+        st.skipped_batches += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        st.position += self.s.grad_accum
+
+    def _report(self, loss: float, epoch: int) -> None:
+        st, lr = self.st, self.scheduler.get_last_lr()[0]
+        tok_s = st.tokens / max(st.train_seconds, 1e-9)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+        if self.main and (st.step % self.s.log_every == 0 or st.step == 1):
+            _log(self.log, self.tb, {"step": st.step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "epoch": epoch})
+
+    def _after_step(self) -> str:
+        """Validate when due, save when due, and say whether to stop (and why)."""
+        s, st, reason = self.s, self.st, "max_steps"
+        epoch_end = (st.position // self.per_epoch) != ((st.position - s.grad_accum) // self.per_epoch)
+        due = (s.eval_every and st.step % s.eval_every == 0) or epoch_end or st.step == s.total_steps
+        if due and _validate(self.model, self.validate, st, self.run_dir, self.accelerator, self.log, self.tb, s):
+            reason = "early_stopping"
+        stop = _anyone(self.stop_flag["stop"], self.accelerator)
+        if s.keep_checkpoints and ((s.save_every and st.step % s.save_every == 0) or stop
+                                   or reason == "early_stopping" or st.step == s.total_steps):
+            _save(self.run_dir, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, st,
+                  self.regularizers, s)
+        return f"signal {self.stop_flag['name'] or 'on another process'}" if stop else reason
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.log:
+            self.log.close()
+        if self.tb:
+            self.tb.close()
+        _restore_signal_handlers(self.stop_flag)
 
 
 def _micro_batches(plan: Callable[[int], list[list[int]]], per_epoch: int,
@@ -229,9 +264,7 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
 
 def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -> None:
     """Every process calls it and rank 0 writes best/ (sharded weights are gathered to it first)."""
-    import os
 
-    from safetensors.torch import save_file
 
     writer = ckpt.rank() == 0
     if not writer and not ckpt.sharded(model):
@@ -325,7 +358,6 @@ def _log(log: Any, tb: Any, record: dict[str, Any]) -> None:
 
 
 def _tensorboard(run_dir: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(run_dir / "tensorboard"))
 

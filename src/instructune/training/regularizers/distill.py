@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instructune.errors import InstructuneError
+from instructune.models import load_model
 from instructune.training.regularizers.base import (
     Cycle,
     KeepBatches,
@@ -132,8 +133,6 @@ def load_teacher(teacher: nn.Module | str) -> nn.Module:
     It only ever runs under no_grad and is not in the optimiser, so it never changes.
     """
     if isinstance(teacher, str):
-        from instructune.models import load_model
-
         teacher = load_model(teacher)[0].requires_grad_(False)
     return teacher
 

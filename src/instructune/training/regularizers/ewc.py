@@ -24,6 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from instructune.errors import InstructuneError
@@ -114,7 +116,6 @@ def normalized(fisher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_fisher(fisher: dict[str, torch.Tensor], path: str | Path, samples: int) -> None:
-    from safetensors.torch import save_file
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({n: f.detach().contiguous().cpu() for n, f in fisher.items()}, str(path),
@@ -123,8 +124,6 @@ def save_fisher(fisher: dict[str, torch.Tensor], path: str | Path, samples: int)
 
 def load_fisher(path: str | Path, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """Read a Fisher written by save_fisher; it must cover exactly the trainable parameters, same shapes."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         if (f.metadata() or {}).get("format") != FISHER_FORMAT:
             raise InstructuneError(f"ewc fisher_path {path} is not a Fisher file written by instructune. Point "

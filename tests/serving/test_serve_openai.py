@@ -15,10 +15,13 @@ import uvicorn
 from fastapi import FastAPI
 from openai import OpenAI
 
-from instructune.adapters import AdapterSet, random_lora
+from instructune.adapters.merge import random_lora
 from instructune.evaluation.generate import generate
 from instructune.models import load_model, prompt_text
-from instructune.serve import Batcher, Limits, Params, create_app
+from instructune.serving.app import create_app
+from instructune.serving.generation import Batcher
+from instructune.serving.hotswap import AdapterSet
+from instructune.serving.protocol import Limits, Params
 
 TARGETS = ("o_proj", "down_proj")  # on the random tiny model these give readable, distinct greedy outputs
 PROMPT = "Classify the sentiment of this review"
@@ -223,7 +226,7 @@ def test_batcher_groups_by_adapter_and_settings(server: tuple[str, AdapterSet, o
 
 def test_serve_command_wires_registry_names(tiny_model_dir: Path, loras: dict[str, Path],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from instructune.adapters import register_adapter
+    from instructune.adapters.registry import register_adapter
     from instructune.cli import main
 
     register_adapter("reg", loras["one"])

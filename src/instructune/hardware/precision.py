@@ -1,4 +1,4 @@
-"""What this machine can do, measured rather than assumed: CPU class, usable cores, matmul speed.
+"""`precision: auto`, measured: fp32 against bf16 autocast at the model's own shapes, on this CPU.
 
 CPUs differ more than one default can cover: with AMX a bf16 matmul runs ~5x faster than fp32,
 with AVX-512 bf16 units ~2x, and on an AVX2-only CPU bf16 is emulated and runs 8-75x *slower*.
@@ -12,11 +12,6 @@ flags, torch's capability and the oneDNN/ATen ISA caps in the environment, threa
 version, shapes) in `$INSTRUCTUNE_HOME/hardware.json`, so every process of a study decides alike.
 `INSTRUCTUNE_AUTO_PRECISION=fp32|bf16` fixes what auto means instead (reproducible comparisons
 across machines; the test suite sets it).
-
-Threads: torch would otherwise use the host's core count, which in a container limited by a cgroup
-CPU quota oversubscribes the few CPUs it may run on. `setup_threads` uses the CPUs in this
-process's affinity mask, capped by the cgroup quota and shared between the local ranks of a
-multi-process launch.
 """
 
 from __future__ import annotations
@@ -26,14 +21,27 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import torch
+from filelock import FileLock, Timeout
+
 from instructune.errors import InstructuneError
+from instructune.hardware.cpu import (
+    BF16_FLAGS,
+    ISA_ENV,
+    capability,
+    cpu_class,
+    cpu_flags,
+    cpu_model,
+    usable_cpus,
+)
+from instructune.models import resolve_model
 
 BF16_MARGIN = 1.15
 """bf16 must beat fp32 by this factor to be chosen: a near-tie is not worth bf16's rounding."""
@@ -42,156 +50,7 @@ PROBE_TOKENS = 128
 DEFAULT_SHAPES = ((PROBE_TOKENS, 576, 576), (PROBE_TOKENS, 576, 1536))
 """Probe shapes when the model's are unknown (SmolLM2-135M's hidden and MLP sizes)."""
 CACHE_FILE = "hardware.json"
-ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 Shape = tuple[int, int, int]
-
-
-# --- the CPU
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def capability() -> str:
-    """The vector ISA torch's own kernels use here (`AVX2`, `AVX512`, `DEFAULT`, ...)."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability()
-
-
-def cpu_class(flags: set[str], torch_capability: str, env: dict[str, str] | None = None) -> str:
-    """AMX, AVX512_BF16, AVX512, AVX2 or the torch capability: the best bf16 path the CPU offers,
-    capped by `ONEDNN_MAX_CPU_ISA` (oneDNN runs bf16 matmuls) as the environment sets it."""
-    env = os.environ if env is None else env
-    cap = env.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    limit = 3 if not cap or cap == "ALL" or "AMX" in cap else 2 if "BF16" in cap else 1 if "AVX512" in cap else 0
-    if "amx_bf16" in flags and limit >= 3:
-        return "AMX"
-    if "avx512_bf16" in flags and limit >= 2:
-        return "AVX512_BF16"
-    if "avx512f" in flags and limit >= 1 and torch_capability.upper().startswith("AVX512"):
-        return "AVX512"
-    if "avx2" in flags:
-        return "AVX2"
-    return torch_capability or "unknown"
-
-
-def usable_cpus(affinity: set[int] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup"),
-                proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, str]:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota; and why."""
-    if affinity is None:
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    count = max(len(affinity), 1)
-    quota = cgroup_quota(cgroup_root, proc_cgroup)
-    if quota is not None and quota < count:
-        return max(1, math.ceil(quota)), f"cgroup CPU quota {quota:g} of {count} CPUs in the affinity mask"
-    return count, f"{count} CPUs in the affinity mask" + (f", cgroup quota {quota:g}" if quota else "")
-
-
-def cgroup_quota(root: Path, proc_cgroup: Path) -> float | None:
-    """The tightest CPU quota (CPUs' worth) over this process's cgroup and its parents, v2 or v1."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    quotas = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":  # v2: cpu.max holds "QUOTA PERIOD" or "max PERIOD"
-            quotas += [_quota(d / "cpu.max", None) for d in _ancestors(root, path)]
-        elif "cpu" in controllers.split(","):
-            base = root / controllers if (root / controllers).exists() else root / "cpu"
-            quotas += [_quota(d / "cpu.cfs_quota_us", d / "cpu.cfs_period_us") for d in _ancestors(base, path)]
-    found = [q for q in quotas if q]
-    return min(found) if found else None
-
-
-def _ancestors(base: Path, path: str) -> list[Path]:
-    parts = [p for p in path.strip("/").split("/") if p and p != ".."]
-    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
-
-
-def _quota(file: Path, period_file: Path | None) -> float | None:
-    try:
-        words = file.read_text().split()
-        if period_file is not None:
-            words = [words[0], period_file.read_text().split()[0]]
-    except (OSError, IndexError):
-        return None
-    try:
-        quota, period = float(words[0]), float(words[1])
-    except (ValueError, IndexError):
-        return None  # "max": no quota
-    return quota / period if quota > 0 and period > 0 else None
-
-
-# --- threads
-
-
-def local_ranks() -> int:
-    """Processes of a multi-process launch on this machine (torchrun and Accelerate set it)."""
-    with contextlib.suppress(ValueError):
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-    return 1
-
-
-def choose_threads(requested: int | None, usable: int, ranks: int = 1) -> tuple[int, str | None]:
-    """(threads, warning or None): `requested`, else this process's share of the usable CPUs."""
-    if requested is None:
-        return max(1, usable // ranks), None
-    if requested < 1:
-        raise InstructuneError(f"threads must be at least 1 (or null for the usable CPUs, {usable} here), got "
-                               f"{requested}.")
-    share = max(1, usable // ranks)
-    if requested > share:
-        return requested, (f"threads {requested} is more than the {share} CPU(s) this process may use; "
-                           f"oversubscribed cores slow every step: use threads={share} or leave it unset.")
-    return requested, None
-
-
-_threads_set: list[int] = []
-"""The thread counts setup_threads has set in this process (it says a count when it changes)."""
-
-
-def setup_threads(requested: int | None = None, log: Callable[[str], None] | None = print) -> int:
-    """Set torch's intra-op threads (and a small inter-op pool); say the choice when it changes. Returns it."""
-    import torch
-
-    usable, why = usable_cpus()
-    threads, warning = choose_threads(requested, usable, local_ranks())
-    if warning and log:
-        log(f"warning: {warning}")
-    changed = not _threads_set or torch.get_num_threads() != threads
-    torch.set_num_threads(threads)
-    _threads_set.append(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op work
-        torch.set_num_interop_threads(min(threads, 4))
-    if log and changed:
-        ranks = local_ranks()
-        share = f", shared by {ranks} local processes" if ranks > 1 else ""
-        log(f"threads: {threads} ({'as asked' if requested else why + share})")
-    return threads
-
-
-# --- the matmul probe
 
 
 @dataclass
@@ -213,8 +72,6 @@ class Probe:
 def matmul_gflops(shapes: tuple[Shape, ...] | list[Shape], bf16: bool, budget_s: float = 0.08) -> float:
     """GFLOP/s of `x @ w.T` at each (tokens, in, out) shape, fp32 or under bf16 autocast (best of a
     few calls after a warm-up; one call suffices where a single call takes longer than the budget)."""
-    import torch
-
     flops = seconds = 0.0
     for m, k, n in shapes:
         x, w = torch.randn(m, k), torch.randn(n, k)
@@ -245,10 +102,6 @@ def model_shapes(config: Any) -> tuple[Shape, ...]:
 
 def shapes_of(model: str) -> tuple[Shape, ...]:
     """Probe shapes of a model pack, folder or hub id, read from its config.json (no weights loaded)."""
-    from types import SimpleNamespace
-
-    from instructune.models import resolve_model
-
     with contextlib.suppress(InstructuneError, OSError, ValueError):
         path = Path(resolve_model(model)) / "config.json"
         if path.exists():
@@ -260,8 +113,6 @@ def shapes_of(model: str) -> tuple[Shape, ...]:
 
 def machine_key(threads: int, shapes: tuple[Shape, ...] | list[Shape]) -> dict[str, Any]:
     """What a probe result depends on; its hash names the cache entry."""
-    import torch
-
     flags = cpu_flags()
     return {"cpu": cpu_model(), "flags": sorted(f for f in BF16_FLAGS if f in flags), "capability": capability(),
             "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}, "cores": os.cpu_count(),
@@ -276,9 +127,6 @@ def probe(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool 
           measure: Callable[..., float] | None = None, log: Callable[[str], None] | None = print) -> Probe:
     """fp32 and bf16-autocast matmul speed at `shapes` with the current threads; cached per machine.
     `measure(shapes, bf16=...) -> GFLOP/s` replaces the timing (tests inject theirs)."""
-    import torch
-    from filelock import FileLock, Timeout
-
     measure = measure or matmul_gflops
     key = machine_key(torch.get_num_threads(), shapes)
     digest = key_hash(key)
@@ -303,8 +151,6 @@ def probe(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool 
 
 
 def _measure(shapes: tuple[Shape, ...] | list[Shape], measure: Callable[..., float]) -> Probe:
-    import torch
-
     start = time.perf_counter()
     try:
         fp32, bf16 = measure(shapes, bf16=False), measure(shapes, bf16=True)
@@ -363,8 +209,6 @@ def resolve_precision(requested: str, shapes: tuple[Shape, ...] | list[Shape] = 
                       device: str | None = None, log: Callable[[str], None] | None = print,
                       measure: Callable[..., float] | None = None) -> PrecisionChoice:
     """`auto` made concrete for this machine (or an explicit precision checked against it), said in one line."""
-    import torch
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu":
         return _gpu_precision(requested, device, log)
@@ -401,8 +245,6 @@ def resolve_precision(requested: str, shapes: tuple[Shape, ...] | list[Shape] = 
 
 
 def _gpu_precision(requested: str, device: str, log: Callable[[str], None] | None) -> PrecisionChoice:
-    import torch
-
     bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
     name = torch.cuda.get_device_name() if device == "cuda" else device
     if requested == "bf16" and not bf16_ok:
@@ -439,8 +281,6 @@ def eval_dtype(precision: str, model: str, log: Callable[[str], None] | None = p
 def machine_summary(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool = True) -> dict[str, Any]:
     """The CPU class a speed figure was measured on, for benchmark results: CPU, class, threads, and
     fp32 and bf16-autocast matmul speed at `shapes` (measured afresh by default)."""
-    import torch
-
     flags = cpu_flags()
     p = probe(shapes, fresh=fresh, log=None)
     return {"cpu": cpu_model(), "cpu_class": cpu_class(flags, capability()), "torch_capability": capability(),
@@ -458,24 +298,6 @@ def describe_machine(m: dict[str, Any]) -> str:
     return (f"{m['cpu']}, CPU class {m['cpu_class']}{isa}, {m['threads']} threads, torch {m['torch']}; matmul at "
             f"the model's shapes: fp32 {m['fp32_gflops']:.0f} GFLOP/s, bf16 autocast {m['bf16_gflops']:.0f} "
             f"(auto picks {m['auto_precision']})")
-
-
-def reuse_freed_memory(keep_bytes: int = 1 << 30) -> bool:
-    """Keep memory freed by tensors in the process for the next ones (glibc only; False elsewhere).
-
-    glibc serves every block over its mmap threshold (32 MiB at most) with a fresh `mmap` and hands
-    it back on free, so each step's large gradients (a 49k-word embedding's: 113 MB) fault their
-    pages in again, zeroed by the kernel: ~1 us a page, more in a VM. With mmap off in the main heap
-    (`M_MMAP_MAX` 0) and up to `keep_bytes` of free heap kept (`M_TRIM_THRESHOLD`), the next step
-    reuses them. Measured by bench/step_levers.py (`heap`): full fine-tuning steps 1.15x faster
-    on an AVX2 CPU at the same peak memory; LoRA, whose large tensors are frozen, unchanged."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-1, keep_bytes)) and bool(libc.mallopt(-4, 0))  # M_TRIM_THRESHOLD, M_MMAP_MAX
-    except (OSError, AttributeError):
-        return False
 
 
 def results_stem(stem: str, machine: dict[str, Any]) -> str:

@@ -1,8 +1,7 @@
-"""Measuring catastrophic forgetting: a retention suite scored per example, before and after.
+"""Measures of catastrophic forgetting: per-example scores on fixed examples, before and after.
 
-A retention suite holds (pack, template) tasks the user wants to keep, a general-behaviour probe
-and a plain-text perplexity probe. Every measure is a per-example score on fixed examples, so the
-drop from before to after is a paired difference with a bootstrap interval:
+Every measure is a per-example score on fixed examples, so the drop from before to after is a
+paired difference with a bootstrap interval:
 
     drop = mean_i (before_i - after_i)      # accuracy, ROUGE-L: positive = forgot
     drop = mean_i (after_i - before_i)      # cross-entropy measures (lower is better): positive = forgot
@@ -19,13 +18,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-HIGHER_IS_BETTER = {"accuracy": True, "rougeL": True, "cross_entropy": False}
+from instructune.evaluation.evaluate import evaluate_records
+from instructune.evaluation.generate import generate
+from instructune.evaluation.metrics import rouge
+from instructune.evaluation.scoring import completion_logprobs
+from instructune.models import prompt_text
 
 
 @dataclass
 class Measure:
     """Per-example scores of one retention measure on fixed examples."""
-
     name: str
     metric: str
     scores: list[float] = field(default_factory=list)
@@ -59,8 +61,6 @@ def probe_prompts(limit: int | None = None) -> list[str]:
 def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[str],
                    batch_size: int = 16, dtype: str = "float32") -> list[float]:
     """Cross-entropy per token of each completion given its (already formatted) prompt."""
-    from instructune.evaluation.scoring import completion_logprobs
-
     scores = completion_logprobs(model, tok, prompts, completions, batch_size, dtype=dtype)
     return [-lp / max(n, 1) for lp, n in scores]
 
@@ -68,9 +68,6 @@ def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[s
 def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: str, batch_size: int = 16,
                 max_new_tokens: int | None = None, dtype: str = "float32") -> tuple[str, list[float], dict[str, Any]]:
     """(metric name, per-example scores, aggregate metrics) of one task on fixed records."""
-    from instructune.evaluation.evaluate import evaluate_records
-    from instructune.evaluation.metrics import rouge
-
     classify = template.task == "classification"
     res = evaluate_records(model, tok, records, task=template.task, choices=template.choices,
                            metrics=template.metrics, stop=template.stop, mode=mode if classify else "generate",
@@ -85,9 +82,6 @@ def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: 
 def general_probe(model: Any, tok: Any, prompts: list[str], answers: list[str] | None, batch_size: int = 16,
                   max_new_tokens: int = 48, dtype: str = "float32") -> tuple[list[str], list[float]]:
     """(the original's answers, their per-example CE under `model`); answers are generated when None."""
-    from instructune.evaluation.generate import generate
-    from instructune.models import prompt_text
-
     texts = [prompt_text(tok, p) for p in prompts]
     if answers is None:
         answers = [a.strip() + (tok.eos_token or "") for a in

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from instructune.adapters import AdapterSet, random_lora, register_adapter
+from instructune.adapters.merge import random_lora
+from instructune.adapters.registry import register_adapter
 from instructune.errors import InstructuneError
 from instructune.evaluation.generate import generate
 from instructune.models import load_model, prompt_text
+from instructune.serving.hotswap import AdapterSet
 from instructune.testing import tiny_model, tiny_tokenizer
 
 TARGETS = ("o_proj", "down_proj")  # on the random tiny model these give readable, distinct greedy outputs

@@ -1,0 +1,1 @@
+"""Adapters: the registry (`registry`) and merging into a full model (`merge`)."""

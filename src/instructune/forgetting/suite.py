@@ -1,0 +1,127 @@
+"""A retention suite: fixed examples of a target task and of every measure a model should keep.
+
+It holds (task, template) retention tasks scored per example on their test split, a
+general-behaviour probe (the original model's own answers to held-out general prompts, see
+`measures.general_probe`) and a plain-text perplexity probe. `score` gives every per-example
+score of one model; `drops` compares two such scorings measure by measure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from instructune.data.packs import PACKS
+from instructune.data.sources import read_table
+from instructune.data.task import SplitSpec, TaskSpec, load_split, subset, templates
+from instructune.data.templates import load_templates
+from instructune.errors import InstructuneError
+from instructune.evaluation.metrics import higher_is_better
+from instructune.forgetting.measures import (
+    bootstrap_drop,
+    general_probe,
+    probe_prompts,
+    task_scores,
+    text_probe,
+)
+
+
+@dataclass
+class RetentionTask(TaskSpec):
+    """A task to keep: its source (TaskSpec fields) with one template, and how it is scored."""
+    template: str = ""
+    """Its template id (one)."""
+    mode: Literal["generate", "likelihood"] = "generate"
+    """Classification scoring: generate an answer, or pick the most likely choice."""
+    limit: int = 100
+    """Test examples scored (the same ones before and after)."""
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec(self.source, [self.template], self.template_file)
+
+    def problems(self) -> list[str]:
+        out = [] if self.template else ["template: required: the one template id this task is scored with"]
+        if self.templates:
+            out.append("templates: a retention task is scored with one `template`; remove `templates`")
+        return out
+
+
+Fixed = tuple[list[dict], Any, str]
+"""(records, template, scoring mode) of one task."""
+
+
+def fixed_examples(task: TaskSpec, template: str, split: SplitSpec, limit: int, seed: int) -> tuple[list[dict], Any]:
+    """A task's fixed test records of one template (a seeded subset of `limit`) and that template."""
+    records = load_split(task, split, "test", template)
+    return subset(records, limit, seed), templates(task, split)[template]
+
+
+@dataclass
+class RetentionSuite:
+    """Fixed examples of the target and of every retention measure."""
+    target: Fixed
+    tasks: dict[str, Fixed]
+    probe: list[str]
+    texts: list[str]
+    probe_tokens: int
+    dtype: str = "float32"
+
+    @classmethod
+    def build(cls, target: TaskSpec, target_template: str, target_mode: str, target_limit: int,
+              retention: list[RetentionTask], split: SplitSpec, probe_count: int, probe_tokens: int,
+              text_source: str | None, text_limit: int, text_words: int, seed: int,
+              dtype: str = "float32") -> RetentionSuite:
+        """Every measure's fixed examples: each task's test split under `split` (never trained on)."""
+        recs, t = fixed_examples(target, target_template, split, target_limit, seed)
+        tasks = {f"{task.source}/{task.template}": (*fixed_examples(task.task_spec(), task.template, split,
+                                                                     task.limit, seed), task.mode)
+                 for task in retention}
+        texts = held_out_texts(text_source, split, text_limit, text_words, seed) if text_source else []
+        return cls((recs, t, target_mode), tasks, probe_prompts(probe_count) if probe_count else [], texts,
+                   probe_tokens, dtype)
+
+    def score(self, model: Any, tok: Any, probe_answers: list[str] | None) -> dict[str, Any]:
+        """Every per-example score of `model`; the probe scores the original's answers (generated when None)."""
+        def pack(metric: str, scores: list[float]) -> dict[str, Any]:
+            return {"metric": metric, "scores": scores, "mean": sum(scores) / len(scores)}
+
+        recs, t, mode = self.target
+        metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
+        out: dict[str, Any] = {"target": pack(metric, scores), "measures": {}, "probe_answers": probe_answers}
+        for key, (recs, t, mode) in self.tasks.items():
+            metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
+            out["measures"][key] = pack(metric, scores)
+        if self.probe:
+            answers, ce = general_probe(model, tok, self.probe, probe_answers, max_new_tokens=self.probe_tokens,
+                                        dtype=self.dtype)
+            out["probe_answers"] = answers
+            out["measures"]["general-probe"] = pack("cross_entropy", ce)
+        if self.texts:
+            out["measures"]["text-perplexity"] = pack("cross_entropy", text_probe(model, tok, self.texts,
+                                                                                   dtype=self.dtype))
+        return out
+
+
+def drops(before: dict[str, Any], after: dict[str, Any], samples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per measure: before and after means and the paired drop with its bootstrap interval."""
+    out = {}
+    for key, b in before["measures"].items():
+        a = after["measures"][key]
+        stats = bootstrap_drop(b["scores"], a["scores"], higher_is_better(b["metric"]), samples, seed)
+        out[key] = {"metric": b["metric"], "before": b["mean"], "after": a["mean"], **stats}
+    return out
+
+
+def held_out_texts(source: str, split: SplitSpec, limit: int, words: int, seed: int) -> list[str]:
+    """Plain texts of `source`: a pack's test-split rows (never trained on, replay included), or a
+    file's rows (a seeded subset), each cut to `words` words."""
+    table = read_table(source)
+    keep = set(table.ids)
+    if source in PACKS:  # the rows of its first template's test split, as a run on that template holds out
+        test = load_split(TaskSpec(source, [next(iter(load_templates(source)))]), split, "test")
+        keep = {r["id"].rsplit("/", 1)[0] for r in test}
+    name = table.text_field or "text"
+    texts = [" ".join(str(r[name]).split()[:words]) for r, i in zip(table.rows, table.ids) if i in keep and r.get(name)]
+    if not texts:
+        raise InstructuneError(f"text_source {source} has no '{name}' texts for the perplexity probe; point "
+                               "text_source at a pack or a file with a `text` column, or set it to null.")
+    return subset(texts, limit, seed)

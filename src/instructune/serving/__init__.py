@@ -1,0 +1,1 @@
+"""Serving: adapters hot-swapped on one base (`hotswap`) behind an OpenAI-compatible API (`app`)."""

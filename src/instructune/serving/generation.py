@@ -1,0 +1,171 @@
+"""Generation behind the API: stop strings, the micro-batcher, streaming, and the concurrency gate.
+
+Non-streamed requests go through a micro-batcher: requests arriving within a few ms with the
+same adapter and sampling settings become one left-padded `generate` call. Streamed requests
+run `model.generate` in a thread feeding a `TextIteratorStreamer`.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from instructune.serving.hotswap import AdapterSet
+from instructune.serving.protocol import APIError, Choice, Params
+
+
+class StopScanner:
+    """Cuts a growing text at the first stop string, holding back a tail that may start one."""
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops, self.buf, self.hit = [s for s in stops if s], "", False
+
+    def feed(self, piece: str) -> str:
+        self.buf += piece
+        found = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.buf, self.hit = self.buf[:min(found)], "", True
+            return out
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])), default=0)
+        out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+def finish(aset: AdapterSet, raw: str, params: Params) -> Choice:
+    """A whole completion cut at its stop string; 'length' when it used up max_tokens."""
+    scan = StopScanner(params.stop)
+    text = scan.feed(raw)
+    text += "" if scan.hit else scan.flush()
+    # generate returns text: re-encoded, capped (broken UTF-8 pieces re-encode to more tokens than were made)
+    n = min(len(aset.tokenizer(raw, add_special_tokens=False)["input_ids"]), params.max_tokens)
+    return Choice(text, "stop" if scan.hit or n < params.max_tokens else "length", n)
+
+
+@dataclass
+class _Job:
+    text: str
+    adapter: str | None
+    params: Params
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Groups requests that arrive within `window_s` and share adapter and sampling into one generate call."""
+    def __init__(self, aset: AdapterSet, window_s: float, max_batch: int) -> None:
+        self.aset, self.window_s, self.max_batch = aset, window_s, max_batch
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.batches: deque[int] = deque(maxlen=1000)  # sizes of the latest generate calls
+
+    def submit(self, text: str, adapter: str | None, params: Params) -> Future:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="instructune-batcher", daemon=True)
+                self.thread.start()
+        job = _Job(text, adapter, params)
+        self.jobs.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        with self.lock:
+            thread, self.thread = self.thread, None  # a later submit starts a new one
+        if thread is not None:
+            self.jobs.put(None)
+            thread.join(timeout=60)
+
+    def _collect(self) -> list[_Job] | None:
+        first = self.jobs.get()
+        if first is None:
+            return None
+        jobs, deadline = [first], time.monotonic() + self.window_s
+        while len(jobs) < 4 * self.max_batch and (left := deadline - time.monotonic()) > 0:
+            try:
+                job = self.jobs.get(timeout=left)
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # stop after this batch
+                break
+            jobs.append(job)
+        return jobs
+
+    def _loop(self) -> None:
+        while (jobs := self._collect()) is not None:
+            groups: dict[tuple[Any, ...], list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault((job.adapter, *job.params.key()), []).append(job)
+            for group in groups.values():
+                for i in range(0, len(group), self.max_batch):
+                    self._run(group[i:i + self.max_batch])
+
+    def _run(self, jobs: list[_Job]) -> None:
+        p = jobs[0].params
+        try:
+            texts = self.aset.generate([j.text for j in jobs], jobs[0].adapter, max_new_tokens=p.max_tokens,
+                                       batch_size=len(jobs), temperature=p.temperature, top_p=p.top_p,
+                                       seed=p.seed if p.seed is not None else random.randrange(2**31))
+            self.batches.append(len(jobs))
+            for job, text in zip(jobs, texts, strict=True):
+                job.future.set_result(finish(self.aset, text, job.params))
+        except Exception as e:  # answered as a 500 by the request that waits on it
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+
+
+def stream(aset: AdapterSet, text: str, adapter: str | None,
+           params: Params) -> Iterator[tuple[str, str | None, int | None]]:
+    """Yield (text delta, None, None) as tokens arrive, then ("", finish_reason, completion tokens).
+
+    A stop string, or the client going away (GeneratorExit at a yield), ends generation at the next token.
+    """
+    seed = params.seed if params.seed is not None else random.randrange(2**31)
+    tokens = aset.stream(text, adapter, max_new_tokens=params.max_tokens, temperature=params.temperature,
+                         top_p=params.top_p, seed=seed)
+    scan = StopScanner(params.stop)
+    try:
+        for piece in tokens:
+            if out := scan.feed(piece):
+                yield out, None, None
+            if scan.hit:
+                break
+        if rest := scan.flush():
+            yield rest, None, None
+    finally:
+        tokens.close()
+    done = scan.hit or tokens.eos or tokens.count < params.max_tokens
+    yield "", "stop" if done else "length", tokens.count
+
+
+class Gate:
+    """Counts requests in flight; refuses one over the cap instead of queueing it."""
+    def __init__(self, cap: int) -> None:
+        self.cap, self.count, self.lock = cap, 0, threading.Lock()
+
+    def enter(self) -> Callable[[], None]:
+        """Take a slot (or raise a 429); returns the function that gives it back, once however often called."""
+        with self.lock:
+            if self.count >= self.cap:
+                raise APIError(429, f"the server is busy: {self.cap} requests are already running; retry shortly "
+                                    "(or start the server with a higher --max-concurrent).",
+                               "rate_limit_error", "rate_limit_exceeded")
+            self.count += 1
+        held = [True]
+
+        def leave() -> None:
+            with self.lock:
+                if held:
+                    held.pop()
+                    self.count -= 1
+        return leave

@@ -1,0 +1,146 @@
+"""Hot-swapping adapters on one base model: every adapter loaded into the same `PeftModel`.
+
+Choosing one is `set_adapter` (a flag on each LoRA layer, no weights move), and the base is
+`disable_adapter()`. One lock serialises use of the model; `generate` runs a batch, `stream` one
+prompt in a thread, text arriving piece by piece.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+from instructune.adapters.registry import check_base, resolve_adapter
+from instructune.errors import InstructuneError
+from instructune.evaluation.generate import generate
+from instructune.models import load_model
+
+
+class AdapterSet:
+    """One base model in memory and any number of adapters on it, switched per call without a reload.
+
+    Every adapter is loaded into the same `PeftModel` under an internal slot name (peft names
+    must be valid module names; registry names may hold '.'). `use(name)` activates one
+    (`set_adapter`) or, for None, the bare base (`disable_adapter()`), holding the lock.
+    """
+
+    def __init__(self, base: str, adapters: Mapping[str, str | Path] | None = None, dtype: str = "float32",
+                 served_name: str | None = None) -> None:
+        self.base_name = served_name or base
+        self.model, self.tokenizer = load_model(base, dtype=dtype)
+        self.base_model = self.model  # the transformers model; peft wraps it in place, never copies it
+        self.lock = threading.RLock()
+        self.slots: dict[str, str] = {}
+        self.peft_type: str | None = None
+        for name, path in (adapters or {}).items():
+            self.add(name, path)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.slots)
+
+    def add(self, name: str, adapter: str | Path) -> None:
+        """Load an adapter (registry name or folder) next to the others under `name`."""
+        if name == self.base_name or name in self.slots:
+            raise InstructuneError(f"adapter name '{name}' is already taken (by the base or another adapter); "
+                                   "give each adapter its own name (NAME=PATH).")
+        folder = resolve_adapter(adapter)
+        check_base(folder, self.base_model.config, self.base_name)
+        peft_type = json.loads((folder / "adapter_config.json").read_text()).get("peft_type")
+        if self.peft_type and peft_type != self.peft_type:
+            raise InstructuneError(
+                f"adapter '{name}' is {peft_type} but the adapters already loaded are {self.peft_type}; one model "
+                f"serves one adapter type: run a second server for the {peft_type} adapters, or merge one "
+                "(`instructune adapters merge`).")
+        slot = f"adapter_{len(self.slots)}"
+        with self.lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(folder), adapter_name=slot)
+            else:
+                self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=slot)
+            self.model.eval()
+        self.slots[name], self.peft_type = slot, peft_type
+
+    @contextmanager
+    def use(self, adapter: str | None) -> Iterator[Any]:
+        """Hold the model with `adapter` active (None: the base alone) for the duration of the block."""
+        if adapter is not None and adapter not in self.slots:
+            raise InstructuneError(f"unknown adapter '{adapter}'; loaded: {', '.join(self.slots) or 'none'}.")
+        with self.lock:
+            if not self.slots:
+                yield self.model
+            elif adapter is None:
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                self.model.set_adapter(self.slots[adapter], inference_mode=True)  # no grads switched on
+                yield self.model
+
+    def generate(self, texts: list[str], adapter: str | None = None, **kwargs: Any) -> list[str]:
+        """`evaluation.generate.generate` with `adapter` active; kwargs pass through (max_new_tokens, ...)."""
+        with self.use(adapter) as model:
+            return generate(model, self.tokenizer, texts, **kwargs)
+
+    def stream(self, text: str, adapter: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0) -> TokenStream:
+        """Generate for one text in a thread; iterate the result for text pieces as tokens arrive."""
+        return TokenStream(self, text, adapter, max_new_tokens, temperature, top_p, seed)
+
+
+class TokenStream:
+    """One generation running in a thread (holding the model lock), read piece by piece.
+
+    `model.generate` feeds a TextIteratorStreamer; a stopping criterion counts the new tokens,
+    notes whether the last was EOS, and ends generation once `close()` is called. Iterating
+    re-raises an error from the generating thread.
+    """
+
+    def __init__(self, aset: AdapterSet, text: str, adapter: str | None, max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int) -> None:
+        tok, model = aset.tokenizer, aset.base_model
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = sorted({*eos, tok.eos_token_id} - {None})  # a chat model's end-of-turn may be either one
+        self.prompt_len, self.count, self.eos, self.failure = enc["input_ids"].shape[1], 0, False, None
+        self.cancelled = threading.Event()
+        self.streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else
+                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+
+        def work() -> None:
+            try:
+                with aset.use(adapter) as m, torch.inference_mode():
+                    torch.manual_seed(seed)
+                    m.generate(**enc, streamer=self.streamer, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
+                               pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([self._watch]),
+                               **sampling)
+            except Exception as e:
+                self.failure = e
+                self.streamer.end()  # wakes the reader
+
+        self.thread = threading.Thread(target=work, name="instructune-stream", daemon=True)
+        self.thread.start()
+
+    def _watch(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+        self.count, self.eos = input_ids.shape[1] - self.prompt_len, int(input_ids[0, -1]) in self.eos_ids
+        return self.cancelled.is_set()
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.streamer
+        self.thread.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def close(self) -> None:
+        """Stop generating at the next token and wait for the thread (which frees the model lock)."""
+        self.cancelled.set()
+        self.thread.join(timeout=60)

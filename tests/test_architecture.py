@@ -1,0 +1,89 @@
+"""The shape of the package: recipes import the library, never each other (the demo aside, through
+public entry points); no module reaches into another's private names; no import cycle; files and
+functions stay small enough to read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "instructune"
+MAX_FILE_LINES = 420
+MAX_FUNCTION_LINES = 65
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def imports(tree: ast.Module, top_only: bool) -> list[tuple[str, list[str]]]:
+    """(module, names) of every `from instructune... import names` and `import instructune...`."""
+    nodes = tree.body if top_only else list(ast.walk(tree))
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("instructune"):
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.startswith("instructune")]
+    return out
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    found = [f"{name}: from {mod} import {n}" for name, tree in modules().items()
+             for mod, names in imports(tree, top_only=False) for n in names
+             if n.startswith("_") and not n.startswith("__")]
+    assert found == []
+
+
+def test_recipes_import_the_library_and_only_the_demo_imports_recipes() -> None:
+    mods = modules()
+    for name, tree in mods.items():
+        targets = [(mod, names) for mod, names in imports(tree, top_only=False) if mod.startswith("instructune.recipes")]
+        if name.startswith("instructune.commands") or name == "instructune.api":
+            continue  # the command line and the public API call recipes: that is what they are for
+        if name == "instructune.recipes.demo":
+            assert all(not n.startswith("_") for _, names in targets for n in names)
+            continue
+        assert targets == [], f"{name} imports a recipe: {targets}"
+
+
+def test_no_import_cycle() -> None:
+    mods = modules()
+    graph = {name: {target for mod, names in imports(tree, top_only=True)
+                    for target in [mod, *[f"{mod}.{n}" for n in names]] if target in mods and target != name}
+             for name, tree in mods.items()}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, path: list[str]) -> bool:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                cycle.extend(path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, [*path, node]):
+                return True
+        state[node] = 2
+        return False
+
+    for node in graph:
+        if state.get(node) is None and visit(node, []):
+            break
+    assert cycle == []
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_files_and_functions_stay_small(path: Path) -> None:
+    text = path.read_text()
+    assert text.count("\n") <= MAX_FILE_LINES
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
