@@ -47,23 +47,64 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a parse error names the file, line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise InstructuneError(f"config file {path} does not exist: check the path (configs/ holds examples).")
+MAX_NODES = 100_000
+"""Values a YAML document may hold once its aliases are expanded (a config holds hundreds)."""
+MAX_QUOTED = 200
+"""Characters of a value an error message quotes."""
+
+
+def quoted(value: Any) -> str:
+    """`repr(value)`, cut to MAX_QUOTED characters: an error message never carries a whole document."""
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + f"... ({len(text):,} characters)"
+
+
+def expanded_size(data: Any, limit: int = MAX_NODES) -> int:
+    """How many values `data` holds with every shared (aliased) part counted each time it appears;
+    counting stops past `limit`. A YAML alias bomb is small on disk and enormous expanded."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return count
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand past MAX_NODES values."""
+    data = yaml.safe_load(text)
+    if expanded_size(data) > MAX_NODES:
+        raise InstructuneError(f"{where}: the YAML expands to more than {MAX_NODES:,} values (its aliases, `*name`, "
+                               "repeat parts of it over and over); write the values out, or use fewer aliases.")
+    return data
+
+
+def load_yaml_file(path: Path, what: str = "a config is a few levels of field: value") -> Any:
+    """A YAML file's data; unreadable text, a parse error (file, line, column), too deep nesting or an
+    alias bomb is one error naming the fix. `what` says what such a file should look like."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return safe_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as e:
-        raise InstructuneError(f"{path}: not UTF-8 text ({e.reason}); save the config as UTF-8.") from None
+        raise InstructuneError(f"{path}: not UTF-8 text ({e.reason}); save the file as UTF-8.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise InstructuneError(f"{path}{where}: YAML does not parse ({problem}); fix the syntax there.") from None
     except RecursionError:
-        raise InstructuneError(f"{path}: YAML nested too deeply to read; a config is a few levels of field: "
-                               "value.") from None
+        raise InstructuneError(f"{path}: YAML nested too deeply to read; {what}.") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a parse error names the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstructuneError(f"config file {path} does not exist: check the path (configs/ holds examples).")
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -77,10 +118,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            problems.append(f"override {item!r} is not key=value (example: optim.lr=3e-4)")
+            problems.append(f"override {quoted(item)} is not key=value (example: optim.lr=3e-4)")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_yaml(raw, f"override {key.strip()}") if raw.strip() else ""
         except (yaml.YAMLError, RecursionError):
             value = raw
         node = data
@@ -111,7 +152,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     """Convert a mapping into dataclass `cls`, appending problems instead of raising."""
     if not isinstance(data, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {data!r}")
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {quoted(data)}")
         return None
     if hasattr(cls, "from_config"):  # a section that builds itself (a method's name picks its options)
         return cls.from_config(data, prefix, problems)
@@ -135,7 +176,7 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
             failed = True
             if len(problems) == seen:  # a nested section has already said what is wrong
                 doc = f" ({docs[key]})" if key in docs else ""
-                problems.append(f"{name}: {value!r} is not a valid {type_name(hints[key])}{doc}")
+                problems.append(f"{name}: {quoted(value)} is not a valid {type_name(hints[key])}{doc}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     for n in missing:
@@ -217,6 +258,7 @@ def type_name(tp: Any) -> str:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as plain YAML-able data (Paths as strings; a section with `as_config_dict` in its own form)."""
+
     def plain(v: Any) -> Any:
         if hasattr(v, "as_config_dict"):
             return plain(v.as_config_dict())

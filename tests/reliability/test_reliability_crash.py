@@ -10,7 +10,8 @@ with `--resume`:
   before older checkpoints are pruned, and halfway through deleting an old checkpoint. The child
   installs these as wrappers around `checkpoint.save_file` / `_fsync` / `shutil` before running
   the CLI: the package has no test hook;
-- SIGTERM and SIGINT, which must stop cleanly: exit code 0, a checkpoint of the step reached.
+- SIGTERM and SIGINT, which must stop cleanly: exit code 143 / 130 (so `train && next` stops), a
+  checkpoint of the step reached.
 
 After every interruption each `checkpoint-*` folder must load; at the end no `.tmp-*` folder is
 left, every replayed step logged the reference's loss, and the last checkpoint, best/ and the
@@ -232,9 +233,10 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, tiny_model_
                 time.sleep(rng.uniform(0, 0.04))  # land anywhere in the next step: forward, backward or a save
                 os.kill(pid, {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[kind])
             code = runner.wait()
-            if kind in ("sigterm", "sigint"):  # a clean stop: exit 0 and a checkpoint of the last step done
+            if kind in ("sigterm", "sigint"):  # a clean stop: 143 / 130, as a pre-empted job, and a checkpoint
                 stopped = max(logged_steps(log, offset))
-                assert code == 0, (runner.logs / f"run{runner.count}.log").read_text()[-2000:]
+                assert code == {"sigterm": 143, "sigint": 130}[kind], \
+                    (runner.logs / f"run{runner.count}.log").read_text()[-2000:]
                 assert f"stopped by signal {kind.upper()} at step {stopped}" in \
                     (runner.logs / f"run{runner.count}.log").read_text()
                 assert latest_checkpoint(run).name == f"checkpoint-{stopped:08d}"

@@ -13,11 +13,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="field=value overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output_dir that holds other files (they are kept), or start a finished "
+                        "run's folder afresh")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: continue although the training data changed since the checkpoint")
     p.add_argument("--show-fields", action="store_true", help="print every config field with its meaning and exit")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from instructune.config import load_config
     from instructune.training.config import TrainConfig
 
@@ -27,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     from instructune.recipes.finetune import finetune
 
-    finetune(cfg, resume=args.resume)
+    result = finetune(cfg, resume=args.resume, overwrite=args.overwrite, allow_data_change=args.allow_data_change)
+    stopped = str(result.metrics.get("stopped", ""))
+    if stopped.startswith("signal"):  # pre-empted: `train && next-step` must not go on
+        again = " ".join(["instructune train", args.config, *args.overrides, "--resume"])
+        print(f"to continue: {again}", file=sys.stderr)
+        return 130 if "SIGINT" in stopped else 143
     return 0
 
 

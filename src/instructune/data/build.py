@@ -41,6 +41,7 @@ MAX_LISTED = 10
 @dataclass
 class BuildConfig:
     """`instructune data build --config data.yaml`: what to build (flags override the file)."""
+
     pack: str | None = None
     """A data pack name (`instructune data list`); or give `file`."""
     file: str | None = None
@@ -61,6 +62,7 @@ class BuildConfig:
     """Leave rows that cannot be rendered out (counted in stats.json) instead of stopping."""
     limit: int | None = None
     """Use at most this many rows (a seeded sample, kept in source order)."""
+
     def problems(self) -> list[str]:
         out = []
         if (self.pack is None) == (self.file is None):

@@ -46,6 +46,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 @dataclass
 class MixtureTask(TaskSpec):
     """One task of the mixture (TaskSpec fields) and how often it is drawn."""
+
     weight: float | None = None
     """Relative weight of the task; used by strategy `weights` only."""
     template_weights: dict[str, float] | None = None
@@ -64,6 +65,7 @@ class MixtureConfig:
     """temperature: T in p_i ~ n_i^(1/T); 1 = proportional, larger flattens towards uniform."""
     examples_per_epoch: int | None = None
     """Draws per epoch; null = sum of task sizes (each capped at `cap` for strategy capped)."""
+
     def problems(self) -> list[str]:
         out = []
         if not self.tasks:

@@ -25,6 +25,7 @@ FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 @dataclass
 class Table:
     """Rows plus what error messages and cache keys need to know about them."""
+
     rows: list[dict]
     ids: list[str]
     """Per row: a stable id (the row's own `id` field, else a hash of its content)."""

@@ -30,6 +30,7 @@ class TaskSpec:
     templates file or the built folder."""
     template_file: str | None = None
     """A user YAML file of templates, instead of the pack's own (needed for a plain data file)."""
+
     def task_spec(self) -> TaskSpec:
         """This task alone, without the extras of the section that names it."""
         return TaskSpec(self.source, list(self.templates), self.template_file)
@@ -46,14 +47,16 @@ class SplitSpec:
     """Seed of the train/validation/test split."""
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     """Train, validation and test fractions of the rows."""
+
     def split_spec(self) -> SplitSpec:
         return SplitSpec(self.seed, list(self.fractions))
 
     def problems(self) -> list[str]:
+        out = [] if 0 <= self.seed < 2**32 else [f"seed must be in 0..{2**32 - 1}, got {self.seed}"]
         if (len(self.fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in self.fractions)
                 or abs(sum(self.fractions) - 1) > 1e-6):
-            return [f"fractions must be three non-negative numbers summing to 1, got {self.fractions}"]
-        return []
+            out.append(f"fractions must be three non-negative numbers summing to 1, got {self.fractions}")
+        return out
 
 
 def dataset(task: TaskSpec, split: SplitSpec) -> Path:

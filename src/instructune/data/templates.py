@@ -16,8 +16,9 @@ A template file is a mapping `{pack: NAME, templates: [...]}` (or just the list)
         Answer with one word: {{ choices.values() | or_list }}.
       completion: "{{ answer }}"      # classification default: the chosen label's answer
 
-Bodies render in a sandbox (`ImmutableSandboxedEnvironment`) with `StrictUndefined`, so a
-user file cannot run code and a misspelt field is an error, never an empty string. Besides
+Bodies render in a bounded sandbox (`data.sandbox`: Jinja's immutable sandbox, with limits on
+repetition, widths, loops, output and time) with `StrictUndefined`, so a user file cannot run code
+or exhaust the machine, and a misspelt field is an error, never an empty string. Besides
 the row's fields a body sees `choices` and, for classification, `answer`; the filters
 `truncate_words(n)`, `first_sentence`, `drop_first_sentence` and `or_list` keep long articles
 and choice lists tidy.
@@ -35,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from instructune.config import load_yaml_file
+from instructune.data import sandbox
 from instructune.data.packs import PACKS
 from instructune.errors import InstructuneError, collect
 from instructune.evaluation.metrics import TEMPLATE_METRICS  # a template may name the metrics that exist
@@ -51,6 +52,7 @@ CONTEXT_NAMES = {"choices", "answer"}  # what a body sees besides the row's own 
 
 class RowError(InstructuneError):
     """One row cannot be rendered. `kind` groups such errors when `--skip-bad` counts them."""
+
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
@@ -59,6 +61,7 @@ class RowError(InstructuneError):
 @dataclass
 class Template:
     """One way to turn a row into an instruction example."""
+
     id: str
     task: str
     prompt: str
@@ -72,6 +75,7 @@ class Template:
     description: str = ""
     label_field: str = "label"
     """Classification: the row field whose value is a key of `choices`."""
+
     def fields(self) -> list[str]:
         """Row fields the prompt and completion use (plus the label field for classification)."""
         used = set(variables(self.prompt) | variables(self.completion))
@@ -105,9 +109,12 @@ class Template:
                     kind=f"label outside the choices (template {self.id})")
             context["answer"] = self.choices[label]  # type: ignore[index]
         try:
-            prompt = _compile(self.prompt).render(context).strip()
-            completion = _compile(self.completion).render(context).strip()
+            prompt = sandbox.render(_compile(self.prompt), context).strip()
+            completion = sandbox.render(_compile(self.completion), context).strip()
             (prompt + completion).encode("utf-8")  # a '\ud800' literal renders text no file can hold
+        except sandbox.TemplateLimitError as e:  # the template's doing, not the row's: no row would fare better
+            raise InstructuneError(f"template '{self.id}' asks for more than templates may: {e}. Rewrite that part "
+                                   "of the template (the limits are in instructune.data.sandbox).") from None
         except Exception as e:  # the body is user code: jinja errors, 1/0, too big a range, endless recursion ...
             reason = str(e) or type(e).__name__  # MemoryError() and RecursionError can be wordless
             raise RowError(f"template '{self.id}' fails on this row: {reason}; fields present: {', '.join(row)}",
@@ -163,7 +170,7 @@ def or_list(values: Any, conjunction: str = "or") -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
-ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+ENV = sandbox.environment()
 ENV.filters.update(truncate_words=truncate_words, first_sentence=first_sentence,
                    drop_first_sentence=drop_first_sentence, or_list=or_list)
 
@@ -204,18 +211,7 @@ def load_templates(source: str) -> dict[str, Template]:
 
 def parse_templates(path: Path, default_pack: str | None = None) -> dict[str, Template]:
     """Parse and check every template in a YAML file, reporting all problems at once."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise InstructuneError(f"{path}: not UTF-8 text ({e.reason}); save the file as UTF-8.") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InstructuneError(f"{path}{where}: YAML does not parse ({getattr(e, 'problem', e)}); fix the "
-                               "syntax there.") from None
-    except RecursionError:
-        raise InstructuneError(f"{path}: YAML nested too deeply to read; a template file is a list of "
-                               "templates with a few keys each.") from None
+    data = load_yaml_file(path, "a template file is a list of templates with a few keys each")
     pack = default_pack
     if isinstance(data, dict):
         pack = data.get("pack", pack)

@@ -27,6 +27,7 @@ def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 @dataclass
 class Generation:
     """Completions in input order, plus what it cost."""
+
     texts: list[str]
     truncated: int
     """Prompts longer than `max_prompt_tokens`, cut from the left (their end, the question, is kept)."""

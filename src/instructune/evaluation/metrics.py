@@ -190,6 +190,7 @@ def _rouge(predictions: Sequence[str], references: Sequence[str], labels: Any = 
 @dataclass(frozen=True)
 class Metric:
     """A number evaluation reports: which way is better, and how a template asks for it."""
+
     higher_is_better: bool
     compute: Callable[..., dict[str, float]] | None = None
     """f(predictions, references, labels=None) -> scores; None for a score other code computes

@@ -28,6 +28,7 @@ from instructune.models import prompt_text
 @dataclass
 class Measure:
     """Per-example scores of one retention measure on fixed examples."""
+
     name: str
     metric: str
     scores: list[float] = field(default_factory=list)

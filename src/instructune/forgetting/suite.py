@@ -29,12 +29,14 @@ from instructune.forgetting.measures import (
 @dataclass
 class RetentionTask(TaskSpec):
     """A task to keep: its source (TaskSpec fields) with one template, and how it is scored."""
+
     template: str = ""
     """Its template id (one)."""
     mode: Literal["generate", "likelihood"] = "generate"
     """Classification scoring: generate an answer, or pick the most likely choice."""
     limit: int = 100
     """Test examples scored (the same ones before and after)."""
+
     def task_spec(self) -> TaskSpec:
         return TaskSpec(self.source, [self.template], self.template_file)
 
@@ -58,6 +60,7 @@ def fixed_examples(task: TaskSpec, template: str, split: SplitSpec, limit: int, 
 @dataclass
 class RetentionSuite:
     """Fixed examples of the target and of every retention measure."""
+
     target: Fixed
     tasks: dict[str, Fixed]
     probe: list[str]

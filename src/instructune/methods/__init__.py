@@ -34,6 +34,7 @@ _MODULES: tuple[ModuleType, ...] = (full, bitfit, last_n, regex, lora, prompt_tu
 @dataclass(frozen=True)
 class Method:
     """A method module's facts, read from the module."""
+
     name: str
     options: type
     """Its options dataclass."""
@@ -69,6 +70,7 @@ class MethodConfig:
     """full | bitfit | last_n | regex | lora | prompt_tuning | ia3 | prefix_tuning."""
     options: Any = None
     """The chosen method's options (its `Options` dataclass); read them as `method.r`."""
+
     def __post_init__(self) -> None:
         if self.options is None and self.name in METHODS:
             self.options = METHODS[self.name].options()

@@ -18,6 +18,7 @@ PROMPT_LEARNING = False
 class Options:
     last_n: int = 2
     """How many final transformer blocks train."""
+
     def problems(self) -> list[str]:
         return [f"last_n must be at least 1, got {self.last_n}"] if self.last_n < 1 else []
 

@@ -29,6 +29,7 @@ class Options:
     """Module names to adapt (empty = q_proj, v_proj)."""
     dora: bool = False
     """Use DoRA (weight-decomposed LoRA)."""
+
     def problems(self) -> list[str]:
         out = []
         if self.r < 1:

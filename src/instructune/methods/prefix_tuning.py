@@ -19,6 +19,7 @@ PROMPT_LEARNING = True
 class Options:
     num_virtual_tokens: int = 20
     """Number of virtual tokens."""
+
     def problems(self) -> list[str]:
         n = self.num_virtual_tokens
         return [f"num_virtual_tokens must be at least 1, got {n}"] if n < 1 else []

@@ -21,6 +21,7 @@ class Options:
     """Number of virtual tokens."""
     init_text: str | None = None
     """Initialise the virtual tokens from this text's embedding."""
+
     def problems(self) -> list[str]:
         n = self.num_virtual_tokens
         return [f"num_virtual_tokens must be at least 1, got {n}"] if n < 1 else []

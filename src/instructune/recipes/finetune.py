@@ -40,7 +40,13 @@ class TrainResult:
     tokenizer: Any
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainResult:
+def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print, overwrite: bool = False,
+             allow_data_change: bool = False) -> TrainResult:
+    """Fine-tune as `cfg` says into its output_dir, which the run claims and locks while it writes.
+
+    `resume` continues from the newest checkpoint; `overwrite` lets a run write into a folder that
+    holds other files (never deleting them) or start a finished run's folder afresh;
+    `allow_data_change` resumes on training data other than the checkpoint's."""
     # --- config, machine and run folder
     say = log if setup.main_process() else None  # the machine lines once, from rank 0
     threads = hardware.setup_threads(cfg.threads, log=say)
@@ -49,7 +55,15 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     setup.check_fsdp(engine, log)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    run_dir.prepare(out, to_dict(cfg), resume, engine.is_main_process)
+    lock = run_dir.prepare(out, to_dict(cfg), resume, engine.is_main_process, overwrite)
+    try:
+        return _train(cfg, engine, out, threads, precision, resume, allow_data_change, log)
+    finally:
+        run_dir.release(lock)
+
+
+def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: Any, resume: bool,
+           allow_data_change: bool, log: Any) -> TrainResult:
     start = time.time()
 
     # --- model and method: what trains is printed
@@ -66,7 +80,8 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
     # --- optimiser, schedule, loop
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
     model, optimizer, scheduler = _optimiser(cfg, model, engine, total_steps, precision.precision)
-    state = _resumed(out, engine.unwrap_model(model), optimizer, scheduler, regularizers, log) if resume else None
+    state = (_resumed(out, engine.unwrap_model(model), optimizer, scheduler, regularizers, data.sha256,
+                      allow_data_change, log) if resume else None)
     for line in data.describe(total_steps):
         log(line)
 
@@ -76,14 +91,15 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print) -> TrainR
 
     try:
         state, reason = train_loop(model, optimizer, scheduler, engine, data.train, tok.pad_token_id,
-                                   _loop_settings(cfg, total_steps), out, validate, data.plan, regularizers,
-                                   data.replay, state)
+                                   _loop_settings(cfg, total_steps, data.sha256), out, validate, data.plan,
+                                   regularizers, data.replay, state)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         raise _out_of_memory(e, cfg, precision.precision) from None
     model = engine.unwrap_model(model)
     if reason.startswith("signal"):
-        log(f"stopped by {reason} at step {state.step}; " + ("checkpoint saved. Resume with --resume." if
-            cfg.keep_checkpoints else "no checkpoint written (keep_checkpoints 0): the run cannot be resumed."))
+        log(f"stopped by {reason} at step {state.step}; " + ("checkpoint saved: continue with --resume (the same "
+            "config and overrides)." if cfg.keep_checkpoints else "no checkpoint written (keep_checkpoints 0): "
+            "the run cannot be resumed."))
         return TrainResult({"stopped": reason, "step": state.step}, model, tok)
 
     # --- the best weights on the test split; save
@@ -122,13 +138,13 @@ def _model_and_method(cfg: TrainConfig, device: str, log: Any) -> tuple[Any, Any
     return model, tok, kernel
 
 
-def _resumed(out: Path, model: Any, optimizer: Any, scheduler: Any, regularizers: list[Any],
-             log: Any) -> LoopState | None:
+def _resumed(out: Path, model: Any, optimizer: Any, scheduler: Any, regularizers: list[Any], data_sha256: str,
+             allow_data_change: bool, log: Any) -> LoopState | None:
     """The loop state of the newest checkpoint, restored into the model, optimiser, schedule and cures."""
     last = ckpt.latest_checkpoint(out)
     if last is None:
         return None
-    state = restore(last, model, optimizer, scheduler, regularizers)
+    state = restore(last, model, optimizer, scheduler, regularizers, data_sha256, allow_data_change)
     log(f"resumed from {last.name} (step {state.step})")
     return state
 
@@ -157,13 +173,14 @@ def _label(cfg: TrainConfig) -> str:
     return "lora (DoRA)" if cfg.method.name == "lora" and cfg.method.dora else cfg.method.name
 
 
-def _loop_settings(cfg: TrainConfig, total_steps: int) -> LoopSettings:
+def _loop_settings(cfg: TrainConfig, total_steps: int, data_sha256: str) -> LoopSettings:
     return LoopSettings(
         batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, total_steps=total_steps, seed=cfg.seed,
         group_by_length=cfg.group_by_length, max_grad_norm=cfg.optim.max_grad_norm, eval_every=cfg.eval_every,
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
         patience=cfg.early_stopping_patience, skip_bad_batches=cfg.skip_bad_batches,
-        only_completion_logits=not cfg.method.prompt_learning, replay_fraction=cfg.replay_fraction)
+        only_completion_logits=not cfg.method.prompt_learning, replay_fraction=cfg.replay_fraction,
+        data_sha256=data_sha256)
 
 
 def _best_weights(model: Any, out: Path, state: LoopState, validate: Any) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class KeyValues:
 @dataclass
 class Details:
     """Collapsed preformatted text (a config, a file list)."""
+
     summary: str
     text: str
 

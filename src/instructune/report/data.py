@@ -40,6 +40,7 @@ class TrainingRun:
     """train_log.jsonl records, one per step and kind (a resumed run's repeated steps: the last wins)."""
     group: str = ""
     """Label of the forgetting study this run belongs to ("" for a stand-alone run)."""
+
     @property
     def name(self) -> str:
         """Short name: the cure inside a study, else the label."""
@@ -77,6 +78,7 @@ class RunInfo:
 @dataclass
 class Runs:
     """Everything found below the folders given, in a stable order (by path)."""
+
     roots: list[Path]
     infos: list[RunInfo] = field(default_factory=list)
     trainings: list[TrainingRun] = field(default_factory=list)

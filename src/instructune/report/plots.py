@@ -35,6 +35,7 @@ STYLE = {
 
 class Colors:
     """A stable colour per name, handed out in order of first request."""
+
     def __init__(self) -> None:
         self._given: dict[str, str] = {}
 

@@ -218,6 +218,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error in OpenAI's body; FastAPI's 422 for a malformed request becomes a 400."""
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()

@@ -23,6 +23,7 @@ from instructune.serving.protocol import APIError, Choice, Params
 
 class StopScanner:
     """Cuts a growing text at the first stop string, holding back a tail that may start one."""
+
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops, self.buf, self.hit = [s for s in stops if s], "", False
 
@@ -61,6 +62,7 @@ class _Job:
 
 class Batcher:
     """Groups requests that arrive within `window_s` and share adapter and sampling into one generate call."""
+
     def __init__(self, aset: AdapterSet, window_s: float, max_batch: int) -> None:
         self.aset, self.window_s, self.max_batch = aset, window_s, max_batch
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -150,6 +152,7 @@ def stream(aset: AdapterSet, text: str, adapter: str | None,
 
 class Gate:
     """Counts requests in flight; refuses one over the cap instead of queueing it."""
+
     def __init__(self, cap: int) -> None:
         self.cap, self.count, self.lock = cap, 0, threading.Lock()
 

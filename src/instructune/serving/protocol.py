@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 @dataclass
 class Limits:
     """What one request may ask for, and how many may run at once."""
+
     max_tokens: int = 512
     """Largest `max_tokens` a request may ask for; more is refused with a 400."""
     default_max_tokens: int = 128
@@ -28,6 +29,7 @@ class Limits:
 
 class APIError(Exception):
     """An error answered in OpenAI's format."""
+
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
                  param: str | None = None) -> None:
         super().__init__(message)
@@ -73,6 +75,7 @@ class CompletionRequest(RequestBase):
 @dataclass(frozen=True)
 class Params:
     """Sampling settings shared by every prompt of one batched `generate` call."""
+
     max_tokens: int
     temperature: float
     top_p: float

@@ -30,6 +30,7 @@ KEPT_WEIGHTS_LIMIT = 2**30
 
 class CausalAttention(torch.autograd.Function):
     """softmax(q k^T * scale, causal) v for q, k, v of shape (B, H, T, D), one dtype."""
+
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)

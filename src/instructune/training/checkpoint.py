@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,12 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from instructune.errors import InstructuneError
+from instructune.hub import sha256
 
 PREFIX = "checkpoint-"
+CHECKSUMS = "checksums.json"
+STEP = re.compile(rf"{PREFIX}\d{{8}}")
+PARTIAL = re.compile(rf"\.tmp-({PREFIX}\d{{8}}|pruned-{PREFIX}\d{{8}}|best)")
 
 
 def sharded(model: Any) -> bool:
@@ -98,6 +103,8 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
         for name, tensors in (extra or {}).items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "python_rng": _py_rng()}, indent=1))
+        sums = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)  # its file names too: after a power loss the renamed folder holds every file
@@ -111,7 +118,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
         kept = f"the previous checkpoint {last.name} is intact" if last else "no earlier checkpoint exists"
         raise InstructuneError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}. Free disk space "
                                f"in {run_dir} (or lower keep_checkpoints) and resume with --resume.") from None
-    for old in sorted(run_dir.glob(f"{PREFIX}*"))[:-keep]:
+    for old in checkpoints(run_dir)[:-keep]:
         doomed = run_dir / f".tmp-pruned-{old.name}"  # renamed first: a crash never leaves a half-deleted checkpoint
         shutil.rmtree(doomed, ignore_errors=True)
         os.rename(old, doomed)
@@ -119,16 +126,24 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
     return final
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """This run's checkpoint folders, oldest first: exactly `checkpoint-` and 8 digits, ordered by step."""
+    found = [p for p in run_dir.glob(f"{PREFIX}*") if STEP.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (temp folders of an interrupted write are ignored)."""
-    done = [p for p in sorted(run_dir.glob(f"{PREFIX}*")) if (p / "trainer_state.json").exists()]
+    done = [p for p in checkpoints(run_dir) if (p / "trainer_state.json").exists()]
     return done[-1] if done else None
 
 
 def remove_partial(run_dir: Path) -> None:
-    """Delete the temp folders of writes a crash interrupted (they are never read)."""
+    """Delete the temp folders of writes a crash interrupted (they are never read): this run's own
+    names only (`.tmp-checkpoint-NNNNNNNN`, `.tmp-pruned-...`, `.tmp-best`), never a user's `.tmp-draft`."""
     for tmp in run_dir.glob(".tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        if PARTIAL.fullmatch(tmp.name) and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
@@ -163,7 +178,22 @@ def load_trainable(model: Any, file: Path) -> None:
             params[n].copy_(t)
 
 
+def verify(path: Path) -> None:
+    """Check every file of a checkpoint against the sha256 written with it (older ones have none)."""
+    sums_file = path / CHECKSUMS
+    if not sums_file.exists():
+        return
+    sums = json.loads(sums_file.read_text())
+    for name, digest in sums.items():
+        f = path / name
+        if not f.is_file() or sha256(f) != digest:
+            raise InstructuneError(f"checkpoint {path} is damaged: {name} is {'missing' if not f.is_file() else 'changed'} "
+                                   "since it was written (its sha256 differs). Delete that folder to resume from "
+                                   "the checkpoint before it, or train into a new output_dir.")
+
+
 def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    verify(path)
     load_trainable(model, path / "trainable.safetensors")
     blob = torch.load(path / "optim.pt", weights_only=True)
     by_name = any(isinstance(i, str) for g in blob["optimizer"]["param_groups"] for i in g["params"])

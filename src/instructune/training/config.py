@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from instructune.adapters.registry import NAME_RE as ADAPTER_NAME
 from instructune.data.mixture import MixtureConfig
 from instructune.data.task import SplitSpec, TaskSpec
 from instructune.methods import MethodConfig
@@ -15,6 +16,7 @@ from instructune.methods import MethodConfig
 @dataclass
 class DataConfig(SplitSpec, TaskSpec):
     """The task to train on and its split (TaskSpec and SplitSpec fields), plus lengths and limits."""
+
     source: str = "rotten-tomatoes"
     """A data pack name (`instructune data list`), a CSV/JSONL/Parquet file, or a built dataset folder."""
     max_length: int = 256
@@ -25,10 +27,16 @@ class DataConfig(SplitSpec, TaskSpec):
     """Validation examples used for loss and task metric during training (a fixed subset)."""
     test_limit: int | None = 300
     """Test examples for the final scores (a fixed subset); null = the whole test split."""
+
     def problems(self) -> list[str]:
         out = SplitSpec.problems(self)
         if self.max_length < 16:
             out.append(f"max_length must be at least 16 tokens, got {self.max_length}")
+        for name, low in (("train_limit", 1), ("val_limit", 1), ("test_limit", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                out.append(f"{name} must be at least {low}{' (or null for all)' if name != 'val_limit' else ''}, "
+                           f"got {value}")
         return out
 
 
@@ -46,12 +54,19 @@ class OptimConfig:
     """Decay after warmup."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
+
     def problems(self) -> list[str]:
         out = []
         if not self.lr > 0 or not math.isfinite(self.lr):  # NaN compares False both ways
             out.append(f"lr must be > 0, got {self.lr} (typical: 2e-4 for LoRA, 2e-5 for full)")
         if self.warmup_steps < 0:
             out.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            out.append(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            out.append(f"betas must be two numbers in [0, 1), got {self.betas} (AdamW's usual: [0.9, 0.999])")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            out.append(f"max_grad_norm must be a finite number >= 0 (0 = no clipping), got {self.max_grad_norm}")
         return out
 
 
@@ -64,12 +79,19 @@ class RegularizerConfig:
     options: dict = field(default_factory=dict)
     """Further options of the regularizer (e.g. samples for ewc, temperature for distill)."""
 
+    def problems(self) -> list[str]:
+        return [] if math.isfinite(self.lam) and self.lam >= 0 else [f"lam must be a finite number >= 0, got {self.lam}"]
+
 
 @dataclass
 class KeepConfig(TaskSpec):
     """A task to keep (TaskSpec fields) and how much of it the cures read."""
+
     limit: int = 256
     """Training-split examples of this task used for importance estimates and replay."""
+
+    def problems(self) -> list[str]:
+        return [] if self.limit >= 1 else [f"limit must be at least 1, got {self.limit}"]
 
 
 @dataclass
@@ -135,15 +157,28 @@ class TrainConfig:
     """Write a train_log.jsonl line every N steps."""
     register_as: str | None = None
     """Register the trained adapter under this name (`instructune adapters list`)."""
+
     def problems(self) -> list[str]:
         out = []
         for name in ("batch_size", "grad_accum", "epochs"):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            out.append(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
+        for name in ("log_every",):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every", "early_stopping_patience", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.register_as is not None and not ADAPTER_NAME.fullmatch(self.register_as):
+            out.append(f"register_as {self.register_as!r} is not a registry name: use 1-64 letters, digits, '.', '_' "
+                       "or '-', starting with a letter or digit (example: sentiment-lora)")
+        if self.register_as is not None and not self.method.peft:
+            out.append(f"register_as keeps adapters, and method {self.method.name} trains no adapter; use a PEFT "
+                       "method (lora, ia3, prompt_tuning, prefix_tuning) or drop register_as")
         if self.threads is not None and self.threads < 1:
             out.append(f"threads must be at least 1 (or null for every usable CPU), got {self.threads}")
-        if self.keep_checkpoints < 0:
-            out.append(f"keep_checkpoints must be 0 (none) or more, got {self.keep_checkpoints}")
         if self.max_steps is not None and self.max_steps < 1:
             out.append(f"max_steps must be at least 1 (or null for epochs), got {self.max_steps}")
         if not 0 <= self.replay_fraction <= 1:

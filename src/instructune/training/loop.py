@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class LoopSettings:
     skip_bad_batches: bool
     only_completion_logits: bool
     replay_fraction: float = 0.0
+    data_sha256: str = ""
+    """Hash of the encoded training examples, kept in each checkpoint (a resume on other data is refused)."""
 
 
 def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
@@ -95,6 +97,7 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
 
 class _Run:
     """One run's moving parts: what `train_loop` steps, logs and saves."""
+
     def __init__(self, model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
                  s: LoopSettings, run_dir: Path, validate: Callable, regularizers: Any, replay: list[dict] | None,
                  st: LoopState, per_epoch: int) -> None:
@@ -291,7 +294,7 @@ def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -
 def _save(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, st: LoopState, regularizers: Any,
           s: LoopSettings) -> None:
     extra = {f"reg{i}": r.state_dict() for i, r in enumerate(regularizers) if r.state_dict()}
-    state = asdict(st)
+    state = {**asdict(st), "data_sha256": s.data_sha256}
     state["best_val_loss"] = None if math.isinf(st.best_val_loss) else st.best_val_loss
     ckpt.save_checkpoint(run_dir, st.step, model, optimizer, scheduler, state, extra, keep=s.keep_checkpoints)
 
@@ -301,9 +304,25 @@ def _anyone(flag: bool, accelerator: Any) -> bool:
     return accelerator.reduce(torch.tensor(int(flag), device=accelerator.device), "sum").item() > 0
 
 
-def restore(path: Path, model: Any, optimizer: Any, scheduler: Any, regularizers: Any) -> LoopState:
-    """Load a checkpoint written by this loop; returns the loop state to continue from."""
+def restore(path: Path, model: Any, optimizer: Any, scheduler: Any, regularizers: Any, data_sha256: str = "",
+            allow_data_change: bool = False) -> LoopState:
+    """Load a checkpoint written by this loop; returns the loop state to continue from.
+
+    A checkpoint of other training data (its hash differs from `data_sha256`) is refused unless
+    `allow_data_change`: the data position it holds would point into other examples."""
     state = ckpt.load_checkpoint(path, model, optimizer, scheduler)
+    saved_data = state.pop("data_sha256", None)
+    if data_sha256 and saved_data and saved_data != data_sha256 and not allow_data_change:
+        raise InstructuneError(f"checkpoint {path} was written while training on other data (the training "
+                               "examples, their templates or tokenisation changed since); resume with the data "
+                               "it was written with, pass --allow-data-change to continue on the new data "
+                               "anyway, or train into a new output_dir.")
+    unknown = sorted(set(state) - {f.name for f in fields(LoopState)})
+    if unknown:
+        raise InstructuneError(f"{path / 'trainer_state.json'} has fields this version does not know "
+                               f"({', '.join(unknown)}): it was written by another version of instructune or "
+                               "edited by hand; resume with the version that wrote it, or train into a new "
+                               "output_dir.")
     for i, r in enumerate(regularizers):
         saved = ckpt.load_extra(path, f"reg{i}")
         if saved:

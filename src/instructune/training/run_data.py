@@ -4,9 +4,12 @@ and regularizers. One task, or a multi-task mixture."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from instructune.data.mixture import build_mixture
@@ -21,6 +24,7 @@ from instructune.training.loop import validation_loss
 @dataclass
 class EvalSet:
     """One (task, template) to score: its validation and test records and the template."""
+
     name: str
     template: Any
     val: list[dict]
@@ -43,6 +47,7 @@ class RunData:
     keep_encoded: list[dict] = field(default_factory=list)
     realised: Callable[[int], dict] | None = None
     """Mixtures: epoch -> examples drawn per task and template."""
+
     @property
     def task(self) -> str:
         return ",".join(sorted({e.template.task for e in self.evals}))
@@ -50,6 +55,15 @@ class RunData:
     @property
     def template_ids(self) -> list[str]:
         return [e.name for e in self.evals]
+
+    @cached_property
+    def sha256(self) -> str:
+        """A hash of the encoded training examples (ids, tokens, labels): what a checkpoint's data position
+        points into, so a resume on changed data is noticed."""
+        h = hashlib.sha256()
+        for e in self.train:
+            h.update(json.dumps([e.get("id"), e["input_ids"], e["labels"]]).encode())
+        return h.hexdigest()
 
     @classmethod
     def build(cls, cfg: Any, tok: Any, log: Callable[[str], None]) -> RunData:

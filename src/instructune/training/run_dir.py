@@ -1,18 +1,48 @@
-"""A run folder: its config (refused on resume when it changed) and its result (an adapter or a model)."""
+"""A run folder: marked as one when created, locked while a run writes to it, its config refused on
+resume when it changed, and its result (an adapter or a model).
+
+A run only ever deletes what it wrote itself, recognised by exact name (`RUN_ENTRIES`,
+`checkpoint-NNNNNNNN`, `.tmp-...` of its own writes): a folder holding anything else and no
+marker is refused unless `--overwrite`, and even then nothing of the user's is deleted.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from instructune.errors import InstructuneError
 from instructune.training import checkpoint as ckpt
 
+MARKER = ".instructune-run"
+"""Written when a run folder is created: what makes a folder a run's."""
+LOCK = ".instructune-run.lock"
+RUN_ENTRIES = {"config.yaml", "config.tmp", "train_log.jsonl", "metrics.json", "tensorboard", "best", "adapter",
+               "model", MARKER, LOCK, f"{LOCK}.owner"}
+"""Everything a run writes at the top of its folder, besides checkpoints and temporary folders."""
+OWN = re.compile(rf"({ckpt.PREFIX}\d{{8}}|\.tmp-{ckpt.PREFIX}\d{{8}}|\.tmp-pruned-{ckpt.PREFIX}\d{{8}}|\.tmp-best)")
 
-def prepare(run_dir: Path, config: dict[str, Any], resume: bool, main: bool) -> None:
-    """Write config.yaml; on resume, refuse a changed config and name the fields that differ."""
+
+def is_own(name: str) -> bool:
+    """Whether a top-level entry of a run folder is one the run writes."""
+    return name in RUN_ENTRIES or OWN.fullmatch(name) is not None
+
+
+def prepare(run_dir: Path, config: dict[str, Any], resume: bool, main: bool, overwrite: bool = False) -> Any:
+    """Claim `run_dir` for this run (rank 0 locks it; returns the lock, or None on other ranks) and
+    write config.yaml; on resume, refuse a changed config and name the fields that differ."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InstructuneError(f"output_dir {run_dir} is a file, not a folder; choose a folder path "
+                               "(output_dir=runs/NAME).")
     saved = run_dir / "config.yaml"
     if resume and saved.exists():
         before = yaml.safe_load(saved.read_text())
@@ -20,14 +50,72 @@ def prepare(run_dir: Path, config: dict[str, Any], resume: bool, main: bool) -> 
         if diff:
             raise InstructuneError(f"--resume with a changed config: {', '.join(diff)} differ from {saved}. "
                                    "Resume with the same config, or train into a new output_dir.")
-    elif not resume and (run_dir / "train_log.jsonl").exists():
-        raise InstructuneError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-                               "output_dir (output_dir=runs/NAME).")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if not main:
+        return None
+    foreign = _foreign_entries(run_dir)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InstructuneError(f"output_dir {run_dir} already holds files no instructune run wrote ({shown}); "
+                               "choose a new or empty folder (output_dir=runs/NAME), or pass --overwrite to write "
+                               "the run beside them (nothing of theirs is deleted).")
+    _make(run_dir)
+    lock = _lock(run_dir)
+    try:
+        if not resume and (run_dir / "train_log.jsonl").exists():
+            if not overwrite:
+                raise InstructuneError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                                       "start it afresh, or choose another output_dir (output_dir=runs/NAME).")
+            clear(run_dir)
         tmp = saved.with_suffix(".tmp")  # a kill mid-write must not leave a config that --resume cannot read
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         tmp.replace(saved)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _foreign_entries(run_dir: Path) -> list[str]:
+    """Entries of an existing folder that are not a run's; none when the folder is a marked run folder."""
+    if not run_dir.is_dir() or (run_dir / MARKER).exists():
+        return []
+    return sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir())
+
+
+def _make(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / MARKER).exists():
+            (run_dir / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    except OSError as e:
+        raise InstructuneError(f"cannot write to output_dir {run_dir} ({e.strerror or e}); choose a folder you can "
+                               "write to (output_dir=runs/NAME) or fix its permissions.") from None
+
+
+def _lock(run_dir: Path) -> FileLock:
+    """Hold the folder's lock file (released when this run ends or its process dies), naming the holder."""
+    lock, owner = FileLock(str(run_dir / LOCK), timeout=0), run_dir / f"{LOCK}.owner"
+    try:
+        lock.acquire()
+    except Timeout:
+        held = owner.read_text().strip() if owner.exists() else "another process"
+        raise InstructuneError(f"{run_dir} is in use by another run ({held}); wait for it to finish, stop it, or "
+                               "train into another output_dir.") from None
+    owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    return lock
+
+
+def clear(run_dir: Path) -> None:
+    """Delete what an earlier run wrote in `run_dir` (exact names only), keeping the marker and lock."""
+    for p in run_dir.iterdir():
+        if is_own(p.name) and p.name not in (MARKER, LOCK, f"{LOCK}.owner"):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def release(lock: Any) -> None:
+    """Let go of the folder's lock (None: nothing held)."""
+    if lock is not None:
+        lock.release()
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
