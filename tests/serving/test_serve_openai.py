@@ -1,18 +1,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from openai import OpenAI
 
 from instructune.adapters.merge import random_lora
@@ -22,31 +18,10 @@ from instructune.serving.app import create_app
 from instructune.serving.generation import Batcher
 from instructune.serving.hotswap import AdapterSet
 from instructune.serving.protocol import Limits, Params
+from instructune.testing import serve_in_background
 
 TARGETS = ("o_proj", "down_proj")  # on the random tiny model these give readable, distinct greedy outputs
 PROMPT = "Classify the sentiment of this review"
-
-
-@contextmanager
-def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-    """Run `app` with uvicorn in a thread for the duration of the block; yields the bound port (0: a free one)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))  # bound here, so the port is ours before the server starts
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

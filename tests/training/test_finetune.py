@@ -194,7 +194,7 @@ def test_nan_settings_are_refused(override: str, message: str) -> None:
 
 
 def test_peak_memory_restarts_from_the_memory_in_use() -> None:
-    from instructune.training.loop import peak_memory_mb, reset_peak_memory
+    from instructune.training.setup import peak_memory_mb, reset_peak_memory
 
     big = torch.ones(50_000_000)  # 200 MB, touched
     del big

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from safetensors import safe_open
 
 from instructune import hub
@@ -31,6 +32,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: `$
 
 def adapters_root() -> Path:
     return hub.cache_root() / "adapters"
+
+
+def _lock_path() -> str:
+    """The registry's lock file, beside the registry folder (whose entries are all adapters)."""
+    return str(hub.cache_root() / "adapters.lock")
 
 
 def validate_name(name: str) -> str:
@@ -84,14 +90,41 @@ def read_metrics(folder: Path) -> dict[str, Any]:
 
 def describe(folder: Path) -> dict[str, Any]:
     """What an adapter folder holds: base, method, parameter count and size, read from its files."""
-    config = json.loads((folder / "adapter_config.json").read_text())
-    with safe_open(str(folder / WEIGHTS), framework="pt") as f:  # reads the header only, not the tensors
-        params = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+    config = read_adapter_config(folder)
+    try:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:  # reads the header only, not the tensors
+            params = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+    except Exception as e:  # safetensors' own error types: a pickle, garbage, a truncated file
+        raise InstructuneError(f"{folder / WEIGHTS} is not a readable safetensors file ({str(e)[:160]}); save the "
+                               "adapter again with peft's save_pretrained (safetensors, the default).") from None
     base = config.get("base_model_name_or_path") or ""
     return {"base": _pack_name(base) if base else "", "base_fingerprint": basefingerprint(base),
             "method": config.get("peft_type", "?"), "trainable_params": params,
             "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
             "config": {k: config[k] for k in ("r", "lora_alpha", "target_modules", "task_type") if k in config}}
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    """An adapter's adapter_config.json, which must be a JSON object."""
+    path = folder / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InstructuneError(f"{path} is not valid JSON ({str(e)[:160]}); save the adapter again with peft's "
+                               "save_pretrained.") from None
+    if not isinstance(config, dict):
+        raise InstructuneError(f"{path} holds a JSON {type(config).__name__}, not the object peft writes; save the "
+                               "adapter again with peft's save_pretrained.")
+    return config
+
+
+def _check_links(source: Path) -> None:
+    """Refuse a file in the adapter folder that links outside it (`secret.txt -> /etc/shadow`)."""
+    inside = source.resolve()
+    for item in source.iterdir():
+        if item.is_symlink() and inside not in item.resolve().parents:
+            raise InstructuneError(f"{item} links to {item.resolve()}, outside the adapter folder; an adapter is "
+                                   "copied as it is, so remove the link (or replace it with the file itself).")
 
 
 def register_adapter(name: str, path: str | Path, task: str | None = None, base: str | None = None,
@@ -104,6 +137,7 @@ def register_adapter(name: str, path: str | Path, task: str | None = None, base:
     """
     validate_name(name)
     source = find_adapter_dir(path)
+    _check_links(source)
     info = describe(source)
     if base is not None:
         given = fingerprint_of(resolve_model(base))
@@ -115,11 +149,20 @@ def register_adapter(name: str, path: str | Path, task: str | None = None, base:
     metrics = read_metrics(source)
     root = adapters_root()
     final = root / name
-    if final.exists() and not overwrite:
-        raise InstructuneError(f"adapter '{name}' is already registered ({final}); remove it first with "
-                               f"`instructune adapters remove {name}`, pass --force to replace it, or pick another name.")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    with FileLock(_lock_path()):  # two adds of one name: one wins, the other is told
+        if (final.exists() or final.is_symlink()) and not overwrite:
+            raise InstructuneError(f"adapter '{name}' is already registered ({final}); remove it first with "
+                                   f"`instructune adapters remove {name}`, pass --force to replace it, or pick another "
+                                   "name.")
+        _copy_in(source, final, name, info, metrics, task)
+    return final
+
+
+def _copy_in(source: Path, final: Path, name: str, info: dict[str, Any], metrics: dict[str, Any],
+             task: str | None) -> None:
+    """Copy the adapter's files into a temporary folder and rename it into place, whole or not at all."""
+    tmp = final.parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
         for item in source.iterdir():
@@ -127,19 +170,20 @@ def register_adapter(name: str, path: str | Path, task: str | None = None, base:
                 shutil.copy2(item, tmp / item.name)
         if metrics and not (tmp / "metrics.json").exists():
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        record = {"name": name, **info, "task": task or metrics.get("task"), "metrics": metrics.get("test") or {},
+        record = {"name": name, **info, "task": task or ", ".join(metrics.get("tasks") or []) or metrics.get("task"), "metrics": metrics.get("test") or {},
                   "source": str(source.resolve()), "registered": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
         swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def swap_in(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`; an old `final` is moved aside first and deleted after."""
     old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-    if final.exists():
+    if final.is_symlink():
+        final.unlink()
+    elif final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
@@ -171,9 +215,13 @@ def get_adapter(name: str) -> dict[str, Any]:
 def remove_adapter(name: str) -> None:
     """Delete a registry entry; the rename first means a half-deleted folder never looks registered."""
     folder = Path(get_adapter(name)["path"])
-    doomed = folder.with_name(f".old-{name}-{uuid.uuid4().hex[:8]}")
-    os.replace(folder, doomed)
-    shutil.rmtree(doomed)
+    with FileLock(_lock_path()):
+        if folder.is_symlink():  # the entry is a link: remove the link, never what it points to
+            folder.unlink()
+            return
+        doomed = folder.with_name(f".old-{name}-{uuid.uuid4().hex[:8]}")
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
 
 
 def resolve_adapter(name_or_path: str | Path) -> Path:

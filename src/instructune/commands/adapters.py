@@ -46,10 +46,8 @@ def add_cmd(args: argparse.Namespace) -> int:
 
 
 def list_cmd(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from instructune.adapters.registry import list_adapters
+    from instructune.tables import show
 
     records = list_adapters()
     if args.json:
@@ -58,13 +56,9 @@ def list_cmd(args: argparse.Namespace) -> int:
     if not records:
         print("no adapters registered; add one with `instructune adapters add NAME PATH`")
         return 0
-    table = Table(title="adapters")
-    for col in ("name", "base", "method", "params", "size", "task", "scores"):
-        table.add_column(col)
-    for r in records:
-        table.add_row(r["name"], r["base"], r["method"], f"{r['trainable_params']:,}", _size(r["size_bytes"]),
-                      r.get("task") or "-", _scores(r.get("metrics") or {}))
-    Console(width=200).print(table)
+    rows = [(r["name"], r["base"], r["method"], f"{r['trainable_params']:,}", _size(r["size_bytes"]),
+             r.get("task") or "-", _scores(r.get("metrics") or {})) for r in records]
+    show("adapters", ("name", "base", "method", "params", "size", "task", "scores"), rows, ids=("name", "base"))
     return 0
 
 

@@ -35,19 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def list_packs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from instructune.data.packs import PACKS, pack_info
+    from instructune.tables import show
 
-    table = Table(title="data packs (records: '-' until pulled)")
-    for col in ("name", "records", "task", "about"):
-        table.add_column(col, no_wrap=col != "about", overflow="fold")
-    for name, pack in PACKS.items():
-        info = pack_info(name)
-        table.add_row(name, str(info["records"]) if info else "-", pack.task,
-                      f"{pack.description}. From {pack.package}=={pack.version}. Licence: {pack.licence}.")
-    Console().print(table)
+    rows = [(name, str(info["records"]) if (info := pack_info(name)) else "-", pack.task,
+             f"{pack.description}. From {pack.package}=={pack.version}. Licence: {pack.licence}.")
+            for name, pack in PACKS.items()]
+    show("data packs (records: '-' until pulled)", ("name", "records", "task", "about"), rows, ids=("name",))
     return 0
 
 

@@ -17,19 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from instructune.models import MANIFEST, MODEL_PACKS, pack_dir
+    from instructune.tables import show
 
-    from instructune.models import DEFAULT_MODEL, MODEL_PACKS, pack_dir
-
-    table = Table(title="model packs")
-    for col in ("name", "params", "licence", "pulled", "description"):
-        table.add_column(col)
-    for name, pack in MODEL_PACKS.items():
-        pulled = "yes" if (pack_dir(name) / "instructune-pack.json").exists() else "no"
-        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), pack.params, pack.licence, pulled,
-                      pack.description)
-    Console().print(table)
+    rows = [(name, pack.params, pack.licence, "yes" if (pack_dir(name) / MANIFEST).exists() else "no",
+             pack.description) for name, pack in MODEL_PACKS.items()]
+    show("model packs", ("name", "params", "licence", "pulled", "description"), rows, ids=("name",))
     return 0
 
 

@@ -22,22 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def list_templates(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     from instructune.data.packs import PACKS
     from instructune.data.templates import load_templates
+    from instructune.tables import show
 
-    console = Console()
     for source in [args.source] if args.source else list(PACKS):
-        table = Table(title=escape(source), title_justify="left")
-        for col in ("id", "task", "metrics", "stop", "description"):
-            table.add_column(col, no_wrap=col != "description")
-        for t in load_templates(source).values():
-            about = t.description + (f" Answers: {', '.join(t.choices.values())}." if t.choices else "")
-            table.add_row(*map(escape, (t.id, t.task, ",".join(t.metrics), t.stop, about)))
-        console.print(table)
+        rows = [(t.id, t.task, ",".join(t.metrics), t.stop,
+                 t.description + (f" Answers: {', '.join(t.choices.values())}." if t.choices else ""))
+                for t in load_templates(source).values()]
+        show(source, ("id", "task", "metrics", "stop", "description"), rows, ids=("id",))
     return 0
 
 

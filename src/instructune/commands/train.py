@@ -33,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(TrainConfig, args.config, args.overrides)
     from instructune.recipes.finetune import finetune
+    from instructune.training.setup import main_process
 
-    result = finetune(cfg, resume=args.resume, overwrite=args.overwrite, allow_data_change=args.allow_data_change)
+    log = print if main_process() else (lambda *_: None)  # one copy of each line under torchrun
+    result = finetune(cfg, resume=args.resume, overwrite=args.overwrite, allow_data_change=args.allow_data_change,
+                      log=log)
     stopped = str(result.metrics.get("stopped", ""))
     if stopped.startswith("signal"):  # pre-empted: `train && next-step` must not go on
         again = " ".join(["instructune train", args.config, *args.overrides, "--resume"])

@@ -34,7 +34,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from instructune.data.task import SplitSpec, TaskSpec, dataset, load_split
+from instructune.data.task import SplitSpec, TaskSpec, dataset, load_split, subset
 from instructune.data.task import templates as task_templates
 from instructune.data.tokenize import encode
 from instructune.errors import InstructuneError
@@ -243,10 +243,11 @@ def task_names(sources: Sequence[str]) -> list[str]:
 
 
 def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int, data_seed: int,
-                  fractions: Sequence[float]) -> Mixture:
+                  fractions: Sequence[float], train_limit: int | None = None) -> Mixture:
     """Load, split and encode every task, and a sampler over their train examples.
 
-    `data_seed` seeds each task's train/validation/test split; `seed` seeds the draws.
+    `data_seed` seeds each task's train/validation/test split; `seed` seeds the draws and the subset
+    of at most `train_limit` training rows kept per task.
     """
     names = task_names([t.source for t in cfg.tasks])
     examples: list[dict] = []
@@ -259,7 +260,7 @@ def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int
                   for s in ("train", "validation", "test")}
         pool: dict[str, list[int]] = {tid: [] for tid in templates}
         mix.dropped[name] = 0
-        for r in splits["train"]:
+        for r in subset(splits["train"], train_limit, seed):
             e = encode(tokenizer, r["prompt"], r["completion"], max_length)
             if e is None:
                 mix.dropped[name] += 1

@@ -252,8 +252,6 @@ def write_atomic(path: Path, chunks: Iterable[str]) -> Path:
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False,
                                      prefix=f".{path.name}.", newline="\n") as f:
         f.writelines(chunks)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)  # temp files are private (0600); the result gets the usual mode
+    hub.usual_mode(f.name)  # temp files are private (0600); the result gets the usual mode
     os.replace(f.name, path)
     return path

@@ -39,6 +39,8 @@ MAX_POWER_BITS = 10_000
 """Largest result of `**`, in bits."""
 MAX_SECONDS = 5.0
 """Longest one render may take (main thread only)."""
+REMOVED = frozenset({"lipsum"})
+"""Jinja globals a template may not use."""
 WIDE_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map"}
 _WIDTHS = re.compile(r"[%:]\D?[<>^=]?[+\- #]?0?(\d+)(?:\.(\d+))?")
 _budget: ContextVar[list[int] | None] = ContextVar("template_loop_budget", default=None)
@@ -117,7 +119,8 @@ def _bounded(filter_: Any) -> Any:
 
 def environment() -> BoundedSandbox:
     env = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
-    env.globals.pop("lipsum", None)
+    for name in REMOVED:
+        env.globals.pop(name, None)
     env.globals["range"] = bounded_range
     env.filters.update(center=_bounded(do_center), indent=_bounded(do_indent), format=_formatted)
     return env

@@ -259,7 +259,9 @@ def _template(entry: Any, where: str, path: Path, pack: str | None, problems: li
             problems.append(f"{where}: `{part}` is missing or empty")
             continue
         try:
-            variables(text)
+            if used := sorted(variables(text) & sandbox.REMOVED):
+                problems.append(f"{where}: the {part} uses {', '.join(used)}, which templates may not use "
+                                "(filler text without bound); remove it")
         except RecursionError:
             problems.append(f"{where}: the {part} does not parse as Jinja (nested too deeply); simplify it")
         except jinja2.TemplateSyntaxError as e:

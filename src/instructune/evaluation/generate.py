@@ -10,18 +10,25 @@ running to `max_new_tokens` and cutting afterwards.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 
-def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def batches(items: list[Any], size: int, desc: str | None = None) -> Iterator[list[Any]]:
+    """`items` in slices of `size`; with `desc`, a progress bar on stderr (examples, rate, ETA) that shows
+    only in a terminal and only when the work lasts (a bar for a second's work never appears)."""
+    with tqdm(total=len(items), desc=desc, unit="ex", disable=None if desc else True, leave=False,
+              mininterval=1.0, delay=2.0, file=sys.stderr, dynamic_ncols=True) as bar:
+        for i in range(0, len(items), size):
+            yield items[i:i + size]
+            bar.update(len(items[i:i + size]))
 
 
 @dataclass
@@ -117,7 +124,7 @@ def generate_batch(model: Any, tokenizer: Any, texts: list[str], max_new_tokens:
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for idx in batches(order, batch_size):
+    for idx in batches(order, batch_size, desc="generate"):
         enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding=True, padding_side="left",
                             return_tensors="pt")
         enc = {k: v.to(model.device) for k, v in enc.items()}

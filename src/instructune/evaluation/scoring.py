@@ -71,7 +71,7 @@ def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], comp
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))  # similar lengths share a batch
     out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     slim = _accepts_logits_to_keep(model) and not _prompt_learning(model)  # prompt tuning shifts every position
-    for idx in batches(order, batch_size):
+    for idx in batches(order, batch_size, desc="score"):
         enc = tokenizer.pad({"input_ids": [pairs[i][0] for i in idx]}, padding=True, padding_side="right",
                             return_tensors="pt")
         keep = torch.zeros_like(enc["input_ids"], dtype=torch.bool)  # (B, T): positions whose logits we need
@@ -142,7 +142,7 @@ def choice_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answers:
         for j, i in enumerate(slow):
             out[i] = flat[j * len(answers):(j + 1) * len(answers)]
     fast = sorted(set(range(len(prompts))) - set(slow), key=lambda i: -shared[i])
-    for idx in batches(fast, max(1, batch_size // max(len(answers), 1))):
+    for idx in batches(fast, max(1, batch_size // max(len(answers), 1)), desc="score choices"):
         for i, row in zip(idx, _shared_prompt_batch(model, tokenizer, [pairs[i] for i in idx],
                                                     [shared[i] for i in idx], dtype), strict=True):
             out[i] = row

@@ -82,23 +82,31 @@ class RetentionSuite:
         return cls((recs, t, target_mode), tasks, probe_prompts(probe_count) if probe_count else [], texts,
                    probe_tokens, dtype)
 
-    def score(self, model: Any, tok: Any, probe_answers: list[str] | None) -> dict[str, Any]:
-        """Every per-example score of `model`; the probe scores the original's answers (generated when None)."""
+    def score(self, model: Any, tok: Any, probe_answers: list[str] | None,
+              log: Any = None) -> dict[str, Any]:
+        """Every per-example score of `model`; the probe scores the original's answers (generated when None).
+        Each measure is announced on `log` as it starts (a suite takes minutes on a CPU)."""
         def pack(metric: str, scores: list[float]) -> dict[str, Any]:
             return {"metric": metric, "scores": scores, "mean": sum(scores) / len(scores)}
 
+        say = log or (lambda *_: None)
         recs, t, mode = self.target
+        say(f"  target task: {len(recs)} examples ({mode})")
         metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
         out: dict[str, Any] = {"target": pack(metric, scores), "measures": {}, "probe_answers": probe_answers}
         for key, (recs, t, mode) in self.tasks.items():
+            say(f"  {key}: {len(recs)} examples ({mode})")
             metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
             out["measures"][key] = pack(metric, scores)
         if self.probe:
+            say(f"  general-behaviour probe: {len(self.probe)} prompts"
+                + (", generating the original's answers" if probe_answers is None else ""))
             answers, ce = general_probe(model, tok, self.probe, probe_answers, max_new_tokens=self.probe_tokens,
                                         dtype=self.dtype)
             out["probe_answers"] = answers
             out["measures"]["general-probe"] = pack("cross_entropy", ce)
         if self.texts:
+            say(f"  text perplexity: {len(self.texts)} texts")
             out["measures"]["text-perplexity"] = pack("cross_entropy", text_probe(model, tok, self.texts,
                                                                                    dtype=self.dtype))
         return out

@@ -14,9 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from instructune.data.task import DEFAULT_FRACTIONS, SplitSpec, TaskSpec, dataset, load_split
 from instructune.data.task import templates as task_templates
 from instructune.errors import InstructuneError
@@ -24,6 +21,7 @@ from instructune.evaluation.evaluate import evaluate_records
 from instructune.evaluation.metrics import HEADLINE
 from instructune.hardware import eval_dtype
 from instructune.models import attach_adapter, load_model
+from instructune.tables import show
 
 
 def evaluate(models: list[str], adapters: list[str], data: str, template: str, split: str = "test",
@@ -112,14 +110,12 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
 
 
 def print_table(report: dict[str, Any]) -> None:
-
+    """The headline scores of every setting (settings are never cut: their names are copied into commands)."""
     rows = [(r["setting"], r["shots"], headline(r["metrics"]), r["timings"]["examples_per_s"])
             for r in report["results"]]
     keys = list(dict.fromkeys(k for _, _, h, _ in rows for k in h))
-    table = Table(title=f"{report['data']} / {report['template']} / {report['split']} "
-                        f"({report['results'][0]['settings']['n']} examples, {report['mode']})")
-    for col in ["setting", "shots", *keys, "examples/s"]:
-        table.add_column(col, justify="left" if col == "setting" else "right")
-    for setting, k, h, speed in rows:
-        table.add_row(setting, str(k), *[f"{h[c]:.3f}" if c in h else "" for c in keys], f"{speed:.1f}")
-    Console().print(table)
+    show(f"{report['data']} / {report['template']} / {report['split']} "
+         f"({report['results'][0]['settings']['n']} examples, {report['mode']})", ["setting", "shots", *keys,
+                                                                                  "examples/s"],
+         [(setting, k, *[f"{h[c]:.3f}" if c in h else "" for c in keys], f"{speed:.1f}")
+          for setting, k, h, speed in rows], ids=("setting",))

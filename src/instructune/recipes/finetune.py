@@ -22,10 +22,10 @@ from instructune.config import to_dict
 from instructune.errors import InstructuneError
 from instructune.methods import METHODS, count_parameters
 from instructune.models import load_model, resolve_model
-from instructune.training import attention, run_dir, setup
+from instructune.training import attention, run_data, run_dir, setup
 from instructune.training import checkpoint as ckpt
 from instructune.training.config import TrainConfig
-from instructune.training.loop import LoopSettings, LoopState, peak_memory_mb, restore, train_loop
+from instructune.training.loop import LoopSettings, LoopState, restore, train_loop
 from instructune.training.regularizers import build_regularizer
 from instructune.training.run_data import RunData
 
@@ -53,7 +53,10 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print, overwrite
     precision = hardware.resolve_precision(cfg.precision, hardware.shapes_of(cfg.model), log=say)
     engine = setup.accelerator(precision.precision)
     setup.check_fsdp(engine, log)
+    if say and (note := setup.launch_note()):
+        say(note)
     set_seed(cfg.seed)
+    run_data.check(cfg)  # data problems in seconds, before the model loads
     out = Path(cfg.output_dir)
     lock = run_dir.prepare(out, to_dict(cfg), resume, engine.is_main_process, overwrite)
     try:
@@ -112,9 +115,9 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
                "threads": threads, **_costs(state, engine.num_processes, start), **data.summary()}
     run_dir.save_output(model, tok, out, cfg.method.peft)
     if engine.is_main_process:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        run_dir.write_json(out / "metrics.json", metrics)
         if cfg.register_as and cfg.method.peft:
-            register_adapter(cfg.register_as, out / "adapter", task=data.task)
+            register_adapter(cfg.register_as, out / "adapter", task=", ".join(data.tasks))
         log(f"done: {out} (test {json.dumps({k: round(v, 4) for k, v in test.items() if isinstance(v, float)})})")
     engine.end_training()
     return TrainResult(metrics, model, tok)
@@ -201,5 +204,5 @@ def _costs(state: LoopState, processes: int, start: float) -> dict[str, Any]:
     return {"skipped_batches": state.skipped_batches,
             "tokens_per_s": state.tokens * processes / max(state.train_seconds, 1e-9),
             "train_tokens": state.tokens * processes, "train_seconds": state.train_seconds,
-            "peak_memory_mb": peak_memory_mb(), "wall_seconds": time.time() - start}
+            "peak_memory_mb": setup.peak_memory_mb(), "wall_seconds": time.time() - start}
 

@@ -95,7 +95,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     def score_original() -> dict[str, Any]:
         log(f"scoring the original model {first.model} on the retention suite")
         model, tok = load_model(first.model)
-        return suite.score(model, tok, probe_answers=None)
+        return suite.score(model, tok, probe_answers=None, log=log)
 
     before = cached(out / "scores" / "original.json", suite_key, score_original, log)
 
@@ -107,7 +107,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
         def score_tuned(run: Any = run, name: str = name) -> dict[str, Any]:
             log(f"cure '{name}': scoring")
             model, tok = load_trained(run)
-            return suite.score(model, tok, probe_answers=before["probe_answers"])
+            return suite.score(model, tok, probe_answers=before["probe_answers"], log=log)
 
         after = cached(out / "scores" / f"{name}.json", {**suite_key, "run": to_dict(run)}, score_tuned, log)
         rows.append(_row(name, before, after, metrics, cfg))

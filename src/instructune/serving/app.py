@@ -65,12 +65,17 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
 
     app = FastAPI(title="instructune", lifespan=lifespan, strict_content_type=False)  # no Content-Type: JSON
     app.state.ctx = ctx
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     _install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": adapter_set.base_name, "adapters": adapter_set.names,
+    async def health() -> Any:
+        body = {"status": "ok", "model": adapter_set.base_name, "adapters": adapter_set.names,
                 "in_flight": ctx.gate.count}
+        if not ctx.batcher.alive():
+            return JSONResponse({**body, "status": "error", "error": "the generation thread has stopped; requests "
+                                 "restart it, and its error is in the server's log"}, status_code=503)
+        return body
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -85,7 +90,8 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
         adapter = _adapter_for(ctx, req.model)
-        text = _chat_prompt(ctx, req.messages)
+        _check_chars(ctx, sum(len(m.text()) for m in req.messages), "messages")
+        text = await asyncio.to_thread(_chat_prompt, ctx, req.messages)  # templating and tokenizing: off the loop
         return await _respond(ctx, req, [text], adapter, req.max_completion_tokens or req.max_tokens, chat=True)
 
     @app.post("/v1/completions")
@@ -94,9 +100,64 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt is an empty list; send a string or a list of strings.", param="prompt")
+        if len(prompts) > limits.prompts():
+            raise APIError(400, f"prompt is a list of {len(prompts)} prompts; this server takes at most "
+                                f"{limits.prompts()} per request (each takes one of its --max-concurrent slots): "
+                                "send them in several requests.", code="too_many_prompts", param="prompt")
+        for prompt in prompts:
+            _check_chars(ctx, len(prompt), "prompt")
         return await _respond(ctx, req, prompts, adapter, req.max_tokens or 16, chat=False)  # OpenAI's default 16
 
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is refused (413) by its Content-Length before any of
+    it is read, or, chunked, as soon as it passes the limit: the app then sees the client leave and what it
+    would answer is dropped. Nothing that size is ever parsed."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send)
+        state = {"seen": 0, "refused": False}
+
+        async def counted() -> dict:
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            state["seen"] += len(message.get("body", b""))
+            if state["seen"] > self.limit:
+                state["refused"] = True
+                await self._refuse(send)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: dict) -> None:
+            if not state["refused"]:  # after the 413, the app's own answer goes nowhere
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+    async def _refuse(self, send: Callable) -> None:
+        response = APIError(413, f"the request body is over this server's limit of {self.limit:,} bytes; send a "
+                                 "shorter prompt (the limit is --max-body-bytes).", code="body_too_large").response()
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _check_chars(ctx: _Context, chars: int, param: str) -> None:
+    """The character limit, checked before anything is tokenized."""
+    cap = ctx.limits.prompt_chars()
+    if chars > cap:
+        raise APIError(400, f"the {param} are {chars:,} characters; this server takes at most {cap:,} (about "
+                            f"{ctx.limits.max_prompt_tokens} tokens): shorten the {param}.",
+                       code="context_length_exceeded", param=param)
 
 
 def _model_card(ctx: _Context, name: str) -> dict[str, Any]:
@@ -146,14 +207,17 @@ def _params(ctx: _Context, req: RequestBase, texts: list[str], max_tokens: int |
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if len(stops) > 4:
         raise APIError(400, f"stop has {len(stops)} strings; at most 4 are allowed.", param="stop")
+    if (longest := max((len(x) for x in stops), default=0)) > lim.max_stop_chars:
+        raise APIError(400, f"a stop string is {longest:,} characters; at most {lim.max_stop_chars} are allowed.",
+                       code="stop_too_long", param="stop")
     temperature = 1.0 if req.temperature is None else req.temperature  # OpenAI's default
     return Params(max_tokens, temperature, req.top_p or 1.0, req.seed, stops), counts
 
 
 async def _respond(ctx: _Context, req: RequestBase, texts: list[str], adapter: str | None, max_tokens: int | None,
                    chat: bool) -> Any:
-    params, counts = _params(ctx, req, texts, max_tokens)
-    release = ctx.gate.enter()
+    params, counts = await asyncio.to_thread(_params, ctx, req, texts, max_tokens)  # tokenizing: off the loop
+    release = ctx.gate.enter(len(texts))
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": req.model}
     if req.stream:
@@ -232,6 +296,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             return APIError(400, f"the request body is not valid JSON ({why}); send a JSON object such as "
                                  '{"model": "...", "messages": [{"role": "user", "content": "Hi"}]}.',
                             code="invalid_json").response()
+        if not isinstance(exc.body, (dict, bytes, str, type(None))) or (isinstance(exc.body, str) and errors and
+                                                                         errors[0].get("loc") == ("body",)):
+            kind = "a JSON " + {list: "array", str: "string", int: "number", float: "number",
+                                bool: "boolean"}.get(type(exc.body), type(exc.body).__name__)
+            return APIError(400, f"the request body is {kind}; send a JSON object such as "
+                                 '{"model": "...", "messages": [{"role": "user", "content": "Hi"}]}.',
+                            code="invalid_request").response()
         if isinstance(exc.body, (bytes, str)):  # a body FastAPI did not parse: not sent as JSON
             kind = request.headers.get("content-type", "none")
             return APIError(400, f"the request body was sent as Content-Type {kind}; send JSON with Content-Type: "

@@ -22,7 +22,10 @@ from instructune.serving.protocol import APIError, Choice, Params
 
 
 class StopScanner:
-    """Cuts a growing text at the first stop string, holding back a tail that may start one."""
+    """Cuts a growing text at the first stop string, holding back a tail that may start one.
+
+    Linear in the text and the stop strings: each piece is searched once, and the held-back tail is
+    the longest end of the text that is a start of a stop string, found with the KMP prefix function."""
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops, self.buf, self.hit = [s for s in stops if s], "", False
@@ -33,13 +36,25 @@ class StopScanner:
         if found:
             out, self.buf, self.hit = self.buf[:min(found)], "", True
             return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])), default=0)
+        keep = max((overlap(self.buf[-(len(s) - 1):], s) for s in self.stops if len(s) > 1), default=0)
         out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
         return out
 
     def flush(self) -> str:
         out, self.buf = self.buf, ""
         return out
+
+
+def overlap(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that is a start of `stop` (shorter than `stop` itself)."""
+    joined = stop + "\0" + text
+    prefix = [0] * len(joined)
+    for i in range(1, len(joined)):
+        k = prefix[i - 1]
+        while k and joined[i] != joined[k]:
+            k = prefix[k - 1]
+        prefix[i] = k + (joined[i] == joined[k])
+    return min(prefix[-1], len(stop) - 1) if text else 0
 
 
 def finish(aset: AdapterSet, raw: str, params: Params) -> Choice:
@@ -72,7 +87,7 @@ class Batcher:
 
     def submit(self, text: str, adapter: str | None, params: Params) -> Future:
         with self.lock:
-            if self.thread is None:
+            if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._loop, name="instructune-batcher", daemon=True)
                 self.thread.start()
         job = _Job(text, adapter, params)
@@ -111,12 +126,17 @@ class Batcher:
                 for i in range(0, len(group), self.max_batch):
                     self._run(group[i:i + self.max_batch])
 
+    def alive(self) -> bool:
+        """False once its thread has died (a new one starts with the next request)."""
+        thread = self.thread
+        return thread is None or thread.is_alive()
+
     def _run(self, jobs: list[_Job]) -> None:
-        p = jobs[0].params
+        p = jobs[0].params  # every job of a group shares these (their key); greedy ones need no seed at all
+        seed = 0 if p.temperature == 0 else p.seed if p.seed is not None else random.randrange(2**31)
         try:
             texts = self.aset.generate([j.text for j in jobs], jobs[0].adapter, max_new_tokens=p.max_tokens,
-                                       batch_size=len(jobs), temperature=p.temperature, top_p=p.top_p,
-                                       seed=p.seed if p.seed is not None else random.randrange(2**31))
+                                       batch_size=len(jobs), temperature=p.temperature, top_p=p.top_p, seed=seed)
             self.batches.append(len(jobs))
             for job, text in zip(jobs, texts, strict=True):
                 job.future.set_result(finish(self.aset, text, job.params))
@@ -156,19 +176,20 @@ class Gate:
     def __init__(self, cap: int) -> None:
         self.cap, self.count, self.lock = cap, 0, threading.Lock()
 
-    def enter(self) -> Callable[[], None]:
-        """Take a slot (or raise a 429); returns the function that gives it back, once however often called."""
+    def enter(self, slots: int = 1) -> Callable[[], None]:
+        """Take `slots` (one per prompt) or raise a 429; returns the function that gives them back, once
+        however often called."""
         with self.lock:
-            if self.count >= self.cap:
-                raise APIError(429, f"the server is busy: {self.cap} requests are already running; retry shortly "
-                                    "(or start the server with a higher --max-concurrent).",
-                               "rate_limit_error", "rate_limit_exceeded")
-            self.count += 1
+            if self.count + slots > self.cap:
+                raise APIError(429, f"the server is busy: {self.count} of its {self.cap} prompt slots are taken and "
+                                    f"this request needs {slots}; retry shortly (or start the server with a higher "
+                                    "--max-concurrent).", "rate_limit_error", "rate_limit_exceeded")
+            self.count += slots
         held = [True]
 
         def leave() -> None:
             with self.lock:
                 if held:
                     held.pop()
-                    self.count -= 1
+                    self.count -= slots
         return leave

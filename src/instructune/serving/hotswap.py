@@ -7,7 +7,6 @@ prompt in a thread, text arriving piece by piece.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ import torch
 from peft import PeftModel
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-from instructune.adapters.registry import check_base, resolve_adapter
+from instructune.adapters.registry import check_base, read_adapter_config, resolve_adapter
 from instructune.errors import InstructuneError
 from instructune.evaluation.generate import generate
 from instructune.models import load_model
@@ -27,25 +26,34 @@ from instructune.models import load_model
 class AdapterSet:
     """One base model in memory and any number of adapters on it, switched per call without a reload.
 
-    Every adapter is loaded into the same `PeftModel` under an internal slot name (peft names
-    must be valid module names; registry names may hold '.'). `use(name)` activates one
-    (`set_adapter`) or, for None, the bare base (`disable_adapter()`), holding the lock.
+    Adapters of one peft type share one `PeftModel` over the base, each under an internal slot name
+    (peft names must be valid module names; registry names may hold '.'); `use(name)` activates one
+    (`set_adapter`) or, for None, the bare base (`disable_adapter()`), holding the lock. peft cannot put
+    two adapter types on one module tree, so the first adapter of another type (IA3 beside LoRA, say)
+    gets a second view of the base: loaded again from the same safetensors file, whose weights are
+    memory-mapped, so the operating system keeps one copy of their pages for both.
     """
 
     def __init__(self, base: str, adapters: Mapping[str, str | Path] | None = None, dtype: str = "float32",
                  served_name: str | None = None) -> None:
-        self.base_name = served_name or base
-        self.model, self.tokenizer = load_model(base, dtype=dtype)
-        self.base_model = self.model  # the transformers model; peft wraps it in place, never copies it
+        self.base_name, self.source, self.dtype = served_name or base, base, dtype
+        self.base_model, self.tokenizer = load_model(base, dtype=dtype)
         self.lock = threading.RLock()
-        self.slots: dict[str, str] = {}
-        self.peft_type: str | None = None
+        self.groups: dict[str, Any] = {}
+        """peft type -> the PeftModel holding every adapter of that type (the first type over `base_model`)."""
+        self.slots: dict[str, tuple[str, str]] = {}
+        """adapter name -> (peft type, slot name)."""
         for name, path in (adapters or {}).items():
             self.add(name, path)
 
     @property
     def names(self) -> list[str]:
         return list(self.slots)
+
+    @property
+    def model(self) -> Any:
+        """The model of the first adapter type (the base itself while no adapter is loaded)."""
+        return next(iter(self.groups.values()), self.base_model)
 
     def add(self, name: str, adapter: str | Path) -> None:
         """Load an adapter (registry name or folder) next to the others under `name`."""
@@ -54,20 +62,17 @@ class AdapterSet:
                                    "give each adapter its own name (NAME=PATH).")
         folder = resolve_adapter(adapter)
         check_base(folder, self.base_model.config, self.base_name)
-        peft_type = json.loads((folder / "adapter_config.json").read_text()).get("peft_type")
-        if self.peft_type and peft_type != self.peft_type:
-            raise InstructuneError(
-                f"adapter '{name}' is {peft_type} but the adapters already loaded are {self.peft_type}; one model "
-                f"serves one adapter type: run a second server for the {peft_type} adapters, or merge one "
-                "(`instructune adapters merge`).")
+        peft_type = str(read_adapter_config(folder).get("peft_type"))
         slot = f"adapter_{len(self.slots)}"
         with self.lock:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(folder), adapter_name=slot)
+            group = self.groups.get(peft_type)
+            if group is not None:
+                group.load_adapter(str(folder), adapter_name=slot)
             else:
-                self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=slot)
-            self.model.eval()
-        self.slots[name], self.peft_type = slot, peft_type
+                base = self.base_model if not self.groups else load_model(self.source, dtype=self.dtype)[0]
+                group = self.groups[peft_type] = PeftModel.from_pretrained(base, str(folder), adapter_name=slot)
+            group.eval()
+        self.slots[name] = (peft_type, slot)
 
     @contextmanager
     def use(self, adapter: str | None) -> Iterator[Any]:
@@ -75,14 +80,16 @@ class AdapterSet:
         if adapter is not None and adapter not in self.slots:
             raise InstructuneError(f"unknown adapter '{adapter}'; loaded: {', '.join(self.slots) or 'none'}.")
         with self.lock:
-            if not self.slots:
-                yield self.model
-            elif adapter is None:
+            if not self.groups:
+                yield self.base_model
+            elif adapter is None:  # the first group wraps base_model in place: switch its adapters off
                 with self.model.disable_adapter():
                     yield self.model
             else:
-                self.model.set_adapter(self.slots[adapter], inference_mode=True)  # no grads switched on
-                yield self.model
+                peft_type, slot = self.slots[adapter]
+                group = self.groups[peft_type]
+                group.set_adapter(slot, inference_mode=True)  # no grads switched on
+                yield group
 
     def generate(self, texts: list[str], adapter: str | None = None, **kwargs: Any) -> list[str]:
         """`evaluation.generate.generate` with `adapter` active; kwargs pass through (max_new_tokens, ...)."""

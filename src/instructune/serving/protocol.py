@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 @dataclass
@@ -25,6 +26,29 @@ class Limits:
     """How long the batcher waits for more requests to join a batch."""
     max_batch: int = 8
     """Most prompts in one batched `generate` call."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body; a larger one is refused (413) before it is read whole."""
+    max_prompt_chars: int | None = None
+    """Longest prompt (all messages together) in characters, checked before tokenizing; None = 32 per
+    allowed prompt token."""
+    max_prompts: int | None = None
+    """Most prompts in one /v1/completions request; None = `max_concurrent`. Each prompt takes a slot."""
+    max_stop_chars: int = 1000
+    """Longest stop string."""
+
+    def prompt_chars(self) -> int:
+        return self.max_prompt_chars or 32 * self.max_prompt_tokens
+
+    def prompts(self) -> int:
+        return self.max_prompts or self.max_concurrent
+
+    def problems(self) -> list[str]:
+        out = [f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}" for k in
+               ("max_tokens", "max_prompt_tokens", "max_concurrent", "max_batch", "max_body_bytes")
+               if getattr(self, k) < 1]
+        if not (math.isfinite(self.batch_window_ms) and 0 <= self.batch_window_ms <= 1000):
+            out.append(f"--batch-window-ms must be a number from 0 to 1000, got {self.batch_window_ms}")
+        return out
 
 
 class APIError(Exception):
@@ -36,7 +60,10 @@ class APIError(Exception):
         self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status)
+        # a name the client sent may hold what cannot be encoded (a lone surrogate): shown escaped, never fatal
+        error = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
+                 for k, v in self.body["error"].items()}
+        return JSONResponse({"error": error}, status_code=self.status)
 
 
 class RequestBase(BaseModel):
@@ -49,7 +76,34 @@ class RequestBase(BaseModel):
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     n: int | None = Field(1, ge=1, le=1, description="one choice per prompt")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _text_is_unicode(self) -> RequestBase:
+        """A lone surrogate (JSON "\\ud800") is no text: refused here, not when encoding fails later."""
+        bad = next((path for path, text in _strings(self.model_dump()) if not _encodable(text)), None)
+        if bad is not None:
+            raise ValueError(f"{bad} holds a lone surrogate (such as \\ud800), which is not text; send valid "
+                             "UTF-8 strings")
+        return self
+
+
+def _strings(value: Any, path: str = "body") -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in [(f"{path} key", str(k)), *_strings(v, f"{path}.{k}")]]
+    if isinstance(value, list):
+        return [x for i, v in enumerate(value) for x in _strings(v, f"{path}[{i}]")]
+    return []
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 class Message(BaseModel):

@@ -13,6 +13,7 @@ full tensors, as from a single process (the optimiser state keyed by parameter n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -112,11 +114,11 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync(run_dir)
-    except OSError as e:
+    except (OSError, SafetensorError, RuntimeError) as e:  # a full disk: safetensors and torch raise their own
         shutil.rmtree(tmp, ignore_errors=True)
         last = latest_checkpoint(run_dir)
         kept = f"the previous checkpoint {last.name} is intact" if last else "no earlier checkpoint exists"
-        raise InstructuneError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}. Free disk space "
+        raise InstructuneError(f"could not write checkpoint {final} ({why(e, run_dir)}); {kept}. Free disk space "
                                f"in {run_dir} (or lower keep_checkpoints) and resume with --resume.") from None
     for old in checkpoints(run_dir)[:-keep]:
         doomed = run_dir / f".tmp-pruned-{old.name}"  # renamed first: a crash never leaves a half-deleted checkpoint
@@ -124,6 +126,17 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, schedu
         os.rename(old, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def why(e: BaseException, where: Path | None = None) -> str:
+    """An OS, safetensors or torch write error in a few words ("No space left on device"): torch's and
+    safetensors' own errors do not say, so a folder with next to no free space is named as full."""
+    if getattr(e, "strerror", None):
+        return e.strerror  # type: ignore[attr-defined]
+    with contextlib.suppress(OSError):
+        if where is not None and shutil.disk_usage(where).free < 1 << 20:
+            return "No space left on device"
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -187,9 +200,10 @@ def verify(path: Path) -> None:
     for name, digest in sums.items():
         f = path / name
         if not f.is_file() or sha256(f) != digest:
-            raise InstructuneError(f"checkpoint {path} is damaged: {name} is {'missing' if not f.is_file() else 'changed'} "
-                                   "since it was written (its sha256 differs). Delete that folder to resume from "
-                                   "the checkpoint before it, or train into a new output_dir.")
+            state = "missing" if not f.is_file() else "changed since it was written (its sha256 differs)"
+            raise InstructuneError(f"checkpoint {path} cannot be read ({name} is {state}): it is damaged. To resume "
+                                   "from the checkpoint before it, delete that folder; or train into a new "
+                                   "output_dir.")
 
 
 def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ class DataConfig(SplitSpec, TaskSpec):
     max_length: int = 256
     """Longest example in tokens; longer prompts lose tokens from their middle, never the completion."""
     train_limit: int | None = None
-    """Use at most this many training examples (a seeded subset); null = all."""
+    """Use at most this many training examples (a seeded subset; with a mixture, per task); null = all."""
     val_limit: int = 64
     """Validation examples used for loss and task metric during training (a fixed subset)."""
     test_limit: int | None = 300
@@ -101,7 +101,8 @@ class TrainConfig:
     output_dir: Path = Path("runs/train")
     """Where the run writes checkpoints, logs, the adapter or model, and metrics.json."""
     data: DataConfig = field(default_factory=DataConfig)
-    """Which data and templates to train on (with a mixture: only the split, length and limit fields count)."""
+    """Which data and templates to train on (with a mixture: only the split, length and limit fields count;
+    train_limit then caps each task)."""
     mixture: MixtureConfig | None = None
     """Several tasks at once (multi-task instruction fine-tuning) instead of data.source."""
     method: MethodConfig = field(default_factory=MethodConfig)

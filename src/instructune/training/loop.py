@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import signal
 import time
@@ -24,8 +23,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -187,10 +187,10 @@ class _Run:
 
     def close(self) -> None:
         self.bar.close()
-        if self.log:
-            self.log.close()
-        if self.tb:
-            self.tb.close()
+        for f in (self.log, self.tb):  # on a full disk their last flush fails: the error that stopped the run says so
+            with contextlib.suppress(OSError):
+                if f:
+                    f.close()
         _restore_signal_handlers(self.stop_flag)
 
 
@@ -279,13 +279,13 @@ def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        save_file(weights, str(tmp / "trainable.safetensors"))
+        safetensors.torch.save_file(weights, str(tmp / "trainable.safetensors"))
         (tmp / "scores.json").write_text(json.dumps({"step": step, **scores}))
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         kept = (f"best/ (step {json.loads((best / 'scores.json').read_text())['step']}) is intact"
                 if (best / "scores.json").exists() else "no earlier best weights exist")
-        raise InstructuneError(f"could not write the best weights of step {step} to {best} ({e.strerror or e}); "
+        raise InstructuneError(f"could not write the best weights of step {step} to {best} ({ckpt.why(e, run_dir)}); "
                                f"{kept}. Free disk space in {run_dir} and resume with --resume.") from None
     shutil.rmtree(best, ignore_errors=True)  # a crash from here on: --resume redoes this step and rewrites best/
     os.rename(tmp, best)
@@ -345,35 +345,16 @@ def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: i
     return total / max(count, 1)
 
 
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated, else the process's peak resident set size (since the last reset)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:  # Linux: the high-water mark, which reset_peak_memory() can lower
-        status = Path("/proc/self/status").read_text()
-        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration, ValueError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB, macOS bytes
-
-
-def reset_peak_memory() -> bool:
-    """Start peak_memory_mb() afresh from the memory in use now; False where the OS cannot."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 def _log(log: Any, tb: Any, record: dict[str, Any]) -> None:
-    log.write(json.dumps(record) + "\n")
-    log.flush()
-    for k, v in record.items():
-        if k != "step" and isinstance(v, (int, float)):
-            tb.add_scalar(k, v, record["step"])
+    try:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                tb.add_scalar(k, v, record["step"])
+    except OSError as e:
+        raise InstructuneError(f"could not write {log.name} ({ckpt.why(e, Path(log.name).parent)}); free disk space there and continue "
+                               "with --resume (the last checkpoint is intact).") from None
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from instructune.data.mixture import build_mixture
-from instructune.data.task import load_split, subset, templates
+from instructune.data.mixture import build_mixture, task_names
+from instructune.data.task import dataset, load_split, subset, templates
 from instructune.data.tokenize import encode_records
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
@@ -47,6 +47,8 @@ class RunData:
     keep_encoded: list[dict] = field(default_factory=list)
     realised: Callable[[int], dict] | None = None
     """Mixtures: epoch -> examples drawn per task and template."""
+    source_name: str = ""
+    """The single task's source as it is named in results (a pack's name, a file's stem)."""
 
     @property
     def task(self) -> str:
@@ -55,6 +57,11 @@ class RunData:
     @property
     def template_ids(self) -> list[str]:
         return [e.name for e in self.evals]
+
+    @property
+    def tasks(self) -> list[str]:
+        """`source/template` of every task trained on (`rotten-tomatoes/sentiment`)."""
+        return [e.name if "/" in e.name else f"{self.source_name}/{e.name}" for e in self.evals]
 
     @cached_property
     def sha256(self) -> str:
@@ -84,7 +91,8 @@ class RunData:
             keep += encode_records(rows, tok, d.max_length)[0]
         return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.batch_size, plan=plan,
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
-                   replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised)
+                   replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
+                   source_name=task_names([d.source])[0])
 
     def describe(self, total_steps: int) -> list[str]:
         """What the run will train on, in a line or two."""
@@ -98,6 +106,7 @@ class RunData:
         """What metrics.json records about the data."""
         return {"train_examples": len(self.train), "dropped_examples": self.dropped,
                 "padding_fraction": self.padding, "templates": self.template_ids, "task": self.task,
+                "tasks": self.tasks,
                 "mixture_epoch0": self.realised(0) if self.realised else None}
 
     def keep_batches(self) -> Iterable[dict]:
@@ -133,6 +142,15 @@ class RunData:
         return out
 
 
+def check(cfg: Any) -> None:
+    """Build (or find cached) every dataset the run reads, before any model is loaded: a missing file, an
+    unknown template or a bad row is reported in seconds, not after the load."""
+    split = cfg.data.split_spec()
+    tasks = [cfg.data.task_spec()] if cfg.mixture is None else [t.task_spec() for t in cfg.mixture.tasks]
+    for task in [*tasks, *(k.task_spec() for k in cfg.keep)]:
+        dataset(task, split)
+
+
 def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
     d = cfg.data
     task, split = d.task_spec(), d.split_spec()
@@ -152,7 +170,7 @@ def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
 
 def _mixture(cfg: Any, tok: Any) -> tuple:
     d = cfg.data
-    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions)
+    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions, d.train_limit)
     lengths = [len(e["input_ids"]) for e in mix.examples]
 
     def plan(epoch: int) -> list[list[int]]:

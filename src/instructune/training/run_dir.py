@@ -8,6 +8,7 @@ marker is refused unless `--overwrite`, and even then nothing of the user's is d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
+from safetensors import SafetensorError
 
 from instructune.errors import InstructuneError
 from instructune.training import checkpoint as ckpt
@@ -67,8 +69,12 @@ def prepare(run_dir: Path, config: dict[str, Any], resume: bool, main: bool, ove
                                        "start it afresh, or choose another output_dir (output_dir=runs/NAME).")
             clear(run_dir)
         tmp = saved.with_suffix(".tmp")  # a kill mid-write must not leave a config that --resume cannot read
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        tmp.replace(saved)
+        try:
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+            tmp.replace(saved)
+        except OSError as e:
+            raise InstructuneError(f"could not write {saved} ({ckpt.why(e, run_dir)}); free disk space there or "
+                                   "choose another output_dir.") from None
     except BaseException:
         lock.release()
         raise
@@ -101,7 +107,8 @@ def _lock(run_dir: Path) -> FileLock:
         held = owner.read_text().strip() if owner.exists() else "another process"
         raise InstructuneError(f"{run_dir} is in use by another run ({held}); wait for it to finish, stop it, or "
                                "train into another output_dir.") from None
-    owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    with contextlib.suppress(OSError):  # only a courtesy to the next run: a full disk must not stop this one
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     return lock
 
 
@@ -132,6 +139,23 @@ def save_output(model: Any, tok: Any, run_dir: Path, peft: bool) -> Path:
     out = run_dir / ("adapter" if peft else "model")
     state = ckpt.full_state(model) if ckpt.sharded(model) else None  # a collective: before the rank test
     if ckpt.rank() == 0:
-        model.save_pretrained(out, state_dict=state)
-        tok.save_pretrained(out)
+        try:
+            model.save_pretrained(out, state_dict=state)
+            tok.save_pretrained(out)
+        except (OSError, SafetensorError) as e:
+            shutil.rmtree(out, ignore_errors=True)  # never a half-written result that looks whole
+            raise InstructuneError(f"could not write {out} ({ckpt.why(e, run_dir)}); free disk space in {run_dir} and "
+                                   "train again (best/ holds the best weights if the run kept checkpoints).") from None
     return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """A small result file, written whole or not at all."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InstructuneError(f"could not write {path} ({ckpt.why(e, path.parent)}); free disk space there and train again."
+                               ) from None

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,21 @@ LARGE_TENSOR_BYTES = 32 << 20
 def main_process() -> bool:
     """Rank 0 of a multi-process launch (or a single process): the one that prints."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def launch_note() -> str | None:
+    """What to say about how the processes of this run were launched (None: nothing to say).
+
+    `accelerate launch --num_processes N` starts one process on a CPU (Accelerate runs multi-process CPU
+    jobs through mpirun and a host file): the run would silently be single-process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return f"distributed: {world} processes ({'gloo on CPU' if not torch.cuda.is_available() else 'GPUs'})"
+    if os.environ.get("ACCELERATE_MIXED_PRECISION") and os.environ.get("MASTER_ADDR"):
+        return ("warning: accelerate launch asked for several processes, but on a CPU it started one: this run is a "
+                "single process. For several processes on one machine use torchrun: torchrun --nproc_per_node 2 "
+                "-m instructune train CONFIG.yaml")
+    return None
 
 
 def accelerator(precision: str) -> Any:
@@ -146,3 +162,26 @@ def oom_advice(model: str, method: str, precision: str, batch_size: int, grad_ac
     return (f"out of memory while training {model} (batch_size={batch_size}, method {method}, "
             f"{precision}).{kept} To fit, train into a new output_dir with one or more of:\n"
             + "\n".join(f"  - {k}" for k in knobs))
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated, else the process's peak resident set size (since the last reset)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:  # Linux: the high-water mark, which reset_peak_memory() can lower
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB, macOS bytes
+
+
+def reset_peak_memory() -> bool:
+    """Start peak_memory_mb() afresh from the memory in use now; False where the OS cannot."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
+        return True
+    except OSError:
+        return False
