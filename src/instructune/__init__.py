@@ -7,7 +7,7 @@ them; evaluation and forgetting measures say what was gained and what was lost.
 
     result = instructune.train("configs/lora-rotten-tomatoes.yaml", ["max_steps=20"])
 
-The functions (`train`, `evaluate`, `forgetting`, `sequential`, `load_config`) live in
+The functions (`train`, `evaluate`, `forgetting`, `sequential`, `sweep`, `load_config`) live in
 `instructune.api`; they are imported on first use, so `import instructune` (and the command line's
 `--help`) stays instant.
 """
@@ -15,7 +15,7 @@ The functions (`train`, `evaluate`, `forgetting`, `sequential`, `load_config`) l
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["evaluate", "forgetting", "load_config", "sequential", "train"]
+__all__ = ["evaluate", "forgetting", "load_config", "sequential", "sweep", "train"]
 
 
 def __getattr__(name: str) -> Any:

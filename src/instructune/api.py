@@ -26,6 +26,8 @@ from instructune.recipes.forgetting import ForgettingConfig
 from instructune.recipes.forgetting import forgetting as _forgetting
 from instructune.recipes.sequential import SequentialConfig
 from instructune.recipes.sequential import sequential as _sequential
+from instructune.recipes.sweep import load_sweep
+from instructune.recipes.sweep import sweep as _sweep
 from instructune.training.config import TrainConfig
 
 KINDS: dict[str, type] = {"train": TrainConfig, "forgetting": ForgettingConfig, "sequential": SequentialConfig}
@@ -70,6 +72,15 @@ def forgetting(config: Source, overrides: Sequence[str] = (), log: Callable[[str
 def sequential(config: Source, overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train tasks one after another and report the forgetting and transfer matrix."""
     return _sequential(_config(SequentialConfig, config, overrides), log=log)
+
+
+def sweep(config: str | Path | dict, overrides: Sequence[str] = (), resume: bool = False,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search hyperparameters on the validation split, as `instructune sweep` does: a training config
+    with a `sweep:` block (a YAML path or a dict). Returns what sweep.json holds."""
+    base, settings = load_sweep(config if not isinstance(config, dict) else None, overrides,
+                                data=config if isinstance(config, dict) else None)
+    return _sweep(base, settings, resume=resume, log=log)
 
 
 def _config(cls: type, config: Source, overrides: Sequence[str]) -> Any:

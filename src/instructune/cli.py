@@ -17,7 +17,7 @@ from instructune import __version__
 from instructune.errors import InstructuneError
 
 COMMANDS = ["models", "generate", "train", "eval", "forgetting", "sequential", "demo", "adapters", "serve", "data", "templates", "report",
-            "doctor"]
+            "doctor", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # `train CONFIG --resume lr=1e-4`: overrides after a flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

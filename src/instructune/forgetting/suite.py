@@ -20,10 +20,12 @@ from instructune.evaluation.metrics import higher_is_better
 from instructune.forgetting.measures import (
     bootstrap_drop,
     general_probe,
+    per_example_ce,
     probe_prompts,
     task_scores,
     text_probe,
 )
+from instructune.models import prompt_text
 
 
 @dataclass
@@ -61,7 +63,8 @@ def fixed_examples(task: TaskSpec, template: str, split: SplitSpec, limit: int, 
 class RetentionSuite:
     """Fixed examples of the target and of every retention measure."""
 
-    target: Fixed
+    target: Fixed | None
+    """None for a suite that only watches what a run keeps (its target is validated apart)."""
     tasks: dict[str, Fixed]
     probe: list[str]
     texts: list[str]
@@ -69,34 +72,43 @@ class RetentionSuite:
     dtype: str = "float32"
 
     @classmethod
-    def build(cls, target: TaskSpec, target_template: str, target_mode: str, target_limit: int,
+    def build(cls, target: TaskSpec | None, target_template: str, target_mode: str, target_limit: int,
               retention: list[RetentionTask], split: SplitSpec, probe_count: int, probe_tokens: int,
               text_source: str | None, text_limit: int, text_words: int, seed: int,
               dtype: str = "float32") -> RetentionSuite:
         """Every measure's fixed examples: each task's test split under `split` (never trained on)."""
-        recs, t = fixed_examples(target, target_template, split, target_limit, seed)
+        fixed = (*fixed_examples(target, target_template, split, target_limit, seed), target_mode) if target else None
         tasks = {f"{task.source}/{task.template}": (*fixed_examples(task.task_spec(), task.template, split,
                                                                      task.limit, seed), task.mode)
                  for task in retention}
         texts = held_out_texts(text_source, split, text_limit, text_words, seed) if text_source else []
-        return cls((recs, t, target_mode), tasks, probe_prompts(probe_count) if probe_count else [], texts,
-                   probe_tokens, dtype)
+        return cls(fixed, tasks, probe_prompts(probe_count) if probe_count else [], texts, probe_tokens, dtype)
 
-    def score(self, model: Any, tok: Any, probe_answers: list[str] | None,
-              log: Any = None) -> dict[str, Any]:
+    def score(self, model: Any, tok: Any, probe_answers: list[str] | None, log: Any = None,
+              cheap: bool = False) -> dict[str, Any]:
         """Every per-example score of `model`; the probe scores the original's answers (generated when None).
-        Each measure is announced on `log` as it starts (a suite takes minutes on a CPU)."""
+        Each measure is announced on `log` as it starts (a suite takes minutes on a CPU). `cheap` scores
+        without free generation: classification by likelihood, other tasks by their reference's
+        cross-entropy (what a run measures while it trains)."""
         def pack(metric: str, scores: list[float]) -> dict[str, Any]:
             return {"metric": metric, "scores": scores, "mean": sum(scores) / len(scores)}
 
         say = log or (lambda *_: None)
-        recs, t, mode = self.target
-        say(f"  target task: {len(recs)} examples ({mode})")
-        metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
-        out: dict[str, Any] = {"target": pack(metric, scores), "measures": {}, "probe_answers": probe_answers}
+        out: dict[str, Any] = {"target": None, "measures": {}, "probe_answers": probe_answers}
+        if self.target is not None:
+            recs, t, mode = self.target
+            say(f"  target task: {len(recs)} examples ({mode})")
+            metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
+            out["target"] = pack(metric, scores)
         for key, (recs, t, mode) in self.tasks.items():
             say(f"  {key}: {len(recs)} examples ({mode})")
-            metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
+            if cheap and t.task != "classification":
+                texts = [prompt_text(tok, r["prompt"]) for r in recs]
+                metric, scores = "cross_entropy", per_example_ce(model, tok, texts, [r["completion"] for r in recs],
+                                                                 dtype=self.dtype)
+            else:
+                metric, scores, _ = task_scores(model, tok, recs, t, "likelihood" if cheap else mode,
+                                                dtype=self.dtype)
             out["measures"][key] = pack(metric, scores)
         if self.probe:
             say(f"  general-behaviour probe: {len(self.probe)} prompts"

@@ -20,6 +20,7 @@ from instructune import hardware
 from instructune.adapters.registry import register_adapter
 from instructune.config import to_dict
 from instructune.errors import InstructuneError
+from instructune.forgetting.suite import RetentionSuite
 from instructune.methods import METHODS, count_parameters
 from instructune.models import load_model, resolve_model
 from instructune.training import attention, run_data, run_dir, setup
@@ -27,6 +28,7 @@ from instructune.training import checkpoint as ckpt
 from instructune.training.config import TrainConfig
 from instructune.training.loop import LoopSettings, LoopState, restore, train_loop
 from instructune.training.regularizers import build_regularizer
+from instructune.training.retention import Monitor
 from instructune.training.run_data import RunData
 
 
@@ -41,12 +43,13 @@ class TrainResult:
 
 
 def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print, overwrite: bool = False,
-             allow_data_change: bool = False) -> TrainResult:
+             allow_data_change: bool = False, observe: Any = None) -> TrainResult:
     """Fine-tune as `cfg` says into its output_dir, which the run claims and locks while it writes.
 
     `resume` continues from the newest checkpoint; `overwrite` lets a run write into a folder that
     holds other files (never deleting them) or start a finished run's folder afresh;
-    `allow_data_change` resumes on training data other than the checkpoint's."""
+    `allow_data_change` resumes on training data other than the checkpoint's; `observe(step, scores)`
+    sees every validation (a search prunes trials from there)."""
     # --- config, machine and run folder
     say = log if setup.main_process() else None  # the machine lines once, from rank 0
     threads = hardware.setup_threads(cfg.threads, log=say)
@@ -60,13 +63,13 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print, overwrite
     out = Path(cfg.output_dir)
     lock = run_dir.prepare(out, to_dict(cfg), resume, engine.is_main_process, overwrite)
     try:
-        return _train(cfg, engine, out, threads, precision, resume, allow_data_change, log)
+        return _train(cfg, engine, out, threads, precision, resume, allow_data_change, log, observe)
     finally:
         run_dir.release(lock)
 
 
 def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: Any, resume: bool,
-           allow_data_change: bool, log: Any) -> TrainResult:
+           allow_data_change: bool, log: Any, observe: Any) -> TrainResult:
     start = time.time()
 
     # --- model and method: what trains is printed
@@ -80,8 +83,10 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
     regularizers = [build_regularizer(r.name, model, data.keep_batches, lam=r.lam, **r.options)
                     for r in cfg.regularizers]
 
-    # --- optimiser, schedule, loop
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
+    monitor = _watch(cfg, model, tok, precision.dtype, engine, total_steps, log) if cfg.retention else None
+
+    # --- optimiser, schedule, loop
     model, optimizer, scheduler = _optimiser(cfg, model, engine, total_steps, precision.precision)
     state = (_resumed(out, engine.unwrap_model(model), optimizer, scheduler, regularizers, data.sha256,
                       allow_data_change, log) if resume else None)
@@ -90,12 +95,14 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
 
     def validate(m: Any) -> dict[str, Any]:
         with engine.autocast():  # generation included: the run's precision throughout
-            return data.validate(engine.unwrap_model(m))
+            return {**data.validate(engine.unwrap_model(m)), **(monitor.drops(engine.unwrap_model(m)) if monitor
+                                                                  else {})}
 
     try:
         state, reason = train_loop(model, optimizer, scheduler, engine, data.train, tok.pad_token_id,
                                    _loop_settings(cfg, total_steps, data.sha256), out, validate, data.plan,
-                                   regularizers, data.replay, state)
+                                   regularizers, data.replay, state, observe,
+                                   monitor and (lambda m: _measured(monitor, m, engine)))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         raise _out_of_memory(e, cfg, precision.precision) from None
     model = engine.unwrap_model(model)
@@ -112,7 +119,8 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
     metrics = {"method": cfg.method.name, "model": cfg.model, "stopped": reason, "steps": state.step,
                "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
                "validation": validation, "test": test, "attention": kernel, "precision": precision.as_dict(),
-               "threads": threads, **_costs(state, engine.num_processes, start), **data.summary()}
+               "threads": threads, **_costs(state, engine.num_processes, start), **data.summary(),
+               "selection": _selection(cfg, validation, state)}
     run_dir.save_output(model, tok, out, cfg.method.peft)
     if engine.is_main_process:
         run_dir.write_json(out / "metrics.json", metrics)
@@ -172,6 +180,36 @@ def _out_of_memory(e: BaseException, cfg: TrainConfig, precision: str) -> BaseEx
         cfg.gradient_checkpointing, ckpt.latest_checkpoint(Path(cfg.output_dir))))
 
 
+def _watch(cfg: TrainConfig, model: Any, tok: Any, dtype: str, engine: Any, total_steps: int, log: Any) -> Monitor:
+    """The retention suite of `cfg.retention` and the untrained model's scores on it."""
+    if cfg.retention_every > total_steps:
+        raise InstructuneError(f"retention_every {cfg.retention_every} is larger than the run ({total_steps} steps); "
+                               "measure more often or drop it.")
+    r, split = cfg.retention, cfg.data.split_spec()
+    suite = RetentionSuite.build(None, "", "", 0, r.tasks, split, r.probe_prompts, r.probe_tokens, r.text_source,
+                                 r.text_limit, 120, cfg.seed, dtype)
+    log(f"retention: {len(suite.tasks)} task(s), {len(suite.probe)} probe prompts, {len(suite.texts)} texts, "
+        f"scored at each validation" + (f" and every {cfg.retention_every} steps" if cfg.retention_every else ""))
+    model.eval()
+    with engine.autocast():
+        monitor = Monitor.start(suite, model, tok)
+    model.train()
+    return monitor
+
+
+def _selection(cfg: TrainConfig, validation: dict[str, Any], state: LoopState) -> dict[str, Any] | None:
+    """Which validation best/ holds and how many validations the forgetting budget ruled out."""
+    if cfg.retention is None:
+        return None
+    return {"select": cfg.select, "step": validation.get("step"), "budget": cfg.forgetting_budget,
+            "validations_over_budget": state.over_budget_total}
+
+
+def _measured(monitor: Monitor, model: Any, engine: Any) -> dict[str, float]:
+    with engine.autocast():
+        return monitor.drops(model)
+
+
 def _label(cfg: TrainConfig) -> str:
     return "lora (DoRA)" if cfg.method.name == "lora" and cfg.method.dora else cfg.method.name
 
@@ -183,7 +221,8 @@ def _loop_settings(cfg: TrainConfig, total_steps: int, data_sha256: str) -> Loop
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
         patience=cfg.early_stopping_patience, skip_bad_batches=cfg.skip_bad_batches,
         only_completion_logits=not cfg.method.prompt_learning, replay_fraction=cfg.replay_fraction,
-        data_sha256=data_sha256)
+        data_sha256=data_sha256, retention_every=cfg.retention_every, select=cfg.select,
+        forgetting_budget=cfg.forgetting_budget, budget_patience=cfg.budget_patience)
 
 
 def _best_weights(model: Any, out: Path, state: LoopState, validate: Any) -> dict[str, Any]:

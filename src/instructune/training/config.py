@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from instructune.adapters.registry import NAME_RE as ADAPTER_NAME
 from instructune.data.mixture import MixtureConfig
 from instructune.data.task import SplitSpec, TaskSpec
+from instructune.forgetting.suite import RetentionTask
 from instructune.methods import MethodConfig
 
 
@@ -95,6 +96,30 @@ class KeepConfig(TaskSpec):
 
 
 @dataclass
+class RetentionConfig:
+    """What a run keeps an eye on while it trains: the retention suite of `instructune forgetting`, on
+    small fixed subsets, scored cheaply (likelihood and reference cross-entropy, no free generation)."""
+
+    tasks: list[RetentionTask] = field(default_factory=list)
+    """Tasks to keep, each a source with one template (`{source: bbc-news, template: topic, limit: 16}`)."""
+    probe_prompts: int = 16
+    """General-behaviour probe: held-out general prompts (0 = off); the original's answers are generated once."""
+    probe_tokens: int = 32
+    """Longest original answer generated for the probe."""
+    text_source: str | None = None
+    """Plain-text perplexity probe: a pack whose test-split texts are scored (null = off)."""
+    text_limit: int = 16
+    """Texts in the perplexity probe."""
+    generate: bool = False
+    """Score generation tasks by generating (ROUGE-L) instead of by the reference's cross-entropy: slower."""
+
+    def problems(self) -> list[str]:
+        out = [] if self.tasks or self.probe_prompts or self.text_source else [
+            "give at least one measure: tasks, probe_prompts or text_source"]
+        return out + ([f"probe_prompts must be 0 or more, got {self.probe_prompts}"] if self.probe_prompts < 0 else [])
+
+
+@dataclass
 class TrainConfig:
     model: str = "smollm2-135m-instruct"
     """Model pack, local folder or hub id."""
@@ -158,6 +183,19 @@ class TrainConfig:
     """Write a train_log.jsonl line every N steps."""
     register_as: str | None = None
     """Register the trained adapter under this name (`instructune adapters list`)."""
+    retention: RetentionConfig | None = None
+    """Measure forgetting while training: the drop of each retention measure from the untrained model,
+    every `retention_every` steps and at each validation (train_log.jsonl, TensorBoard)."""
+    retention_every: int = 0
+    """Steps between retention measurements; 0 = at validations only."""
+    select: Literal["target", "tradeoff"] = "target"
+    """Which validated weights best/ keeps: the best target (lowest validation loss), or the best target
+    among validations whose retention drops stay within `forgetting_budget` (needs `retention`)."""
+    forgetting_budget: Any = None
+    """Largest allowed drop: one number for every measure, or {measure: number} (measures as in
+    forgetting.json: `bbc-news/topic`, `general-probe`, `text-perplexity`)."""
+    budget_patience: int = 0
+    """With `select: tradeoff`: stop after this many validations in a row over the budget; 0 = never."""
 
     def problems(self) -> list[str]:
         out = []
@@ -186,6 +224,33 @@ class TrainConfig:
             out.append(f"replay_fraction must be between 0 and 1, got {self.replay_fraction}")
         if self.replay_fraction > 0 and not self.keep:
             out.append("replay_fraction > 0 needs keep tasks to replay: add keep: [{source: PACK, templates: [ID]}]")
+        out += self._retention_problems()
         if self.regularizers and not self.keep:
             out.append("regularizers need keep tasks to estimate what to keep: add keep: [{source: PACK}]")
         return out
+
+    def _retention_problems(self) -> list[str]:
+        out = [] if self.retention_every >= 0 else [f"retention_every must be 0 or more, got {self.retention_every}"]
+        if self.select == "tradeoff" and self.retention is None:
+            out.append("select: tradeoff needs `retention:` (the measures the budget bounds)")
+        if self.select == "tradeoff" and self.forgetting_budget is None:
+            out.append("select: tradeoff needs forgetting_budget (one number, or {measure: number})")
+        if self.retention_every and self.retention is None:
+            out.append("retention_every needs `retention:` (what to measure)")
+        if self.retention_every and self.max_steps and self.retention_every > self.max_steps:
+            out.append(f"retention_every {self.retention_every} is larger than the run ({self.max_steps} steps); "
+                       "measure more often or drop it")
+        budget = self.forgetting_budget
+        if budget is not None and not isinstance(budget, (int, float, dict)):
+            out.append(f"forgetting_budget must be a number or {{measure: number}}, got {budget!r}")
+        elif isinstance(budget, dict) and self.retention is not None:
+            known = retention_measures(self.retention)
+            out += [f"forgetting_budget.{k}: not a measure of the retention suite (measures: {', '.join(known)})"
+                    for k in budget if k not in known]
+        return out
+
+
+def retention_measures(r: RetentionConfig) -> list[str]:
+    """The measure names a retention suite reports (as forgetting.json names them)."""
+    return ([f"{t.source}/{t.template}" for t in r.tasks] + (["general-probe"] if r.probe_prompts else [])
+            + (["text-perplexity"] if r.text_source else []))

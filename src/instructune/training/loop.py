@@ -32,6 +32,7 @@ from tqdm import tqdm
 from instructune.errors import InstructuneError
 from instructune.training import checkpoint as ckpt
 from instructune.training.batching import collate, completion_loss_sum
+from instructune.training.retention import over_budget
 
 
 @dataclass
@@ -48,6 +49,9 @@ class LoopState:
     tokens: int = 0
     """Real (non-padding) tokens seen by this process."""
     train_seconds: float = 0.0
+    over_budget: int = 0
+    """Validations in a row whose retention drops exceeded the forgetting budget."""
+    over_budget_total: int = 0
 
 
 @dataclass
@@ -68,22 +72,33 @@ class LoopSettings:
     replay_fraction: float = 0.0
     data_sha256: str = ""
     """Hash of the encoded training examples, kept in each checkpoint (a resume on other data is refused)."""
+    retention_every: int = 0
+    """Steps between retention measurements (with a `retain` callback); 0 = at validations only."""
+    select: str = "target"
+    """best/ keeps the best validation loss (target), or the best within the forgetting budget (tradeoff)."""
+    forgetting_budget: Any = None
+    budget_patience: int = 0
+    """Stop after this many validations in a row over the budget; 0 = never."""
 
 
 def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
                settings: LoopSettings, run_dir: Path, validate: Callable[[Any], dict[str, float]],
                plan: Callable[[int], list[list[int]]], regularizers: list[Any] = (),
-               replay: list[dict] | None = None, state: LoopState | None = None) -> tuple[LoopState, str]:
+               replay: list[dict] | None = None, state: LoopState | None = None,
+               observe: Callable[[int, dict[str, Any]], None] | None = None,
+               retain: Callable[[Any], dict[str, float]] | None = None) -> tuple[LoopState, str]:
     """Train until total_steps (or early stopping, or a signal); returns the state and why it stopped.
 
     `plan(epoch)` gives the epoch's micro-batches as index lists into `train`; it must be the same
-    for the same epoch every time, which is what makes resuming exact.
+    for the same epoch every time, which is what makes resuming exact. `observe(step, scores)` sees
+    every validation (a search prunes a trial from there by raising); `retain(model)` measures the
+    retention drops logged every `retention_every` steps.
     """
     st = state or LoopState()
     per_epoch = len(plan(0))
     stream = _micro_batches(plan, per_epoch, st.position)
     run = _Run(model, optimizer, scheduler, accelerator, train, pad_id, settings, run_dir, validate, regularizers,
-               replay, st, per_epoch)
+               replay, st, per_epoch, observe, retain)
     reason = "max_steps"
     model.train()
     try:
@@ -100,10 +115,12 @@ class _Run:
 
     def __init__(self, model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
                  s: LoopSettings, run_dir: Path, validate: Callable, regularizers: Any, replay: list[dict] | None,
-                 st: LoopState, per_epoch: int) -> None:
+                 st: LoopState, per_epoch: int, observe: Callable | None = None,
+                 retain: Callable | None = None) -> None:
         self.model, self.optimizer, self.scheduler, self.accelerator = model, optimizer, scheduler, accelerator
         self.train, self.pad_id, self.s, self.run_dir, self.validate = train, pad_id, s, run_dir, validate
         self.regularizers, self.replay, self.st, self.per_epoch = regularizers, replay, st, per_epoch
+        self.observe, self.retain = observe, retain
         self.main = accelerator.is_main_process
         self.log = open(run_dir / "train_log.jsonl", "a") if self.main else None  # noqa: SIM115 (see close)
         self.tb = _tensorboard(run_dir) if self.main else None
@@ -176,11 +193,18 @@ class _Run:
         s, st, reason = self.s, self.st, "max_steps"
         epoch_end = (st.position // self.per_epoch) != ((st.position - s.grad_accum) // self.per_epoch)
         due = (s.eval_every and st.step % s.eval_every == 0) or epoch_end or st.step == s.total_steps
-        if due and _validate(self.model, self.validate, st, self.run_dir, self.accelerator, self.log, self.tb, s):
-            reason = "early_stopping"
+        if due:
+            reason = _validate(self.model, self.validate, st, self.run_dir, self.accelerator, self.log, self.tb, s,
+                               self.observe) or reason
+        elif self.retain and s.retention_every and st.step % s.retention_every == 0:
+            self.model.eval()
+            drops = self.retain(self.accelerator.unwrap_model(self.model))
+            self.model.train()
+            if self.main:
+                _log(self.log, self.tb, {"step": st.step, **drops})
         stop = _anyone(self.stop_flag["stop"], self.accelerator)
         if s.keep_checkpoints and ((s.save_every and st.step % s.save_every == 0) or stop
-                                   or reason == "early_stopping" or st.step == s.total_steps):
+                                   or reason != "max_steps" or st.step == s.total_steps):
             _save(self.run_dir, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, st,
                   self.regularizers, s)
         return f"signal {self.stop_flag['name'] or 'on another process'}" if stop else reason
@@ -243,14 +267,20 @@ def _accumulate(model: Any, batches: list[dict], accelerator: Any, n_tokens: flo
 
 
 def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, accelerator: Any, log: Any, tb: Any,
-              s: LoopSettings) -> bool:
-    """Run validation, keep the best weights, and say whether early stopping triggers."""
+              s: LoopSettings, observe: Callable | None = None) -> str | None:
+    """Run validation, keep the best weights (within the forgetting budget, when selecting on the
+    trade-off), and say why to stop, if so (early stopping, or the budget exceeded too long)."""
     model.eval()
     scores = validate(model)
     model.train()
     if accelerator.is_main_process:
         _log(log, tb, {"step": st.step, **{f"val_{k}": v for k, v in scores.items()}})
-    if scores["loss"] < st.best_val_loss:
+    if observe is not None:
+        observe(st.step, scores)
+    over = over_budget(scores, s.forgetting_budget) if s.select == "tradeoff" else []
+    st.over_budget = st.over_budget + 1 if over else 0
+    st.over_budget_total += bool(over)
+    if not over and scores["loss"] < st.best_val_loss:
         st.best_val_loss, st.evals_without_improvement = scores["loss"], 0
         st.best_scores = {"step": st.step, **scores}
         if s.keep_checkpoints == 0 and st.step == s.total_steps:
@@ -262,7 +292,9 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
             _save_best(run_dir, accelerator.unwrap_model(model), st.step, scores)
     else:
         st.evals_without_improvement += 1
-    return bool(s.patience) and st.evals_without_improvement >= s.patience
+    if s.budget_patience and st.over_budget >= s.budget_patience:
+        return "forgetting_budget"
+    return "early_stopping" if s.patience and st.evals_without_improvement >= s.patience else None
 
 
 def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -> None:

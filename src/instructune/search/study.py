@@ -1,0 +1,84 @@
+"""The Optuna study behind a sweep: stored in SQLite in the sweep folder (or any database Optuna
+supports), so a killed sweep resumes and workers on one machine or many share it.
+
+Trials whose process died are noticed by Optuna's heartbeat, marked failed and retried once
+(`RetryFailedTrialCallback`). The sweep's config is kept with the study: a study is only ever
+continued by the config that created it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.pruners import HyperbandPruner, MedianPruner, NopPruner
+from optuna.samplers import GridSampler, TPESampler
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+from instructune.errors import InstructuneError
+from instructune.search.space import Param, grid_only
+from instructune.training.run_dir import differences
+
+# Heartbeats and study groups are marked experimental by Optuna; their notices say nothing the user can act on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+STUDY = "instructune-sweep"
+HEARTBEAT_S = 10
+"""A running trial writes a heartbeat this often; one silent for twice as long is marked failed and retried."""
+
+
+def storage(url: str | None, out: Path, heartbeat_s: int = HEARTBEAT_S) -> RDBStorage:
+    """The study's storage: `url`, or SQLite in the sweep folder."""
+    url = url or f"sqlite:///{(out / 'study.db').resolve()}"
+    try:
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    except Exception as e:  # sqlalchemy's errors: a bad URL, a database that cannot be reached
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InstructuneError(f"the sweep storage {url} cannot be opened ({reason}); check the URL and that the "
+                               "database is reachable, or leave --storage out for SQLite in the sweep folder.") from None
+
+
+def sampler(params: list[Param], seed: int) -> Any:
+    """A grid over list-only spaces (every combination once), else TPE."""
+    if grid_only(params):
+        return GridSampler({p.path: list(p.choices) for p in params}, seed=seed)
+    return TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def pruner(name: str) -> Any:
+    return {"none": NopPruner, "median": lambda: MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+            "hyperband": HyperbandPruner}[name]()
+
+
+def open_study(store: RDBStorage, directions: list[str], params: list[Param], seed: int, prune: str,
+               key: dict[str, Any], resume: bool) -> optuna.Study:
+    """Create the study, or continue it with --resume: refused when it was created by another config."""
+    existing = [s.study_name for s in optuna.study.get_all_study_summaries(store)]
+    if STUDY in existing and not resume:
+        raise InstructuneError("this sweep folder already holds a study; continue it with --resume, or choose "
+                               "another sweep output_dir.")
+    study = optuna.create_study(storage=store, study_name=STUDY, directions=directions, load_if_exists=True,
+                                sampler=sampler(params, seed), pruner=pruner(prune) if len(directions) == 1 else None)
+    saved = study.user_attrs.get("config")
+    if saved is None:
+        study.set_user_attr("config", json.loads(json.dumps(key)))
+    elif saved != json.loads(json.dumps(key)):
+        diff = sorted(differences(saved, json.loads(json.dumps(key))))
+        raise InstructuneError(f"the study in this folder was created by another config ({', '.join(diff)} differ); "
+                               "resume it with the config that created it, or choose another sweep output_dir.")
+    return study
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed and pruned trials: what counts against `trials`."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [t for t in study.get_trials(deepcopy=False) if t.state in states]
+
+
+def pareto(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The non-dominated completed trials (every trial that is best on some trade-off)."""
+    return list(study.best_trials)

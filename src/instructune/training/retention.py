@@ -1,0 +1,51 @@
+"""Forgetting watched while a run trains: the drop of every retention measure from the untrained model,
+and the budget a trade-off selection holds validations to.
+
+    drop = before - after        (accuracy: positive = forgot)
+    drop = after - before        (cross-entropy measures: positive = forgot)
+
+Measurements are cheap by design: small fixed subsets, classification by likelihood, generation tasks
+by their reference's cross-entropy, the general probe by the cross-entropy of the original model's
+own answers (generated once, before training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from instructune.evaluation.metrics import higher_is_better
+from instructune.forgetting.suite import RetentionSuite
+
+PREFIX = "drop/"
+"""Scores keys that carry retention drops (`drop/bbc-news/topic`)."""
+
+
+@dataclass
+class Monitor:
+    """A retention suite and the untrained model's scores on it."""
+
+    suite: RetentionSuite
+    before: dict[str, Any]
+    tok: Any
+
+    @classmethod
+    def start(cls, suite: RetentionSuite, model: Any, tok: Any) -> Monitor:
+        """Score the model before its first step (for PEFT methods the adapter is still the identity)."""
+        return cls(suite, suite.score(model, tok, probe_answers=None, cheap=True), tok)
+
+    def drops(self, model: Any) -> dict[str, float]:
+        """`drop/<measure>`: mean drop of each measure since the start (positive = forgot)."""
+        after = self.suite.score(model, self.tok, probe_answers=self.before["probe_answers"], cheap=True)
+        out = {}
+        for key, b in self.before["measures"].items():
+            diff = b["mean"] - after["measures"][key]["mean"]
+            out[f"{PREFIX}{key}"] = diff if higher_is_better(b["metric"]) else -diff
+        return out
+
+
+def over_budget(scores: dict[str, Any], budget: Any) -> list[str]:
+    """The measures whose drop in `scores` exceeds `budget` (one number for all, or {measure: number})."""
+    drops = {k[len(PREFIX):]: v for k, v in scores.items() if k.startswith(PREFIX)}
+    limits = budget if isinstance(budget, dict) else dict.fromkeys(drops, budget)
+    return [k for k, limit in limits.items() if limit is not None and drops.get(k, 0.0) > float(limit)]
