@@ -52,6 +52,15 @@ def test_train_log_resumed_steps_keep_the_last_record_and_a_cut_last_line_is_ski
                                                                           (4, 1.9)]
 
 
+def test_train_log_keeps_every_kind_of_record_a_step_holds(tmp_path: Path) -> None:
+    log = tmp_path / "train_log.jsonl"
+    records = [{"step": 5, "loss": 2.0, "lr": 1e-4}, {"step": 5, "drop/general-probe": 0.1},
+               {"step": 10, "loss": 1.5, "lr": 1e-4}, {"step": 10, "val_loss": 1.6},
+               {"step": 5, "loss": 1.9, "lr": 1e-4}]  # resumed from step 4: step 5 again, its loss line wins
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert read_train_log(log) == [records[4], records[1], records[2], records[3]]
+
+
 def test_train_log_broken_line_in_the_middle_names_it(tmp_path: Path) -> None:
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 1, "loss": 3.0}\nnot json\n{"step": 2, "loss": 2.0}\n')

@@ -7,74 +7,27 @@ import io
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from instructune.cli import main
 from instructune.report import build_report
+from instructune.report.data import discover
 from instructune.report.markdown import cell
+from instructune.report.studies import headline_cards
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ["provenance", "results", "loss-curves", "before-after", "forgetting", "cost", "examples"]
-
-
-class Page(HTMLParser):
-    """Section ids, images and tables (caption, header, rows of cell texts) of a rendered page."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.ids, self.images, self.tables, self.links = [], [], [], []
-        self._cell: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "section":
-            self.ids.append(a.get("id"))
-        elif tag == "img":
-            self.images.append(a)
-        elif tag in ("link", "script") and (a.get("href") or a.get("src")):
-            self.links.append(a)
-        elif tag == "table":
-            self.tables.append({"caption": "", "header": [], "rows": []})
-        elif tag == "tr":
-            self.tables[-1]["rows"].append([])
-        elif tag in ("td", "th", "caption"):
-            self._cell = []
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th", "caption") and self._cell is not None:
-            text = " ".join("".join(self._cell).split())
-            t = self.tables[-1]
-            if tag == "caption":
-                t["caption"] = text
-            elif tag == "th":
-                t["header"].append(text)
-            else:
-                t["rows"][-1].append(text)
-            self._cell = None
-
-    def table(self, caption_part: str) -> list[dict[str, str]]:
-        """Rows of the table whose caption contains `caption_part`, as {column: text}."""
-        t = next(t for t in self.tables if caption_part in t["caption"])
-        return [dict(zip(t["header"], r)) for r in t["rows"] if r]
-
-    def table_with(self, column: str) -> list[dict[str, str]]:
-        t = next(t for t in self.tables if column in t["header"])
-        return [dict(zip(t["header"], r)) for r in t["rows"] if r]
+# results first, provenance last (and collapsed): the page opens on what came out, not on what produced it
+SECTIONS = ["results", "forgetting", "loss-curves", "before-after", "cost", "examples", "provenance"]
 
 
 @pytest.fixture(scope="module")
-def built(demo_report: tuple[Path, dict[str, Path]]) -> tuple[Path, dict[str, Path], Page]:
+def built(demo_report: tuple[Path, dict[str, Path]], page_of: type) -> tuple[Path, dict[str, Path], Any]:
     demo, paths = demo_report
-    return demo, paths, Page(paths["html"].read_text(encoding="utf-8"))
+    return demo, paths, page_of(paths["html"].read_text(encoding="utf-8"))
 
 
 def test_every_section_is_there_in_order(built: tuple) -> None:
@@ -121,8 +74,12 @@ def test_forgetting_table_shows_gain_drop_and_interval_of_every_cure(built: tupl
         for key, m in c["retention"].items():
             assert row[f"{key} drop [95% CI]"] == f"{m['drop']:+.3f}[{m['low']:+.3f}, {m['high']:+.3f}]"
         assert row["peak MB"] == f"{c['peak_memory_mb']:.0f}"
-    scores = page.table("forgetting: scores")
-    assert scores[1]["l2sp"] == f"{fg['cures'][2]['retention']['rotten-tomatoes-news/title']['after']:.3f}"
+    scores = page.table("forgetting: scores")  # a row per cure (after the original model), a column per measure
+    assert [r["cure"] for r in scores] == ["before (original model)", "full", "lora", "l2sp"]
+    title = fg["cures"][2]["retention"]["rotten-tomatoes-news/title"]
+    assert scores[0]["rotten-tomatoes-news/title (rougeL)"] == f"{title['before']:.3f}"
+    assert scores[3]["rotten-tomatoes-news/title (rougeL)"] == f"{title['after']:.3f}"
+    assert scores[3]["target: rotten-tomatoes/sentiment (accuracy)"] == f"{fg['cures'][2]['target_after']:.3f}"
 
 
 def test_images_are_embedded_pngs_and_nothing_is_fetched(built: tuple) -> None:
@@ -163,19 +120,44 @@ def test_markdown_has_the_tables_and_charts_written_next_to_it(built: tuple) -> 
     assert {(paths["md"].parent / r).read_bytes() for r in refs} == embedded
 
 
+def test_provenance_comes_last_and_folded_in_html_and_markdown(built: tuple) -> None:
+    _, paths, page = built
+    text = paths["html"].read_text(encoding="utf-8")
+    provenance = text[text.index('<section id="provenance">'):]
+    assert re.match(r'<section id="provenance">\s*<details class="fold">', provenance)  # no `open`: folded
+    assert "files read" in provenance
+    nav = re.findall(r'<a href="#([^"]+)">', text)
+    assert nav == SECTIONS
+    md = paths["md"].read_text(encoding="utf-8")
+    titles = re.findall(r"^## (.+)$", md, re.M)
+    assert titles[0] == "Results" and titles[-1] == "What produced this report"
+    assert titles[1].startswith("Forgetting")
+    assert md.split("## What produced this report", 1)[1].lstrip().startswith("<details><summary>")
+
+
+def test_forgetting_opens_with_its_headline_numbers(demo_dir: Path) -> None:
+    fg = discover([demo_dir]).forgettings[0]
+    cards = [(c.label, c.value, c.sub) for c in headline_cards(fg)]
+    # significant drops (interval above 0): full 3 of 3, lora 2 (probe, perplexity), l2sp 1 (probe)
+    assert cards == [("target accuracy \u00b7 before", "0.515", "the original model"),
+                     ("largest gain", "+0.355", "full: 0.870 after"),
+                     ("forgot least", "1 of 3", "l2sp: tasks forgotten beyond noise"),
+                     ("forgot most", "3 of 3", "full: tasks forgotten beyond noise")]
+
+
 def test_markdown_cells_survive_pipes_and_newlines() -> None:
     assert cell("a | b\nc") == "a \\| b c"
 
 
-def test_sections_appear_only_with_their_data(demo_dir: Path, tmp_path: Path) -> None:
+def test_sections_appear_only_with_their_data(demo_dir: Path, tmp_path: Path, page_of: type) -> None:
     only_eval = build_report([demo_dir / "eval"], tmp_path / "a")
-    assert Page(only_eval["html"].read_text()).ids == ["provenance", "results", "examples"]
+    assert page_of(only_eval["html"].read_text()).ids == ["results", "examples", "provenance"]
     only_run = build_report([demo_dir / "lora"], tmp_path / "b")
-    page = Page(only_run["html"].read_text())
-    assert page.ids == ["provenance", "results", "loss-curves", "cost"]
+    page = page_of(only_run["html"].read_text())
+    assert page.ids == ["results", "loss-curves", "cost", "provenance"]
     shutil.rmtree(demo_dir / "forgetting" / "full")  # a cure without its run folder: cost from forgetting.json
-    study = Page(build_report([demo_dir / "forgetting"], tmp_path / "c")["html"].read_text())
-    assert study.ids == ["provenance", "loss-curves", "before-after", "forgetting", "cost"]
+    study = page_of(build_report([demo_dir / "forgetting"], tmp_path / "c")["html"].read_text())
+    assert study.ids == ["forgetting", "loss-curves", "before-after", "cost", "provenance"]
     assert [r["run"] for r in study.table_with("trainable params")] == ["forgetting/l2sp", "forgetting/lora",
                                                                       "forgetting/full"]
 
@@ -200,7 +182,7 @@ def test_cli_writes_into_the_first_run_dir_and_prints_the_paths(demo_dir: Path, 
     assert "nothing to report" in err and "metrics.json" in err and "Traceback" not in err
 
 
-def test_a_generation_eval_shows_rouge_and_unmarked_answers(tmp_path: Path) -> None:
+def test_a_generation_eval_shows_rouge_and_unmarked_answers(tmp_path: Path, page_of: type) -> None:
     preds = [{"id": f"n{i}", "prompt": f"Give a title: story {i}", "reference": f"title {i}",
               "prediction": f"a title {i}"} for i in range(5)]
     results = [{"setting": "m", "shots": 0, "metrics": {"rouge1": 0.41, "rougeL": 0.3862, "bleu": 7.25},
@@ -211,7 +193,7 @@ def test_a_generation_eval_shows_rouge_and_unmarked_answers(tmp_path: Path) -> N
     (tmp_path / "ev" / "eval.json").write_text(json.dumps({"data": "news", "template": "title", "split": "test",
                                                            "results": results}))
     paths = build_report([tmp_path / "ev"], tmp_path / "out")
-    page = Page(paths["html"].read_text())
+    page = page_of(paths["html"].read_text())
     rows = page.table("news / title / test")
     assert [(r["rougeL"], r["bleu"]) for r in rows] == [("0.386", "7.250"), ("0.497", "11.500")]
     assert len(page.images) == 1

@@ -2,8 +2,8 @@
 
     instructune report runs/demo --out runs/demo/report
 
-`data` finds and reads the files runs write, `sections` (with `studies`, `examples`) turns them
-into tables, charts and examples, `html` and `markdown` render those same blocks.
+`data` finds and reads the files runs write, `sections` (with `studies`, `sequential`, `examples`)
+turns them into tables, charts and examples, `html` and `markdown` render those same blocks.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def _name_charts(sections: list[Section]) -> list[Chart]:
 
 
 def _summary(runs: Runs) -> str:
-    parts = [(len(runs.trainings), "training run"), (len(runs.evals), "evaluation"),
-             (len(runs.forgettings), "forgetting study")]
-    return ", ".join(f"{n} {what}{'s' * (n != 1)}" for n, what in parts if n) or "run information"
+    parts = [(len(runs.trainings), "training run", "training runs"), (len(runs.evals), "evaluation", "evaluations"),
+             (len(runs.forgettings), "forgetting study", "forgetting studies"),
+             (len(runs.sequentials), "sequential study", "sequential studies")]
+    return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n) or "run information"

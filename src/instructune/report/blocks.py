@@ -104,6 +104,8 @@ class Section:
     blocks: list[Any] = field(default_factory=list)
     nav: str = ""
     """Short name in the page's table of contents (default: the title)."""
+    collapsed: bool = False
+    """Shown folded (its title only) until opened: reference material, not results."""
 
 
 def num(value: Any, digits: int = 3, signed: bool = False) -> str:

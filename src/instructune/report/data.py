@@ -5,10 +5,12 @@ What each producer writes, and what is read here:
     metrics.json (+ config.yaml, train_log.jsonl)   instructune train        -> TrainingRun
     eval.json                                       instructune eval         -> EvalRun
     forgetting.json (+ one training run per cure)   instructune forgetting   -> ForgettingRun
+    sequential.json (+ one training run per stage)  instructune sequential   -> SequentialRun
     run_info.json                                   instructune demo         -> RunInfo
 
 Nothing is recomputed: the report shows the numbers these files hold. A training run found
-inside a forgetting folder is that study's run for one cure, so it is grouped under the study.
+inside a study's folder (forgetting or sequential) is that study's run for one cure or stage,
+so it is grouped under the study.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import yaml
 
 from instructune.errors import InstructuneError, collect
 
-REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "run_info.json")
+REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "sequential.json", "run_info.json")
 """The files a report is made of; a folder holding none of them (at any depth) has nothing to report."""
+PRODUCERS = "`instructune train`, `eval`, `forgetting`, `sequential` or `demo`"
 
 
 @dataclass
@@ -39,7 +42,7 @@ class TrainingRun:
     log: list[dict[str, Any]] = field(default_factory=list)
     """train_log.jsonl records, one per step and kind (a resumed run's repeated steps: the last wins)."""
     group: str = ""
-    """Label of the forgetting study this run belongs to ("" for a stand-alone run)."""
+    """Label of the study (forgetting or sequential) this run belongs to ("" for a stand-alone run)."""
 
     @property
     def name(self) -> str:
@@ -68,6 +71,15 @@ class ForgettingRun:
 
 
 @dataclass
+class SequentialRun:
+    path: Path
+    """The sequential.json file."""
+    label: str
+    data: dict[str, Any]
+    """tasks, metrics, rows, matrix ((T+1) x T, row 0 = before training), measures, stages."""
+
+
+@dataclass
 class RunInfo:
     path: Path
     """The run_info.json file."""
@@ -84,9 +96,12 @@ class Runs:
     trainings: list[TrainingRun] = field(default_factory=list)
     evals: list[EvalRun] = field(default_factory=list)
     forgettings: list[ForgettingRun] = field(default_factory=list)
+    sequentials: list[SequentialRun] = field(default_factory=list)
+    studies: dict[str, str] = field(default_factory=dict)
+    """Study label -> its kind, "forgetting" or "sequential"."""
 
     def groups(self) -> dict[str, list[TrainingRun]]:
-        """Training runs by study: stand-alone runs under "", then one entry per forgetting study."""
+        """Training runs by study: stand-alone runs under "", then one entry per study."""
         out: dict[str, list[TrainingRun]] = {}
         for run in sorted(self.trainings, key=lambda r: (r.group != "", r.group)):
             out.setdefault(run.group, []).append(run)
@@ -97,29 +112,32 @@ def discover(run_dirs: list[Path]) -> Runs:
     """Find and read every reportable file below `run_dirs` (folders, or such files themselves)."""
     roots = [Path(d) for d in run_dirs]
     if not roots:
-        raise InstructuneError("no run folder given; pass one or more folders written by `instructune train`, "
-                               "`eval`, `forgetting` or `demo`.")
+        raise InstructuneError(f"no run folder given; pass one or more folders written by {PRODUCERS}.")
     found: dict[str, list[Path]] = {name: [] for name in REPORTABLE}
     for root in roots:
         files = _reportable_files(root)
         if not files:
             raise InstructuneError(
                 f"{root}: nothing to report. Looked for {', '.join(REPORTABLE)} in it and every folder below it; "
-                "point at a folder written by `instructune train`, `eval`, `forgetting` or `demo`.")
+                f"point at a folder written by {PRODUCERS}.")
         for f in files:
             if f not in found[f.name]:
                 found[f.name].append(f)
     base = _label_base(roots)
     runs = Runs(roots=roots)
-    studies = {f.parent: _label(f.parent, base) for f in sorted(found["forgetting.json"])}
+    folders = {f.parent: (_label(f.parent, base), kind) for kind in ("forgetting", "sequential")
+               for f in sorted(found[f"{kind}.json"])}
+    runs.studies = dict(folders.values())
     for f in sorted(found["run_info.json"]):
         runs.infos.append(RunInfo(f, _label(f.parent, base), _read_json(f)))
     for f in sorted(found["eval.json"]):
         runs.evals.append(EvalRun(f, _label(f.parent, base), _read_eval(f)))
     for f in sorted(found["forgetting.json"]):
-        runs.forgettings.append(ForgettingRun(f, studies[f.parent], _read_forgetting(f)))
+        runs.forgettings.append(ForgettingRun(f, folders[f.parent][0], _read_forgetting(f)))
+    for f in sorted(found["sequential.json"]):
+        runs.sequentials.append(SequentialRun(f, folders[f.parent][0], _read_sequential(f)))
     for f in sorted(found["metrics.json"]):
-        study = studies.get(f.parent.parent, "")  # a cure's run: "<study>/<cure>", however the study was reached
+        study = folders.get(f.parent.parent, ("", ""))[0]  # a cure's run: "<study>/<cure>", however reached
         label = f"{study}/{f.parent.name}" if study else _label(f.parent, base)
         runs.trainings.append(_read_training(f.parent, label, study))
     return runs
@@ -127,8 +145,8 @@ def discover(run_dirs: list[Path]) -> Runs:
 
 def _reportable_files(root: Path) -> list[Path]:
     if not root.exists():
-        raise InstructuneError(f"{root} does not exist; pass a run folder (or a metrics.json / eval.json / "
-                               "forgetting.json / run_info.json file).")
+        raise InstructuneError(f"{root} does not exist; pass a run folder (or one of the files "
+                               f"{', '.join(REPORTABLE)}).")
     if root.is_file():
         if root.name not in REPORTABLE:
             raise InstructuneError(f"{root} is not a report input; pass a run folder or one of "
@@ -193,6 +211,19 @@ def _read_forgetting(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_sequential(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    problems = _missing(data, ("tasks", "matrix", "measures"), "the top level")
+    tasks, matrix = data.get("tasks") or [], data.get("matrix") or []
+    shape = [len(row) if isinstance(row, list) else None for row in matrix]
+    if "matrix" in data and shape != [len(tasks)] * (len(tasks) + 1):
+        problems.append(f"matrix should have {len(tasks) + 1} rows (before training, then one per task) of "
+                        f"{len(tasks)} scores (one per task), got rows of {shape}")
+    problems += _missing(data.get("measures") or {}, ("forgetting", "bwt", "fwt"), "measures")
+    collect(problems, f"cannot read {path} (written by `instructune sequential`; run it again to rewrite the file)")
+    return data
+
+
 def _read_training(folder: Path, label: str, group: str) -> TrainingRun:
 
     metrics = _read_json(folder / "metrics.json")
@@ -208,13 +239,16 @@ def _read_training(folder: Path, label: str, group: str) -> TrainingRun:
 def read_train_log(path: Path) -> list[dict[str, Any]]:
     """train_log.jsonl records in step order; for a step logged twice (a resumed run) the last record wins.
 
-    Train records (with "loss") and validation records (with "val_loss") are kept apart. A last
+    A record repeats another when it logs the same quantities at the same step. A step can hold
+    several different records: the train loss, the validation scores ("val_*"), the retention drops
+    watched while training ("drop/*"); none of them replaces another (a drop record written after the
+    loss record of its step used to, which emptied a forgetting study's train-loss panel). A last
     line cut off mid-write (the run was killed) is skipped; a broken line elsewhere is an error.
     """
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
-    latest: dict[tuple[str, int], dict] = {}
+    latest: dict[tuple[int, frozenset[str]], dict] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -225,9 +259,8 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
                 break
             raise InstructuneError(f"{path} line {n}: not valid JSON; fix or delete that line.") from None
         if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            kind = "val" if any(k.startswith("val_") for k in rec) else "train"
-            latest[(kind, rec["step"])] = rec
-    return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[0]))]
+            latest[(rec["step"], frozenset(rec) - {"step"})] = rec  # a repeat keeps its first place in the step
+    return [latest[k] for k in sorted(latest, key=lambda k: k[0])]
 
 
 def setting_kind(result: dict[str, Any]) -> str:

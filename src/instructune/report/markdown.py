@@ -61,7 +61,10 @@ def render_block(b: object) -> list[str]:
 def render_markdown(sections: Sequence[Section], title: str, subtitle: str) -> str:
     lines = [f"# {title}", "", subtitle, ""]
     for s in sections:
-        lines += [f"## {s.title}", "", s.lead, ""]
+        lines += [f"## {s.title}", ""]
+        # a collapsed section is folded here too (GitHub and most viewers render <details>)
+        lines += ["<details><summary>" + s.lead + "</summary>", ""] if s.collapsed else [s.lead, ""]
         for b in s.blocks:
             lines += render_block(b)
+        lines += ["</details>", ""] if s.collapsed else []
     return "\n".join(lines).rstrip() + "\n"

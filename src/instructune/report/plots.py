@@ -14,7 +14,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from matplotlib import rc_context
+from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 
 from instructune.evaluation.metrics import higher_is_better
 
@@ -89,13 +93,15 @@ def loss_curves(runs: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[
     with _figure(11, 3.6, ncols=2) as (fig, axes):
         for name, train, val in runs:
             c = colors(name)
-            if train:
-                axes[0].plot(*zip(*train), color=c, lw=1.8, label=name)
+            if train:  # a short run logs a point or two: markers keep them visible where a line has no length
+                axes[0].plot(*zip(*train), color=c, lw=1.8, label=name, marker="o" if len(train) < 4 else None,
+                             ms=4)
             if val:
                 axes[1].plot(*zip(*val), color=c, lw=1.8, marker="o", ms=4, label=name)
         for ax, title in zip(axes, ("train loss", "validation loss")):
             ax.set_title(f"{title}  (lower is better)")
             ax.set_xlabel("optimiser step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 0.96 .. 1.04 ticks
         axes[0].set_ylabel("cross-entropy per completion token")
         legend = {}  # a run with only validation points still gets its entry
         for ax in axes:
@@ -106,25 +112,36 @@ def loss_curves(runs: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[
 
 
 def before_after(measures: Sequence[tuple[str, str, float, dict[str, float]]], colors: Colors) -> bytes:
-    """One panel per measure (title, metric, before, {cure: after}): the original model's score, then each cure's."""
+    """One panel per measure (title, metric, before, {cure: after}): the original model's score, then each cure's.
+
+    With many cures the bars are too narrow for names under them: a legend below names the colours instead,
+    and each bar's value stands upright on it."""
     ncols = len(measures) if len(measures) <= 4 else 3
     nrows = math.ceil(len(measures) / ncols)
-    with _figure(11, 3.3 * nrows, ncols=ncols, nrows=nrows) as (fig, axes):
+    cures = list(measures[0][3]) if measures else []
+    crowded = (len(cures) + 1) * ncols > 24
+    with _figure(11, 3.3 * nrows + 0.4 * crowded, ncols=ncols, nrows=nrows) as (fig, axes):
         for ax, (title, metric, before, after) in zip(axes, measures):
-            names = ["before", *after]
-            vals = [before, *after.values()]
+            names, vals = ["before", *after], [before, *after.values()]
             ax.bar(range(len(vals)), vals, width=0.66, color=[BASE, *(colors(c) for c in after)])
             ax.axhline(before, color=BASE, lw=1, ls="--", zorder=0)
             for x, v in enumerate(vals):
-                ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8, color=INK)
-            ax.set_xticks(range(len(vals)), names, rotation=30 if len(names) > 4 else 0, ha="right"
-                          if len(names) > 4 else "center")
+                ax.text(x, v, f" {v:.3f}" if crowded else f"{v:.3f}", ha="center", va="bottom",
+                        fontsize=7 if crowded else 8, color=INK, rotation=90 if crowded else 0)
+            if crowded:
+                ax.set_xticks([])
+            else:
+                ax.set_xticks(range(len(vals)), names, rotation=30 if len(names) > 4 else 0,
+                              ha="right" if len(names) > 4 else "center")
             ax.set_title(_wrap(title, 8 * 12 // ncols))
             ax.set_ylabel(f"{metric} ({direction(metric)})")
-            ax.set_ylim(0, max(vals) * 1.15 if max(vals) > 0 else 1)
+            ax.set_ylim(0, max(vals) * (1.3 if crowded else 1.15) if max(vals) > 0 else 1)
             ax.grid(axis="x", visible=False)
         for ax in axes[len(measures):]:
             ax.set_visible(False)
+        if crowded:
+            handles = [Patch(color=BASE, label="before"), *(Patch(color=colors(c), label=c) for c in cures)]
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
         return _png(fig)
 
 
@@ -134,6 +151,7 @@ def gain_vs_forgetting(panels: Sequence[tuple[str, str, Sequence[tuple[str, floa
     ncols = len(panels) if len(panels) <= 4 else 3
     nrows = math.ceil(len(panels) / ncols)
     with _figure(11, 3.5 * nrows, ncols=ncols, nrows=nrows, sharey=True) as (fig, axes):
+        labels = []
         for ax, (title, metric, points) in zip(axes, panels):
             ax.axvline(0, color=MUTED, lw=1, zorder=0)
             for cure, drop, low, high in points:
@@ -143,14 +161,109 @@ def gain_vs_forgetting(panels: Sequence[tuple[str, str, Sequence[tuple[str, floa
                 err = [[max(drop - low, 0.0)], [max(high - drop, 0.0)]]  # a percentile interval may miss the mean
                 ax.errorbar([drop], [gains[cure]], xerr=err, fmt="o", ms=7, color=c,
                             ecolor=c, elinewidth=1.6, capsize=4)
-                ax.annotate(cure, (drop, gains[cure]), xytext=(6, 6), textcoords="offset points", fontsize=9,
-                            color=c, fontweight="bold")
+                labels.append(ax.annotate(cure, (drop, gains[cure]), xytext=(0, 0), textcoords="offset points",
+                                          fontsize=9, color=c, fontweight="bold", ha="left", va="bottom",
+                                          arrowprops={"arrowstyle": "-", "color": c, "lw": 0.6, "alpha": 0.7,
+                                                      "shrinkA": 0, "shrinkB": 4}))
             ax.set_title(_wrap(title, 8 * 12 // ncols))
             ax.set_xlabel(f"{metric} drop (forgot \u2192)")
-            ax.margins(x=0.25, y=0.2)
+            ax.margins(x=0.3, y=0.25)
         axes[0].set_ylabel(f"target {target_metric} gain")
         for ax in axes[len(panels):]:
             ax.set_visible(False)
+        _spread(fig, labels)
+        return _png(fig)
+
+
+def _spread(fig: Any, labels: list[Any]) -> None:
+    """Move each point's label where no other label is (`place_labels`), joined to its point by a thin line.
+
+    Placement needs the final axes: the layout is computed once first, then the labels are taken
+    out of it, so saving does not move the axes they were placed in.
+    """
+    for t in labels:
+        t.set_in_layout(False)
+    fig.draw_without_rendering()
+    by_axes: dict[Any, list[Any]] = {}
+    for t in labels:
+        by_axes.setdefault(t.axes, []).append(t)
+    to_points = 72 / fig.dpi
+    for ax, texts in by_axes.items():
+        anchors = [tuple(ax.transData.transform(t.xy)) for t in texts]
+        extents = [Text.get_window_extent(t) for t in texts]  # the text alone: an annotation's own box has its line
+        sizes = [(e.width, e.height) for e in extents]
+        box = ax.get_window_extent()
+        placed = place_labels(anchors, sizes, (box.x0, box.y0, box.x1, box.y1))
+        for t, (x, y), (x0, y0, _, _) in zip(texts, anchors, placed):
+            t.xyann = ((x0 - x) * to_points, (y0 - y) * to_points)
+
+
+def place_labels(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]],
+                 bounds: tuple[float, float, float, float] | None = None, offset: float = 6.0,
+                 gap: float = 2.0, marker: float = 5.0) -> list[tuple[float, float, float, float]]:
+    """Label boxes (x0, y0, x1, y1) beside their points (x, y), no two overlapping; deterministic.
+
+    Display units, y up. Each label wants the spot just right of and above its point (left of it
+    when the right would leave `bounds`, (x0, y0, x1, y1)). Taken top to bottom, a label that would
+    overlap one already placed, or a point (a square of half-side `marker`), moves down just past
+    it: the labels of a pile of points stack in a column in the points' order, and their leader
+    lines do not cross. If that column runs out of `bounds`, the labels stack upwards from the
+    bottom instead; if both do, the better column is moved inside as a whole.
+    """
+    def column(order: list[int], down: bool) -> list[tuple[float, float, float, float]]:
+        placed: dict[int, tuple[float, float, float, float]] = {}
+        dots = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+        for i in order:
+            (x, y), (w, h) = anchors[i], sizes[i]
+            x0 = x + offset if bounds is None or x + offset + w <= bounds[2] else x - offset - w
+            y0 = y + offset / 2
+            while hit := [p for p in [*placed.values(), *dots] if _overlap((x0, y0, x0 + w, y0 + h), p) > 0]:
+                y0 = min(p[1] for p in hit) - gap - h if down else max(p[3] for p in hit) + gap
+            placed[i] = (x0, y0, x0 + w, y0 + h)
+        return [placed[i] for i in range(len(anchors))]
+
+    if not anchors:
+        return []
+    top_first = sorted(range(len(anchors)), key=lambda i: (-anchors[i][1], i))
+    options = [column(top_first, down=True), column(top_first[::-1], down=False)]
+    if bounds is None:
+        return options[0]
+    below = [max(bounds[1] - min(b[1] for b in o), 0.0) for o in options]
+    above = [max(max(b[3] for b in o) - bounds[3], 0.0) for o in options]
+    best = min(range(2), key=lambda k: below[k] + above[k])
+    shift = below[best] or -above[best]  # a column taller than the axes keeps its bottom inside
+    return [(x0, y0 + shift, x1, y1 + shift) for x0, y0, x1, y1 in options[best]]
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Area shared by two boxes (x0, y0, x1, y1)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def score_matrix(matrix: Sequence[Sequence[float]], rows: Sequence[str], tasks: Sequence[str]) -> bytes:
+    """A sequential study's scores as a heatmap: row j = after stage j (row 0 = before any training),
+    column i = task i, each cell written out; a frame marks task i just after its own stage."""
+    values = [v for row in matrix for v in row if math.isfinite(v)] or [0.0]
+    low, high = min(values), max(values)
+    cmap = LinearSegmentedColormap.from_list("score", ["#f8fafc", "#c7d2fe", "#4f46e5", "#312e81"])
+    n_rows, n_cols = len(matrix), len(tasks)
+    with _figure(11, 1.3 + 0.5 * n_rows) as (fig, axes):
+        ax = axes[0]
+        ax.imshow(matrix, cmap=cmap, vmin=low, vmax=high if high > low else low + 1, aspect="auto")
+        for j, row in enumerate(matrix):
+            for i, v in enumerate(row):
+                shade = (v - low) / (high - low) if high > low else 0.0
+                ax.text(i, j, f"{v:.3f}", ha="center", va="center", fontsize=10, fontweight="bold",
+                        color="white" if shade > 0.55 else INK)
+        for i in range(min(n_cols, n_rows - 1)):
+            ax.add_patch(Rectangle((i - 0.5, i + 0.5), 1, 1, fill=False, edgecolor=INK, lw=1.6))
+        ax.set_xticks(range(n_cols), [_wrap(t, 110 // max(n_cols, 1)) for t in tasks])
+        ax.set_yticks(range(n_rows), [_short(r, 34) for r in rows])
+        ax.tick_params(length=0)
+        ax.xaxis.tick_top()
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         return _png(fig)
 
 
@@ -176,8 +289,10 @@ def cost_bars(rows: Sequence[tuple[str, str, float | None, float | None]], color
 
 
 def _wrap(text: str, width: int) -> str:
-    """Panel titles on up to two lines so neighbouring panels' titles never overlap."""
-    lines = textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+    """Panel titles on up to two lines so neighbouring panels' titles never overlap; a task name
+    (`rotten-tomatoes-news/title`) breaks after its "/" rather than mid-word."""
+    lines = [line.replace("/ ", "/") for line in textwrap.wrap(text.replace("/", "/ "), width,
+                                                               break_on_hyphens=False)] or [""]
     return "\n".join(lines[:1] + [_short(" ".join(lines[1:]), width)] if len(lines) > 1 else lines)
 
 

@@ -1,6 +1,7 @@
 """The report's sections, built from what `data.discover` found; each one only when its data exists.
 
-Order: provenance, results, loss curves, before/after, forgetting, cost, examples.
+Order: what came out first (results, forgetting, sequential training), then how (loss curves,
+before/after per task, cost, examples), and what produced it last, collapsed (provenance).
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from instructune.report.blocks import (
 )
 from instructune.report.data import EvalRun, Runs, TrainingRun, setting_kind
 from instructune.report.examples import examples_section
+from instructune.report.sequential import sequential_section
 from instructune.report.studies import before_after_section, forgetting_section
 
 
 def build_sections(runs: Runs) -> list[Section]:
     colors = plots.Colors()
 
-    found = [provenance_section(runs), results_section(runs), loss_section(runs, colors),
-             before_after_section(runs, colors), forgetting_section(runs, colors), cost_section(runs, colors),
-             examples_section(runs)]
+    found = [results_section(runs), forgetting_section(runs, colors), sequential_section(runs),
+             loss_section(runs, colors), before_after_section(runs, colors), cost_section(runs, colors),
+             examples_section(runs), provenance_section(runs)]
     return [s for s in found if s is not None]
 
 
@@ -40,9 +42,10 @@ def build_sections(runs: Runs) -> list[Section]:
 
 def provenance_section(runs: Runs) -> Section:
     """run_info.json when there is one (a demo); else the configs of the runs found."""
+    # collapsed: with many runs it is pages long, and it is looked up, not read
     s = Section("provenance", "What produced this report",
                 "The configuration, seed, package versions and checksums recorded by the runs themselves.",
-                nav="Provenance")
+                nav="Provenance", collapsed=True)
     for info in runs.infos:
         d = info.data
         pairs = [(k, _scalar(d[k])) for k in d if not isinstance(d[k], (dict, list))]
@@ -63,12 +66,13 @@ def provenance_section(runs: Runs) -> Section:
             keys = ("data", "template", "split", "mode", "seed")
             s.blocks.append(KeyValues([(k, _scalar(ev.data[k])) for k in keys if k in ev.data],
                                       title=f"{ev.label}/eval.json"))
-        for fg in runs.forgettings:
-            if "config" in fg.data:
-                s.blocks.append(Details(f"{fg.label}/forgetting.json config",
-                                        yaml.safe_dump(fg.data["config"], sort_keys=False)))
-    files = [r.path / "metrics.json" for r in runs.trainings] + [r.path for r in [*runs.evals, *runs.forgettings,
-                                                                                  *runs.infos]]
+        for study, name in [*[(fg, "forgetting.json") for fg in runs.forgettings],
+                            *[(sq, "sequential.json") for sq in runs.sequentials]]:
+            if "config" in study.data:
+                s.blocks.append(Details(f"{study.label}/{name} config",
+                                        yaml.safe_dump(study.data["config"], sort_keys=False)))
+    files = [r.path / "metrics.json" for r in runs.trainings] + [
+        r.path for r in [*runs.evals, *runs.forgettings, *runs.sequentials, *runs.infos]]
     s.blocks.append(Details(f"files read ({len(files)})", "\n".join(str(f) for f in sorted(files))))
     return s
 
@@ -177,23 +181,32 @@ def highlight_cards(evals: list[EvalRun], tested: list[TrainingRun]) -> list[Car
 
 # ----------------------------------------------------------------------------- loss curves
 
+def loss_series(runs: Runs) -> dict[str, list[tuple[str, list[tuple[int, float]], list[tuple[int, float]]]]]:
+    """Per study ("" = the stand-alone runs): (name, train loss, validation loss) of every run that logged."""
+    out = {}
+    for group, members in runs.groups().items():
+        series = [(r.name, r.curve("loss"), r.curve("val_loss")) for r in members if r.log]
+        if series:
+            out[group] = series
+    return out
+
+
 def loss_section(runs: Runs, colors: plots.Colors) -> Section | None:
-    logged = {g: [r for r in rs if r.log] for g, rs in runs.groups().items()}
-    logged = {g: rs for g, rs in logged.items() if rs}
-    if not logged:
+    series = loss_series(runs)
+    if not series:
         return None
     s = Section("loss-curves", "Loss curves", "Training and validation loss of every run, as logged in "
                 "train_log.jsonl.")
-    for group, members in logged.items():
-        png = plots.loss_curves([(r.name, r.curve("loss"), r.curve("val_loss")) for r in members], colors)
-        where = f"forgetting study {group}" if group else "training runs"
+    for group, curves in series.items():
+        png = plots.loss_curves(curves, colors)
+        where = f"the {runs.studies.get(group, 'forgetting')} study in {group}/" if group else "training runs"
         s.blocks.append(Chart(f"loss-{_stem(group or 'runs')}", png,
-                              f"{where}: train loss should fall; validation loss that turns up while train loss "
-                              "keeps falling is over-fitting (the best-validation weights are the ones evaluated).",
-                              f"loss curves of {where}"))
+                              f"{where[:1].upper()}{where[1:]}: train loss should fall; validation loss that turns "
+                              "up while train loss keeps falling is over-fitting (the best-validation weights are "
+                              "the ones evaluated).", f"loss curves of {where}"))
     cols = ["run", "method", "steps", "last train loss", "validation loss (best)", "stopped", "tokens/s"]
     rows = []
-    for r in [r for rs in logged.values() for r in rs]:
+    for r in [r for rs in runs.groups().values() for r in rs if r.log]:
         train = r.curve("loss")
         rows.append([Cell(r.label), Cell(str(r.metrics.get("method", ""))), Cell(num(r.metrics.get("steps"))),
                      Cell(num(train[-1][1]) if train else "\u2013"),

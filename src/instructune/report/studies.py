@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from instructune.report import plots
-from instructune.report.blocks import Cell, Chart, Section, Table, drop_tone, num
+from instructune.report.blocks import Card, Cards, Cell, Chart, Section, Table, drop_tone, num
 from instructune.report.data import ForgettingRun, Runs
 
 DROP_NOTE = ("drop = before \u2212 after for accuracy and ROUGE-L, after \u2212 before for cross-entropy "
@@ -37,10 +37,11 @@ def before_after_section(runs: Runs, colors: plots.Colors) -> Section | None:
                               "other task they should stay at the line (for cross-entropy measures, lower is "
                               "better: a taller bar means the model moved further from its original behaviour).",
                               f"scores before and after each cure ({fg.label})"))
-        cols = ["measure", "metric", "before", *[c["cure"] for c in cures]]
-        rows = [[Cell(p[0]), Cell(p[1]), Cell(num(p[2])), *[Cell(num(p[3][c["cure"]])) for c in cures]]
-                for p in panels]
-        s.blocks.append(Table(cols, [i >= 2 for i in range(len(cols))], rows, title=f"{fg.label}: scores"))
+        # a row per cure, a column per measure: ten cures make ten rows, not a table too wide to read
+        cols = ["cure", *[f"{p[0]} ({p[1]})" for p in panels]]
+        rows = [[Cell("before (original model)"), *[Cell(num(p[2])) for p in panels]]]
+        rows += [[Cell(c["cure"]), *[Cell(num(p[3][c["cure"]])) for p in panels]] for c in cures]
+        s.blocks.append(Table(cols, [i > 0 for i in range(len(cols))], rows, title=f"{fg.label}: scores"))
     return s
 
 
@@ -60,8 +61,33 @@ def forgetting_section(runs: Runs, colors: plots.Colors) -> Section | None:
                 nav="Forgetting")
     for fg in studies:
         chart = gain_chart(fg, colors)
-        s.blocks += [chart, forgetting_table(fg)] if chart else [forgetting_table(fg)]
+        s.blocks += [Cards(headline_cards(fg, prefix=f"{fg.label} \u00b7 " if len(studies) > 1 else "")),
+                     *([chart] if chart else []), forgetting_table(fg)]
     return s
+
+
+def forgotten(cure: dict) -> int:
+    """Tasks this cure forgot beyond noise: the whole 95% interval of the drop above 0."""
+    return sum(1 for m in cure["retention"].values() if isinstance(m.get("low"), (int, float)) and m["low"] > 0)
+
+
+def headline_cards(fg: ForgettingRun, prefix: str = "") -> list[Card]:
+    """The original model's target score, the largest gain, and the cures that forgot least and most."""
+    cures, n = fg.data["cures"], len(measures(fg))
+    first = cures[0]
+    best = max(cures, key=lambda c: c["gain"])
+    least = min(cures, key=lambda c: (forgotten(c), -c["gain"]))
+    most = max(cures, key=lambda c: (forgotten(c), -c["gain"]))
+    cards = [Card(f"{prefix}target {first['target_metric']} \u00b7 before", num(first["target_before"]),
+                  "the original model"),
+             Card(f"{prefix}largest gain", num(best["gain"], signed=True),
+                  f"{best['cure']}: {num(best['target_after'])} after", "tuned")]
+    if n:
+        cards += [Card(f"{prefix}forgot least", f"{forgotten(least)} of {n}",
+                       f"{least['cure']}: tasks forgotten beyond noise", "good" if not forgotten(least) else ""),
+                  Card(f"{prefix}forgot most", f"{forgotten(most)} of {n}",
+                       f"{most['cure']}: tasks forgotten beyond noise", "bad" if forgotten(most) else "")]
+    return cards
 
 
 def forgetting_table(fg: ForgettingRun) -> Table:

@@ -185,7 +185,7 @@ class _Run:
         tok_s = st.tokens / max(st.train_seconds, 1e-9)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
-        if self.main and (st.step % self.s.log_every == 0 or st.step == 1):
+        if self.main and (st.step % self.s.log_every == 0 or st.step in (1, self.s.total_steps)):
             _log(self.log, self.tb, {"step": st.step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "epoch": epoch})
 
     def _after_step(self) -> str:
