@@ -20,6 +20,7 @@ from typing import Any
 from filelock import FileLock
 
 from instructune import hub
+from instructune.data import chat
 from instructune.errors import InstructuneError
 
 # torch and transformers are imported inside the functions that load models: `instructune models list`
@@ -210,6 +211,9 @@ def load_model(name: str, dtype: str = "float32", adapter: str | None = None,
         tok.pad_token = tok.eos_token
     if adapter:
         model = attach_adapter(model, adapter)
+        saved = chat.saved_template(adapter)  # a base model trained with data.chat_format: render as trained
+        if saved and saved != getattr(tok, "chat_template", None):
+            tok.chat_template = saved
     model.eval()
     return model, tok
 

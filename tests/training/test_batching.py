@@ -45,7 +45,7 @@ def test_right_padded_batch_is_sent_without_a_mask() -> None:
     seen = []
 
     class Spy(torch.nn.Module):
-        def forward(self, input_ids, attention_mask, logits_to_keep):  # noqa: ANN001, ANN202
+        def forward(self, input_ids, attention_mask, logits_to_keep, use_cache):  # noqa: ANN001, ANN202
             seen.append(attention_mask)
             return type("Out", (), {"logits": torch.zeros(input_ids.shape[0], len(logits_to_keep), 70)})()
 

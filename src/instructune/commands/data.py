@@ -1,8 +1,11 @@
-"""`instructune data list|pull|build`."""
+"""`instructune data list|pull|build|inspect`."""
 
 from __future__ import annotations
 
 import argparse
+
+FORMATS = ("auto", "template", "alpaca", "messages", "sharegpt", "text")  # as data.formats: imported lazily
+EXPORTS = ("alpaca", "messages")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +34,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--skip-bad", action="store_true", default=None,
                    help="leave out rows that cannot be rendered and count them in stats.json")
     b.add_argument("--limit", type=int, metavar="N", help="use at most N rows (a seeded sample)")
+    b.add_argument("--input-format", choices=FORMATS,
+                   help="how rows become examples: template, alpaca, messages, sharegpt, text (default auto: "
+                        "recognised by the rows' fields)")
+    b.add_argument("--format", choices=EXPORTS,
+                   help="also write the built records in this form, as <split>.<format>.jsonl in --out (default: "
+                        "a folder named after the source and format)")
     b.set_defaults(func=build)
+    i = verbs.add_parser("inspect", help="show examples token by token as the model trains on them",
+                         description="SOURCE is a data pack, a file, a built dataset folder, a training config "
+                                     "(YAML) or a run folder (which also checks the saved chat template).")
+    i.add_argument("source", help="pack, file, dataset folder, config YAML or run folder")
+    i.add_argument("--model", help="whose tokenizer and chat template (default: the config's or run's model, "
+                                   "else smollm2-135m-instruct)")
+    i.add_argument("--template", action="append", dest="templates", metavar="ID", help="template id (repeatable)")
+    i.add_argument("--templates-file", help="YAML file of templates")
+    i.add_argument("--input-format", choices=FORMATS, help="as for build (default auto)")
+    i.add_argument("--split", default="train", choices=("train", "validation", "test"))
+    i.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
+    i.add_argument("--train-on", choices=("all_assistant", "last_assistant"), help="conversations: which turns train")
+    i.add_argument("--chat-format", choices=("auto", "chatml", "plain"), help="a chat template for a model without one")
+    i.add_argument("--max-length", type=int, help="tokens per example (default: the config's, else 256)")
+    i.add_argument("--html", metavar="FILE", help="also write the examples as an HTML page")
+    i.set_defaults(func=inspect)
 
 
 def list_packs(args: argparse.Namespace) -> int:
@@ -63,11 +88,11 @@ def build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from instructune.config import load_config, read_yaml
-    from instructune.data.build import BuildConfig, build, prepare
+    from instructune.data.build import BuildConfig, build, export, prepare
 
     data = read_yaml(args.config) if args.config else {}
     flags = {k: getattr(args, k) for k in ("pack", "file", "templates", "templates_file", "fractions", "seed",
-                                           "out", "tokenizer", "skip_bad", "limit")}
+                                           "out", "tokenizer", "skip_bad", "limit", "input_format", "format")}
     if flags["pack"] or flags["file"]:  # a source on the command line replaces the file's
         data.pop("pack", None)
         data.pop("file", None)
@@ -75,15 +100,84 @@ def build(args: argparse.Namespace) -> int:
     cfg = load_config(BuildConfig, data=data)
     source = cfg.pack or cfg.file
     common = dict(seed=cfg.seed, fractions=cfg.fractions, template_file=cfg.templates_file,
-                  tokenizer=cfg.tokenizer, skip_bad=cfg.skip_bad, limit=cfg.limit)
-    if cfg.out:
+                  tokenizer=cfg.tokenizer, skip_bad=cfg.skip_bad, limit=cfg.limit, fmt=cfg.input_format)
+    if cfg.out and not cfg.format:
         out = Path(cfg.out)
         stats = build(source, cfg.templates, out, progress=True, **common)
     else:
         out = prepare(source, cfg.templates, **common)
         stats = json.loads((out / "stats.json").read_text())
     print_summary(stats, out)
+    if cfg.format:
+        target = Path(cfg.out or f"{Path(source).stem}-{cfg.format}")
+        counts = export(out, cfg.format, target)
+        print(f"wrote {', '.join(f'{n} {s}' for s, n in counts.items())} records as {cfg.format} to "
+              f"{target}/{{train,validation,test}}.{cfg.format}.jsonl")
     return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from instructune.data import inspect as view
+    from instructune.data.task import load_split
+
+    task, split, model, d, run = _inspect_inputs(args)
+    from instructune.data.build import load_tokenizer
+    from instructune.data.chat import use_chat_format
+
+    tok = load_tokenizer(model)
+    use_chat_format(tok, args.chat_format or getattr(d, "chat_format", "auto"))
+    if run is not None:
+        print(_template_check(run, tok))
+    records = load_split(task, split, args.split)
+    max_length = args.max_length or getattr(d, "max_length", 256)
+    train_on = args.train_on or getattr(d, "train_on", "all_assistant")
+    report = view.inspect(tok, records, max_length, train_on, args.n)
+    print(view.to_text(report, colour=sys.stdout.isatty()))
+    if args.html:
+        Path(args.html).write_text(view.page(report, f"{task.source} ({args.split}) as {model} trains on it"),
+                                   encoding="utf-8")
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _inspect_inputs(args: argparse.Namespace) -> tuple:
+    """(task, split, model, data config or None, run folder or None) from a source, config or run folder."""
+    from pathlib import Path
+
+    from instructune.config import load_config
+    from instructune.data.task import SplitSpec, TaskSpec
+    from instructune.training.config import TrainConfig
+
+    path = Path(args.source)
+    run = path if (path / "config.yaml").is_file() and (path / "metrics.json").is_file() else None
+    if run is not None or path.suffix in (".yaml", ".yml"):
+        cfg = load_config(TrainConfig, str(run / "config.yaml" if run else path))
+        return cfg.data.task_spec(), cfg.data.split_spec(), args.model or cfg.model, cfg.data, run
+    task = TaskSpec(args.source, args.templates or [], args.templates_file, args.input_format or "auto")
+    return task, SplitSpec(), args.model or "smollm2-135m-instruct", None, None
+
+
+def _template_check(run, tok) -> str:
+    """Whether the chat template saved with a run's adapter or model is the one it trained with."""
+    import json
+
+    from instructune.data.chat import saved_template, template_sha256
+    from instructune.errors import InstructuneError
+
+    trained = json.loads((run / "metrics.json").read_text()).get("chat_template_sha256")
+    artefact = next((run / n for n in ("adapter", "model") if (run / n).is_dir()), None)
+    if trained is None:
+        return f"chat template: {run} trained on no conversations, so none to check"
+    saved = saved_template(artefact) if artefact else None
+    tok.chat_template = saved or tok.chat_template
+    if template_sha256(tok) != trained:
+        raise InstructuneError(f"the chat template saved in {artefact} ({template_sha256(tok)}) is not the one {run} "
+                               f"trained with ({trained}); inference would render conversations differently. "
+                               "Copy the training tokenizer files back into that folder, or train again.")
+    return f"chat template: the one saved in {artefact} is the one the run trained with ({trained})"
 
 
 def print_summary(stats: dict, out) -> None:

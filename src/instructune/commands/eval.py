@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model pack, folder or hub id (repeat to compare several; default smollm2-135m-instruct)")
     p.add_argument("--adapter", action="append", default=[], help="peft adapter folder on the first model (repeat)")
     p.add_argument("--data", help="data pack, data file, or dataset folder from `data build`")
-    p.add_argument("--template", help="template id (with --run: default the run's first)")
+    p.add_argument("--template", help="template id (default: the data's only one, like alpaca or messages; with "
+                                      "--run: the run's first)")
     p.add_argument("--run", metavar="RUN_DIR",
                    help="a training run's folder: its data, templates and split (so exactly its test rows)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation/test split (default 0)")
@@ -63,8 +64,9 @@ def _task_of(args: argparse.Namespace) -> dict:
 
     split = {"data_seed": args.data_seed, "fractions": args.fractions or list(DEFAULT_FRACTIONS)}
     if not args.run:
-        if not args.data or not args.template:
-            raise InstructuneError("eval needs --data and --template (or --run RUN_DIR, a training run's folder).")
+        if not args.data:
+            raise InstructuneError("eval needs --data (and --template unless the data has one: alpaca or chat "
+                                   "records), or --run RUN_DIR, a training run's folder.")
         return {"data": args.data, "template": args.template, "template_file": args.template_file, **split}
     from pathlib import Path
 
@@ -77,8 +79,6 @@ def _task_of(args: argparse.Namespace) -> dict:
     d = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
     built = list(d.get("templates") or [])
     template = args.template or (built[0] if built else None)
-    if not template:
-        raise InstructuneError(f"{path}: data.templates is empty; give --template.")
     return {"data": d.get("source", "rotten-tomatoes"), "template": template, "template_file": d.get("template_file"),
             "data_seed": d.get("seed", 0), "fractions": d.get("fractions") or list(DEFAULT_FRACTIONS),
-            "built_with": built or None}
+            "built_with": built or None, "data_format": d.get("format") or "auto"}

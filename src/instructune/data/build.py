@@ -27,6 +27,7 @@ import numpy as np
 from rich.progress import track
 
 from instructune import hub
+from instructune.data import formats
 from instructune.data.packs import PACKS, get_pack, write_atomic
 from instructune.data.sources import Table, read_table
 from instructune.data.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, check_fractions, normalise
@@ -62,13 +63,22 @@ class BuildConfig:
     """Leave rows that cannot be rendered out (counted in stats.json) instead of stopping."""
     limit: int | None = None
     """Use at most this many rows (a seeded sample, kept in source order)."""
+    input_format: str = "auto"
+    """How rows become examples: template, alpaca, messages, sharegpt, text; auto = templates when any are
+    named or the source is a pack, else recognised by the rows' fields."""
+    format: str | None = None
+    """Also write the records as alpaca or messages JSONL (`<split>.<format>.jsonl` in `out`)."""
 
     def problems(self) -> list[str]:
         out = []
         if (self.pack is None) == (self.file is None):
             out.append("give exactly one of `pack` (a data pack) or `file` (a CSV/JSONL/Parquet file or hub name)")
-        if self.file and not self.templates_file:
+        if self.file and not self.templates_file and self.input_format == "template":
             out.append("`file` needs `templates_file`: a YAML file of templates for its fields")
+        if self.input_format not in formats.FORMATS:
+            out.append(f"input_format {self.input_format!r} is not one of {', '.join(formats.FORMATS)}")
+        if self.format is not None and self.format not in formats.EXPORTS:
+            out.append(f"format {self.format!r} is not one of {', '.join(formats.EXPORTS)} (the export formats)")
         if self.limit is not None and self.limit < 1:
             out.append(f"limit must be at least 1, got {self.limit}")
         return out
@@ -90,12 +100,32 @@ def select_templates(source: str, template_ids: Sequence[str], template_file: st
     return [available[t] for t in dict.fromkeys(template_ids or available)]
 
 
+def choose_templates(table: Table, source: str, template_ids: Sequence[str], template_file: str | None,
+                     fmt: str = "auto") -> list[Template]:
+    """The templates for `fmt`: a data format's own pseudo-template, or the named templates. `auto` means
+    templates when any are named (or the source is a pack), else the format the rows' fields show."""
+    if fmt not in formats.FORMATS:
+        raise InstructuneError(f"unknown data format {fmt!r}; formats are {', '.join(formats.FORMATS)}.")
+    if fmt == "auto":
+        pack = PACKS[source].format if source in PACKS else None
+        if template_ids or template_file or pack == "template":
+            fmt = "template"
+        else:
+            fmt = pack or formats.recognise(table.rows, source)[0]
+    if fmt == "template":
+        return select_templates(source, template_ids, template_file)
+    if template_ids or template_file:
+        raise InstructuneError(f"data format {fmt!r} reads {source}'s records as they are, so templates do not "
+                               "apply; drop `templates`/`template_file`, or set `format: template` to use them.")
+    return [formats.template(fmt)]
+
+
 def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS,
             template_file: str | None = None, tokenizer: Any = None, skip_bad: bool = False,
-            limit: int | None = None) -> Path:
+            limit: int | None = None, fmt: str = "auto") -> Path:
     """Build (or reuse) the dataset folder for these inputs in `$INSTRUCTUNE_HOME/datasets/<hash>/`."""
-    templates = select_templates(source, template_ids, template_file)
     table = read_table(source)
+    templates = choose_templates(table, source, template_ids, template_file, fmt)
     key = {"format": FORMAT, "source": table.identity, "templates": [t.to_dict() for t in templates],
            "seed": seed, "fractions": list(check_fractions(fractions)), "tokenizer": _tokenizer_name(tokenizer),
            "skip_bad": skip_bad, "limit": limit}
@@ -119,11 +149,26 @@ def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequ
 
 def build(source: str, template_ids: Sequence[str], out: Path, seed: int = 0,
           fractions: Sequence[float] = DEFAULT_FRACTIONS, template_file: str | None = None, tokenizer: Any = None,
-          skip_bad: bool = False, limit: int | None = None, progress: bool = False) -> dict:
+          skip_bad: bool = False, limit: int | None = None, progress: bool = False, fmt: str = "auto") -> dict:
     """Write train/validation/test.jsonl, templates.json and stats.json into `out`; returns the stats."""
-    templates = select_templates(source, template_ids, template_file)
-    return build_table(read_table(source), templates, Path(out), seed=seed, fractions=fractions,
+    table = read_table(source)
+    templates = choose_templates(table, source, template_ids, template_file, fmt)
+    return build_table(table, templates, Path(out), seed=seed, fractions=fractions,
                        tokenizer=tokenizer, skip_bad=skip_bad, limit=limit, progress=progress, source=source)
+
+
+def export(folder: Path, fmt: str, out: Path) -> dict[str, int]:
+    """Write a built dataset's records as `<split>.<fmt>.jsonl` in an export format (alpaca, messages)."""
+    if fmt not in formats.EXPORTS:
+        raise InstructuneError(f"cannot export as {fmt!r}; export formats are {', '.join(formats.EXPORTS)}.")
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in SPLITS:
+        records = read_split(folder, split)
+        write_atomic(out / f"{split}.{fmt}.jsonl",
+                     (json.dumps(formats.export(r, fmt), ensure_ascii=False) + "\n" for r in records))
+        counts[split] = len(records)
+    return counts
 
 
 def build_table(table: Table, templates: list[Template], out: Path, seed: int = 0,
@@ -144,7 +189,10 @@ def build_table(table: Table, templates: list[Template], out: Path, seed: int = 
     text_field = table.text_field or infer_text_field(templates, rows)
     classifier = next((t for t in templates if t.task == "classification"), None)
     labels = [classifier.label_of(rows[i]) if classifier else None for i in good]
-    keys = [str(rows[i].get(text_field, ids[i])) if text_field else ids[i] for i in good]
+    if templates[0].format != "template":  # a whole conversation (or text) is what repeats
+        keys = [f"{rendered[i][0]['prompt']}\n\n{rendered[i][0]['completion']}" for i in good]
+    else:
+        keys = [str(rows[i].get(text_field, ids[i])) if text_field else ids[i] for i in good]
     split_of = assign_splits(keys, labels, fractions, seed)
     records: dict[str, list[dict]] = {s: [] for s in SPLITS}
     row_labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
@@ -158,7 +206,8 @@ def build_table(table: Table, templates: list[Template], out: Path, seed: int = 
         write_atomic(out / f"{split}.jsonl", (json.dumps(r, ensure_ascii=False) + "\n" for r in records[split]))
     write_atomic(out / "templates.json", [json.dumps({t.id: t.to_dict() for t in templates}, indent=2) + "\n"])
     stats = {
-        "format": FORMAT, "source": source, "templates": [t.id for t in templates], "seed": seed,
+        "format": FORMAT, "source": source, "data_format": templates[0].format,
+        "templates": [t.id for t in templates], "seed": seed,
         "fractions": list(fractions), "limit": limit, "rows_in": len(rows), "rows_used": len(good),
         "records": {s: len(records[s]) for s in SPLITS},
         "rows": {s: sum(1 for x in split_of if x == s) for s in SPLITS},
@@ -200,6 +249,8 @@ def render_rows(rows: list[dict], ids: list[str], where: list[str], templates: l
 
 def record(row: dict, row_id: str, template: Template) -> dict:
     """One JSONL record; choices stay in the template (templates.json), not in every record."""
+    if template.format != "template":
+        return formats.record(row, row_id, template.format)
     prompt, completion = template.render(row)
     out = {"id": f"{row_id}/{template.id}", "task": template.task, "template": template.id,
            "prompt": prompt, "completion": completion}
@@ -261,6 +312,11 @@ def read_split(folder: Path, split: str) -> list[dict]:
                                "build` first.")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def stats(folder: Path) -> dict:
+    """A built dataset's stats.json (what was built, from what, and what was dropped)."""
+    return json.loads((Path(folder) / "stats.json").read_text(encoding="utf-8"))
 
 
 def dataset_templates(folder: Path) -> dict[str, Template]:

@@ -36,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 
 from instructune.data.task import SplitSpec, TaskSpec, dataset, load_split, subset
 from instructune.data.task import templates as task_templates
-from instructune.data.tokenize import encode
+from instructune.data.tokenize import encode_records
 from instructune.errors import InstructuneError
 
 STRATEGIES = ("proportional", "capped", "temperature", "weights")
@@ -243,7 +243,8 @@ def task_names(sources: Sequence[str]) -> list[str]:
 
 
 def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int, data_seed: int,
-                  fractions: Sequence[float], train_limit: int | None = None) -> Mixture:
+                  fractions: Sequence[float], train_limit: int | None = None,
+                  train_on: str = "all_assistant") -> Mixture:
     """Load, split and encode every task, and a sampler over their train examples.
 
     `data_seed` seeds each task's train/validation/test split; `seed` seeds the draws and the subset
@@ -259,14 +260,11 @@ def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int
         splits = {s: [r for r in load_split(task, split, s) if r["template"] in templates]
                   for s in ("train", "validation", "test")}
         pool: dict[str, list[int]] = {tid: [] for tid in templates}
-        mix.dropped[name] = 0
-        for r in subset(splits["train"], train_limit, seed):
-            e = encode(tokenizer, r["prompt"], r["completion"], max_length)
-            if e is None:
-                mix.dropped[name] += 1
-                continue
-            pool[r["template"]].append(len(examples))
-            examples.append({"id": r["id"], **e, "task": name, "template": r["template"]})
+        encoded, mix.dropped[name] = encode_records(subset(splits["train"], train_limit, seed), tokenizer, max_length,
+                                                    train_on)
+        for e in encoded:
+            pool[e["template"]].append(len(examples))
+            examples.append({**e, "task": name})
         if not any(pool.values()):
             raise InstructuneError(f"mixture task '{name}' ({task.source}) has no training example that fits "
                                    f"max_length={max_length}; raise max_length or give it more data.")

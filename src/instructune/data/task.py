@@ -14,6 +14,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from instructune.data.build import dataset_templates, prepare, read_split
 from instructune.data.splits import DEFAULT_FRACTIONS
@@ -30,10 +31,14 @@ class TaskSpec:
     templates file or the built folder."""
     template_file: str | None = None
     """A user YAML file of templates, instead of the pack's own (needed for a plain data file)."""
+    format: Literal["auto", "template", "alpaca", "messages", "sharegpt", "text"] = "auto"
+    """How rows become examples: `template` (through templates), a data format read as it is (alpaca
+    records, `messages` or `sharegpt` conversations, plain `text`), or auto: templates when any are
+    named or the source is a data pack, else the format the rows' fields show."""
 
     def task_spec(self) -> TaskSpec:
         """This task alone, without the extras of the section that names it."""
-        return TaskSpec(self.source, list(self.templates), self.template_file)
+        return TaskSpec(self.source, list(self.templates), self.template_file, self.format)
 
     def built_folder(self) -> Path | None:
         """The source itself, when it is a dataset folder `instructune data build` wrote."""
@@ -63,7 +68,8 @@ def dataset(task: TaskSpec, split: SplitSpec) -> Path:
     """The built dataset folder of a task and split: the source itself if it is one, else built once
     and cached under a hash of every input (`data.build.prepare`)."""
     return task.built_folder() or prepare(task.source, list(task.templates), seed=split.seed,
-                                          fractions=tuple(split.fractions), template_file=task.template_file)
+                                          fractions=tuple(split.fractions), template_file=task.template_file,
+                                          fmt=task.format)
 
 
 def templates(task: TaskSpec, split: SplitSpec) -> dict[str, Template]:

@@ -75,6 +75,9 @@ class Template:
     description: str = ""
     label_field: str = "label"
     """Classification: the row field whose value is a key of `choices`."""
+    format: str = "template"
+    """'template' renders `prompt` and `completion`; a data format (alpaca, messages, sharegpt, text) reads
+    its records as they are (`data.formats`)."""
 
     def fields(self) -> list[str]:
         """Row fields the prompt and completion use (plus the label field for classification)."""
@@ -130,7 +133,10 @@ class Template:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything that defines the template (hashed into dataset cache keys)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.format == "template":
+            del out["format"]  # templated datasets keep the cache keys they had before formats existed
+        return out
 
 
 # --- Jinja environment: sandboxed, strict, with a few text filters -------------------------------

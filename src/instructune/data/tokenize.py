@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from instructune.data import chat
 from instructune.models import prompt_text
 
 IGNORE_INDEX = -100
@@ -64,13 +65,32 @@ def _truncated_prompt_ids(tokenizer: Any, prompt: str, budget: int) -> list[int]
     return None
 
 
-def encode_records(records: list[dict], tok: Any, max_length: int) -> tuple[list[dict], int]:
-    """`encode` every record (keeping its id); and how many were dropped because they do not fit."""
+def encode_text(tokenizer: Any, text: str, max_length: int) -> list[dict[str, list[int]]]:
+    """Plain text (`data.format: text`): every token trains; a long text becomes consecutive chunks."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [{"input_ids": ids[i:i + max_length], "labels": ids[i:i + max_length]}
+            for i in range(0, len(ids), max_length) if len(ids[i:i + max_length]) > 1]
+
+
+def encode_record(tok: Any, record: dict, max_length: int,
+                  train_on: str = "all_assistant") -> tuple[list[dict[str, Any]], int]:
+    """A record's training examples (a conversation may make several, a text several chunks) and how
+    many were dropped because they do not fit."""
+    if "messages" in record:
+        return chat.encode_conversation(tok, record["messages"], max_length, train_on)
+    if record.get("task") == "text":
+        return encode_text(tok, record["completion"], max_length), 0
+    e = encode(tok, record["prompt"], record["completion"], max_length)
+    return ([e], 0) if e is not None else ([], 1)
+
+
+def encode_records(records: list[dict], tok: Any, max_length: int,
+                   train_on: str = "all_assistant") -> tuple[list[dict], int]:
+    """Every record's examples (keeping its id and template); and how many were dropped as too long."""
     out, dropped = [], 0
     for r in records:
-        e = encode(tok, r["prompt"], r["completion"], max_length)
-        if e is None:
-            dropped += 1
-        else:
-            out.append({"id": r["id"], **e})
+        examples, lost = encode_record(tok, r, max_length, train_on)
+        dropped += lost
+        for k, e in enumerate(examples):
+            out.append({"id": r["id"] if k == 0 else f"{r['id']}#{k}", "template": r.get("template"), **e})
     return out, dropped

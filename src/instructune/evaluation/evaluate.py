@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from instructune.data import chat
 from instructune.errors import InstructuneError, collect
 from instructune.evaluation.fewshot import format_prompt, pick_exemplars
 from instructune.evaluation.generate import encode_prompts, generate_batch
@@ -98,9 +99,16 @@ def build_prompts(tokenizer: Any, records: list[dict], shots: int, train_records
                   seed: int, raw: bool) -> list[str]:
     """Each record's model input; exemplars are drawn per record (seeded by its id) from the train split."""
     texts = []
+    # conversations need a chat template: a model without one (or `raw`) reads them in the plain chat format
+    fallback = None if getattr(tokenizer, "chat_template", None) and not raw else chat.FALLBACKS["plain"]
     for r in records:
         exemplars = pick_exemplars(train_records or [], shots, seed=f"{seed}:{r['id']}", exclude_id=r["id"])
-        texts.append(format_prompt(tokenizer, r["prompt"], [(e["prompt"], e["completion"]) for e in exemplars], raw))
+        if "messages" in r:  # few-shot exemplars are earlier conversations
+            texts.append(chat.generation_prompt(tokenizer, r["messages"], [e["messages"] for e in exemplars],
+                                                chat_template=fallback))
+        else:
+            texts.append(format_prompt(tokenizer, r["prompt"], [(e["prompt"], e["completion"]) for e in exemplars],
+                                       raw))
     return texts
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from instructune.data.formats import CONVERSATIONS
 from instructune.data.task import DEFAULT_FRACTIONS, SplitSpec, TaskSpec, dataset, load_split
 from instructune.data.task import templates as task_templates
 from instructune.errors import InstructuneError
@@ -24,23 +25,31 @@ from instructune.models import attach_adapter, load_model
 from instructune.tables import show
 
 
-def evaluate(models: list[str], adapters: list[str], data: str, template: str, split: str = "test",
+def evaluate(models: list[str], adapters: list[str], data: str, template: str | None = None, split: str = "test",
              shots: list[int] = (0,), limit: int | None = None, mode: str = "generate", seed: int = 0,
              batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "auto",
              template_file: str | None = None, out: Path | None = None, data_seed: int = 0,
              fractions: Sequence[float] = DEFAULT_FRACTIONS, built_with: Sequence[str] | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             data_format: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every model (and every adapter on the first model) with every shot count on the same
     `limit` examples (seeded by `seed`) of `split` of the task `data`/`template`.
 
     The rows are split as a run with the same task and split split them: `data_seed`, `fractions`
     and the templates its dataset was built with (`built_with`, default this template alone, since
-    the templates decide the stratifying label), so the test rows are the ones that run held out."""
+    the templates decide the stratifying label), so the test rows are the ones that run held out.
+    Without `template`, the dataset's only one (a data format's, like `alpaca`) is scored."""
     # --- data and template
-    task = TaskSpec(data, list(built_with or [template]), template_file)
+    if template in CONVERSATIONS or template == "text":  # a format named as its template
+        data_format, template = template, None
+    named = list(built_with or ([template] if template else []))
+    task = TaskSpec(data, named if data_format in ("auto", "template") else [], template_file, data_format)
     cut = SplitSpec(data_seed, list(fractions))
     folder = dataset(task, cut)
     templates = task_templates(task, cut)
+    if template is None:
+        if len(templates) > 1:
+            raise InstructuneError(f"{data} has several templates ({', '.join(templates)}); choose one with --template.")
+        template = next(iter(templates))
     if template not in templates:
         raise InstructuneError(f"template '{template}' is not in the dataset {folder}; its templates: "
                                f"{', '.join(templates)}.")

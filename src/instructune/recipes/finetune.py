@@ -19,6 +19,7 @@ from accelerate.utils import DistributedType, set_seed
 from instructune import hardware
 from instructune.adapters.registry import register_adapter
 from instructune.config import to_dict
+from instructune.data import chat
 from instructune.errors import InstructuneError
 from instructune.forgetting.suite import RetentionSuite
 from instructune.methods import METHODS, count_parameters
@@ -134,6 +135,7 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
 def _model_and_method(cfg: TrainConfig, device: str, log: Any) -> tuple[Any, Any, str]:
     """The model with its attention kernel chosen and the method applied; and that kernel's name."""
     model, tok = load_model(cfg.model)
+    chat.use_chat_format(tok, cfg.data.chat_format)  # saved with the adapter or model, used at inference
     c = model.config
     length = cfg.data.max_length + (cfg.method.num_virtual_tokens if cfg.method.prompt_learning else 0)
     kernel = attention.set_attention(model, attention.choose(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 from typing import Any
 
@@ -30,18 +31,59 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     return batches
 
 
+def pack(examples: list[dict], max_length: int) -> list[dict]:
+    """Examples concatenated into rows of at most `max_length` tokens (best fit, longest first).
+
+    Position ids restart at 0 for each example, which is what tells the model's mask builder to keep
+    attention inside each example (block-diagonal causal attention, the engine's own kernel); the
+    first label of each example is -100, so no example is trained to predict the next one's start.
+    """
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["input_ids"]), i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row) kept sorted: the tightest row that fits is a bisect
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            rows.append([i])
+            bisect.insort(free, (max_length - n, len(rows) - 1))
+        else:
+            room, r = free.pop(k)
+            rows[r].append(i)
+            bisect.insort(free, (room - n, r))
+    return [_joined([examples[i] for i in row]) for row in rows]
+
+
+def _joined(parts: list[dict]) -> dict:
+    ids, labels, positions = [], [], []
+    for e in parts:
+        n = len(e["input_ids"])
+        ids += e["input_ids"]
+        labels += [IGNORE_INDEX, *e["labels"][1:]]
+        positions += range(n)
+    return {"id": "+".join(str(e.get("id")) for e in parts), "input_ids": ids, "labels": labels,
+            "position_ids": positions, "examples": len(parts)}
+
+
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch; labels are -100 on padding."""
+    """Right-pad to the longest example of the batch; labels are -100 on padding. Packed rows bring
+    their position ids (padding then counts as one more example)."""
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    packed = any("position_ids" in e for e in examples)
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
         n = len(e["input_ids"])
         ids[row, :n] = torch.tensor(e["input_ids"])
         labels[row, :n] = torch.tensor(e["labels"])
         mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if packed:
+            positions[row, :n] = torch.tensor(e.get("position_ids", range(n)))
+            positions[row, n:] = torch.arange(width - n)
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {**out, "position_ids": positions} if packed else out
 
 
 def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
@@ -59,7 +101,9 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
     computed only at positions where some row has a completion token next (`logits_to_keep`).
     Such a model (no virtual tokens) also gets no padding mask when the batch is right-padded, as
     `collate` pads: causal attention already hides every later position, the padding included,
-    from each real token, so the losses are the same and the attention kernel needs no mask.
+    from each real token, so the losses are the same and the attention kernel needs no mask. Packed
+    rows (`pack`) pass their position ids instead, from which transformers builds the
+    block-diagonal mask.
     """
     labels = batch["labels"]
     targets = labels[:, 1:]  # position t predicts token t + 1
@@ -67,8 +111,10 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
         mask = batch["attention_mask"]
         right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(mask[:, 0].all())
+        packed = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+        # no KV cache: training needs none, and a cache would stop transformers reading packed positions
         out = model(input_ids=batch["input_ids"], attention_mask=None if right_padded else mask,
-                    logits_to_keep=keep)
+                    logits_to_keep=keep, use_cache=False, **packed)
         logits, targets = out.logits, targets[:, keep]  # (B, K, V), (B, K)
     else:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -28,6 +28,12 @@ class DataConfig(SplitSpec, TaskSpec):
     """Validation examples used for loss and task metric during training (a fixed subset)."""
     test_limit: int | None = 300
     """Test examples for the final scores (a fixed subset); null = the whole test split."""
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    """Conversations: which assistant turns carry loss (each with its end-of-turn token); system and user
+    turns, role markers and padding never do."""
+    chat_format: Literal["auto", "chatml", "plain"] = "auto"
+    """The chat template conversations (and prompts) are rendered with: auto = the model's own; a model
+    without one (a base model) needs chatml or plain, which is saved with the trained model."""
 
     def problems(self) -> list[str]:
         out = SplitSpec.problems(self)
@@ -154,6 +160,9 @@ class TrainConfig:
     """Recompute activations in the backward pass: less memory, more time."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
+    packing: bool = False
+    """Concatenate examples into rows of data.max_length (batch_size rows per micro-batch): position ids
+    restart per example and attention never crosses examples, so each trains as it would alone."""
     attention: Literal["auto", "recompute", "eager", "sdpa"] = "auto"
     """Attention kernel while training: recompute (CPU only: torch's fused forward and a backward that
     rebuilds the attention weights from the saved softmax statistics, keeping what sdpa keeps), eager
@@ -225,6 +234,12 @@ class TrainConfig:
         if self.replay_fraction > 0 and not self.keep:
             out.append("replay_fraction > 0 needs keep tasks to replay: add keep: [{source: PACK, templates: [ID]}]")
         out += self._retention_problems()
+        if self.packing and self.method.prompt_learning:
+            out.append(f"packing does not work with {self.method.name}: its virtual tokens would be shared by every "
+                       "packed example; set packing: false")
+        if self.packing and self.mixture is not None:
+            out.append("packing works with one task (data.source); a mixture draws new examples every epoch: set "
+                       "packing: false")
         if self.regularizers and not self.keep:
             out.append("regularizers need keep tasks to estimate what to keep: add keep: [{source: PACK}]")
         return out

@@ -10,14 +10,19 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+from instructune.data import chat
+from instructune.data.build import stats
+from instructune.data.formats import CONVERSATIONS
 from instructune.data.mixture import build_mixture, task_names
 from instructune.data.task import dataset, load_split, subset, templates
 from instructune.data.tokenize import encode_records
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
-from instructune.training.batching import collate, epoch_batches, padding_fraction
+from instructune.models import resolve_model
+from instructune.training.batching import collate, epoch_batches, pack, padding_fraction
 from instructune.training.loop import validation_loss
 
 
@@ -49,6 +54,10 @@ class RunData:
     """Mixtures: epoch -> examples drawn per task and template."""
     source_name: str = ""
     """The single task's source as it is named in results (a pack's name, a file's stem)."""
+    train_on: str = "all_assistant"
+    """Conversations: which assistant turns carry loss (validation loss counts the same ones)."""
+    packed_from: int = 0
+    """With packing: how many examples the rows of `train` hold."""
 
     @property
     def task(self) -> str:
@@ -75,10 +84,13 @@ class RunData:
     @classmethod
     def build(cls, cfg: Any, tok: Any, log: Callable[[str], None]) -> RunData:
         d = cfg.data
+        packed_from = 0
         if cfg.mixture is not None:
             train, evals, plan, per_epoch, dropped, realised = _mixture(cfg, tok)
         else:
             train, evals, dropped = _single(cfg, tok)
+            if cfg.packing:
+                packed_from, train = len(train), pack(train, d.max_length)
             lengths = [len(e["input_ids"]) for e in train]
 
             def plan(epoch: int) -> list[list[int]]:
@@ -88,25 +100,37 @@ class RunData:
         keep = []
         for k in cfg.keep:
             rows = subset(load_split(k.task_spec(), d.split_spec(), "train"), k.limit, cfg.seed)
-            keep += encode_records(rows, tok, d.max_length)[0]
+            keep += encode_records(rows, tok, d.max_length, d.train_on)[0]
         return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.batch_size, plan=plan,
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
                    replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
-                   source_name=task_names([d.source])[0])
+                   source_name=task_names([d.source])[0], train_on=d.train_on, packed_from=packed_from)
+
+    @property
+    def conversations(self) -> bool:
+        return any(e.template.format in CONVERSATIONS for e in self.evals)
 
     def describe(self, total_steps: int) -> list[str]:
         """What the run will train on, in a line or two."""
-        lines = [f"{len(self.train)} training examples ({self.dropped} dropped: too long), {total_steps} steps, "
-                 f"padding {self.padding:.1%} of token slots"]
+        cut = sum(1 for e in self.train if e.get("cut"))
+        examples = (f"{self.packed_from} training examples packed into {len(self.train)} rows"
+                    if self.packed_from else f"{len(self.train)} training examples")
+        lines = [f"{examples} ({self.dropped} dropped: too long{f'; {cut} conversations cut after the last turn that fits' if cut else ''}), "
+                 f"{total_steps} steps, padding {self.padding:.1%} of token slots"]
+        if self.conversations:
+            lines.append(f"conversations rendered with the chat template {chat.template_sha256(self.tok)}, "
+                         f"training on {self.train_on.replace('_', ' ')} turns")
         if self.realised:
             lines.append(f"mixture, examples per task and template in epoch 0: {self.realised(0)}")
         return lines
 
     def summary(self) -> dict[str, Any]:
         """What metrics.json records about the data."""
-        return {"train_examples": len(self.train), "dropped_examples": self.dropped,
+        return {"train_examples": self.packed_from or len(self.train), "dropped_examples": self.dropped,
                 "padding_fraction": self.padding, "templates": self.template_ids, "task": self.task,
-                "tasks": self.tasks,
+                "tasks": self.tasks, "packed_rows": len(self.train) if self.packed_from else None,
+                "chat_template_sha256": chat.template_sha256(self.tok) if self.conversations else None,
+                "train_on": self.train_on if self.conversations else None,
                 "mixture_epoch0": self.realised(0) if self.realised else None}
 
     def keep_batches(self) -> Iterable[dict]:
@@ -125,11 +149,13 @@ class RunData:
     def _scores(self, model: Any, sets: list[tuple[EvalSet, list[dict]]]) -> dict[str, Any]:
         """Loss over all records; each set's own metrics; their macro average at the top level."""
         records = [r for _, recs in sets for r in recs]
-        enc, _ = encode_records(records, self.tok, 10**6)
+        enc, _ = encode_records(records, self.tok, 10**6, self.train_on)
         out: dict[str, Any] = {"loss": validation_loss(model, enc, self.tok.pad_token_id, self.batch_size)}
         per: dict[str, dict[str, float]] = {}
         for e, recs in sets:
             t = e.template
+            if t.task == "text":  # plain text has no answer to score: its loss is the measure
+                continue
             res = evaluate_records(model, self.tok, recs, task=t.task, choices=t.choices, metrics=t.metrics,
                                    stop=t.stop, mode=self.eval_mode if t.choices else "generate",
                                    batch_size=self.batch_size * 2, max_new_tokens=8 if t.choices else 32)
@@ -147,8 +173,11 @@ def check(cfg: Any) -> None:
     unknown template or a bad row is reported in seconds, not after the load."""
     split = cfg.data.split_spec()
     tasks = [cfg.data.task_spec()] if cfg.mixture is None else [t.task_spec() for t in cfg.mixture.tasks]
-    for task in [*tasks, *(k.task_spec() for k in cfg.keep)]:
-        dataset(task, split)
+    formats = {stats(dataset(task, split)).get("data_format") for task in [*tasks, *(k.task_spec() for k in cfg.keep)]}
+    if formats & set(CONVERSATIONS) and cfg.data.chat_format == "auto":
+        folder = Path(resolve_model(cfg.model))
+        if folder.is_dir() and chat.saved_template(folder) is None:
+            chat.require_template(None, cfg.model)
 
 
 def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
@@ -159,7 +188,7 @@ def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
         if not splits[name]:
             raise InstructuneError(f"the {name} split of {d.source} is empty; use more data or change "
                                    "data.fractions.")
-    train, dropped = encode_records(subset(splits["train"], d.train_limit, cfg.seed), tok, d.max_length)
+    train, dropped = encode_records(subset(splits["train"], d.train_limit, cfg.seed), tok, d.max_length, d.train_on)
     if not train:
         raise InstructuneError(f"no training example fits data.max_length={d.max_length}; raise it.")
     val, test = subset(splits["validation"], d.val_limit, cfg.seed), subset(splits["test"], d.test_limit, cfg.seed)
@@ -170,7 +199,7 @@ def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
 
 def _mixture(cfg: Any, tok: Any) -> tuple:
     d = cfg.data
-    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions, d.train_limit)
+    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions, d.train_limit, d.train_on)
     lengths = [len(e["input_ids"]) for e in mix.examples]
 
     def plan(epoch: int) -> list[list[int]]:
