@@ -436,7 +436,7 @@ def evaluate(method: str, model: str, saved: Path, folder: Path) -> dict[str, An
     from instructune.data.build import read_split
     from instructune.data.tokenize import encode_records
     from instructune.models import load_model
-    from instructune.training.loop import validation_loss
+    from instructune.training.batching import validation_loss
 
     gc.collect()  # the trained model and its optimiser are gone: their memory is not counted twice
     trained, tok = load_model(str(saved)) if method == "full" else load_model(model, adapter=str(saved))

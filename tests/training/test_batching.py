@@ -53,3 +53,27 @@ def test_right_padded_batch_is_sent_without_a_mask() -> None:
     completion_loss_sum(Spy(), collate(examples, 2), True)
     completion_loss_sum(Spy(), left_padded(examples, 2), True)
     assert seen[0] is None and seen[1] is not None and seen[1].shape == (3, 11)
+
+
+def test_validation_batches_are_bounded_in_tokens_and_the_loss_is_unchanged() -> None:
+    """One very long example (a conversation of thousands of tokens) used to make its whole batch that wide:
+    8 x 6,742 positions of logits over the vocabulary took 21 GB. Batches now stay under a token budget."""
+    from instructune.training.batching import validation_loss
+
+    model = tiny_model(70).eval()
+    long = {"input_ids": list(range(4, 64)) * 5, "labels": list(range(4, 64)) * 5}  # 300 tokens, all trained
+    examples = rows() + [long] + rows()
+    widths: list[tuple[int, int]] = []
+    forward = model.forward
+
+    def spy(**kwargs):  # noqa: ANN003, ANN202
+        widths.append(tuple(kwargs["input_ids"].shape))
+        return forward(**kwargs)
+
+    model.forward = spy
+    with torch.no_grad():
+        bounded = validation_loss(model, examples, 2, batch_size=8, max_tokens=400)
+        assert all(b * t <= 400 for b, t in widths) and (1, 300) in widths
+        widths.clear()
+        unbounded = validation_loss(model, examples, 2, batch_size=8, max_tokens=10**6)
+    assert widths == [(7, 300)] and bounded == pytest.approx(unbounded, rel=1e-5)

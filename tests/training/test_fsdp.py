@@ -86,8 +86,8 @@ class Run:
         return model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
 
     def loop(self, model: Any, optimizer: Any, scheduler: Any, run: Path, state: Any = None) -> None:
-        from instructune.training.batching import epoch_batches
-        from instructune.training.loop import train_loop, validation_loss
+        from instructune.training.batching import epoch_batches, validation_loss
+        from instructune.training.loop import train_loop
 
         lengths, pad = [len(e["input_ids"]) for e in self.train], self.tok.pad_token_id
         run.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -121,3 +122,29 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
         logits = out.logits[:, -labels.shape[1]:-1]  # prompt-learning methods prepend virtual tokens
     return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: int = 16,
+                    only_completion_logits: bool = True, max_tokens: int = 8192) -> float:
+    """Mean cross-entropy per completion token over `examples`, in batches of at most `batch_size`
+    examples and `max_tokens` padded tokens (one long conversation must not make a batch's
+    logits tens of GB)."""
+    total, count = 0.0, 0
+    for chunk in _token_batches(examples, batch_size, max_tokens):
+        batch = {k: v.to(next(model.parameters()).device) for k, v in collate(chunk, pad_id).items()}
+        total += float(completion_loss_sum(model, batch, only_completion_logits))
+        count += int((batch["labels"][:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+def _token_batches(examples: list[dict], batch_size: int, max_tokens: int) -> Iterator[list[dict]]:
+    """Consecutive examples, a batch closed when one more would pass either limit."""
+    chunk: list[dict] = []
+    for e in examples:
+        width = max([len(e["input_ids"])] + [len(c["input_ids"]) for c in chunk])
+        if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * width > max_tokens):
+            yield chunk
+            chunk = []
+        chunk.append(e)
+    if chunk:
+        yield chunk

@@ -365,18 +365,6 @@ def restore(path: Path, model: Any, optimizer: Any, scheduler: Any, regularizers
 
 
 @torch.no_grad()
-def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: int = 16,
-                    only_completion_logits: bool = True) -> float:
-    """Mean cross-entropy per completion token over `examples`."""
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(next(model.parameters()).device)
-                 for k, v in collate(examples[i:i + batch_size], pad_id).items()}
-        total += float(completion_loss_sum(model, batch, only_completion_logits))
-        count += int((batch["labels"][:, 1:] != -100).sum())
-    return total / max(count, 1)
-
-
 def _log(log: Any, tb: Any, record: dict[str, Any]) -> None:
     try:
         log.write(json.dumps(record) + "\n")

@@ -22,8 +22,7 @@ from instructune.data.tokenize import encode_records
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
 from instructune.models import resolve_model
-from instructune.training.batching import collate, epoch_batches, pack, padding_fraction
-from instructune.training.loop import validation_loss
+from instructune.training.batching import collate, epoch_batches, pack, padding_fraction, validation_loss
 
 
 @dataclass
@@ -58,6 +57,8 @@ class RunData:
     """Conversations: which assistant turns carry loss (validation loss counts the same ones)."""
     packed_from: int = 0
     """With packing: how many examples the rows of `train` hold."""
+    max_length: int = 256
+    """data.max_length: conversations are scored cut as they were trained."""
 
     @property
     def task(self) -> str:
@@ -104,7 +105,8 @@ class RunData:
         return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.batch_size, plan=plan,
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
                    replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
-                   source_name=task_names([d.source])[0], train_on=d.train_on, packed_from=packed_from)
+                   source_name=task_names([d.source])[0], train_on=d.train_on, packed_from=packed_from,
+                   max_length=d.max_length)
 
     @property
     def conversations(self) -> bool:
@@ -149,7 +151,8 @@ class RunData:
     def _scores(self, model: Any, sets: list[tuple[EvalSet, list[dict]]]) -> dict[str, Any]:
         """Loss over all records; each set's own metrics; their macro average at the top level."""
         records = [r for _, recs in sets for r in recs]
-        enc, _ = encode_records(records, self.tok, 10**6, self.train_on)
+        # conversations are cut as in training (one can run to thousands of tokens); a template's prompt is whole
+        enc, _ = encode_records(records, self.tok, self.max_length if self.conversations else 10**6, self.train_on)
         out: dict[str, Any] = {"loss": validation_loss(model, enc, self.tok.pad_token_id, self.batch_size)}
         per: dict[str, dict[str, float]] = {}
         for e, recs in sets:
