@@ -82,3 +82,20 @@ def test_bad_override_and_non_mapping(tmp_path: Path) -> None:
 
 def test_field_docs() -> None:
     assert field_docs(Cfg)["steps"] == "Optimiser steps."
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_the_command_it_opens_with(path: Path) -> None:
+    from instructune.recipes.forgetting import ForgettingConfig
+    from instructune.recipes.sequential import SequentialConfig
+    from instructune.recipes.sweep import load_sweep
+    from instructune.training.config import TrainConfig
+
+    command = path.read_text().splitlines()[0].split()
+    assert command[:2] == ["#", "instructune"] and command[3] == f"configs/{path.name}"
+    if command[2] == "sweep":
+        load_sweep(path)
+    else:
+        load_config({"train": TrainConfig, "forgetting": ForgettingConfig, "sequential": SequentialConfig}[command[2]],
+                    path)

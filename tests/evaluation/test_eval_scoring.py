@@ -124,3 +124,34 @@ def test_adapters_score_like_pair_by_pair(fresh_chat_model: tuple[Any, Any], ada
     pairwise = completion_logprobs(tuned, tok, [p for p in prompts for _ in range(2)], ["positive", "sport"] * 3)
     assert [n for row in rows for _, n in row] == [n for _, n in pairwise]
     assert [lp for row in rows for lp, _ in row] == pytest.approx([lp for lp, _ in pairwise], abs=1e-4)
+
+
+def test_a_long_example_is_scored_alone_and_the_scores_do_not_change(chat_model: tuple[Any, Any]) -> None:
+    """A chat reference can run to thousands of tokens: a batch of 16 such examples needed attention over
+    16 x 7,000^2 positions at once and ran for over ten minutes. Batches now stay under a token budget."""
+    from instructune.evaluation import generate
+
+    model, tok = chat_model
+    prompts = [prompt_text(tok, p) for p in PROMPTS] + [prompt_text(tok, " ".join(PROMPTS * 6))]
+    completions = COMPLETIONS + ["positive " * 30]
+    widths: list[tuple[int, int]] = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        widths.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        unbounded = completion_logprobs(model, tok, prompts, completions, batch_size=16)
+        assert len(widths) == 1
+        widths.clear()
+        budget, generate.MAX_BATCH_TOKENS = generate.MAX_BATCH_TOKENS, 200
+        bounded = completion_logprobs(model, tok, prompts, completions, batch_size=16)
+    finally:
+        generate.MAX_BATCH_TOKENS = budget
+        del model.forward
+    assert widths[0][0] == 1 and widths[0][1] > 100 and all(b * t <= 200 for b, t in widths[1:])
+    assert [n for _, n in bounded] == [n for _, n in unbounded]
+    for (b, _), (u, _) in zip(bounded, unbounded, strict=True):
+        assert b == pytest.approx(u, abs=1e-4)

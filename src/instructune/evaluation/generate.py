@@ -20,15 +20,29 @@ import torch
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+MAX_BATCH_TOKENS = 8192
+"""Padded tokens one scoring or generation batch may hold: a batch of long conversations is split
+(16 prompts of 7,000 tokens would need their attention over 16 x 7,000^2 positions at once)."""
 
-def batches(items: list[Any], size: int, desc: str | None = None) -> Iterator[list[Any]]:
-    """`items` in slices of `size`; with `desc`, a progress bar on stderr (examples, rate, ETA) that shows
-    only in a terminal and only when the work lasts (a bar for a second's work never appears)."""
+
+def batches(items: list[Any], size: int, desc: str | None = None, lengths: list[int] | None = None,
+            max_tokens: int | None = None) -> Iterator[list[Any]]:
+    """`items` in slices of at most `size`, and with `lengths` (one per item) of at most `max_tokens`
+    padded tokens; with `desc`, a progress bar on stderr (examples, rate, ETA) that shows only in a
+    terminal and only when the work lasts (a bar for a second's work never appears)."""
+    max_tokens = max_tokens or MAX_BATCH_TOKENS
     with tqdm(total=len(items), desc=desc, unit="ex", disable=None if desc else True, leave=False,
               mininterval=1.0, delay=2.0, file=sys.stderr, dynamic_ncols=True) as bar:
-        for i in range(0, len(items), size):
-            yield items[i:i + size]
-            bar.update(len(items[i:i + size]))
+        i = 0
+        while i < len(items):
+            n = min(size, len(items) - i)
+            if lengths is not None:
+                n, width = 1, lengths[i]
+                while n < size and i + n < len(items) and (n + 1) * max(width, lengths[i + n]) <= max_tokens:
+                    width, n = max(width, lengths[i + n]), n + 1
+            yield items[i:i + n]
+            bar.update(n)
+            i += n
 
 
 @dataclass
@@ -124,7 +138,7 @@ def generate_batch(model: Any, tokenizer: Any, texts: list[str], max_new_tokens:
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for idx in batches(order, batch_size, desc="generate"):
+    for idx in batches(order, batch_size, desc="generate", lengths=[len(ids[i]) + max_new_tokens for i in order]):
         enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding=True, padding_side="left",
                             return_tensors="pt")
         enc = {k: v.to(model.device) for k, v in enc.items()}

@@ -71,7 +71,7 @@ def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], comp
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))  # similar lengths share a batch
     out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     slim = _accepts_logits_to_keep(model) and not _prompt_learning(model)  # prompt tuning shifts every position
-    for idx in batches(order, batch_size, desc="score"):
+    for idx in batches(order, batch_size, desc="score", lengths=[len(pairs[i][0]) for i in order]):
         enc = tokenizer.pad({"input_ids": [pairs[i][0] for i in idx]}, padding=True, padding_side="right",
                             return_tensors="pt")
         keep = torch.zeros_like(enc["input_ids"], dtype=torch.bool)  # (B, T): positions whose logits we need
