@@ -72,6 +72,17 @@ def test_lora_run_writes_adapter_metrics_and_logs(tmp_path: Path, tiny_model_dir
     assert metrics["validation"]["loss"] == pytest.approx(saved["validation"]["loss"])
     curve = losses(run)
     assert len(curve) == 12 and sum(curve[-3:]) < sum(curve[:3])
+    # what was trained, token by token: the completion alone carries loss; the report shows it
+    view = json.loads((run / "data_inspect.json").read_text())
+    assert view["totals"]["examples"] == saved["train_examples"] and len(view["examples"]) == 3
+    for e in view["examples"]:
+        trained = "".join(text for text, t in e["tokens"] if t)
+        assert trained.strip() in {"positive<|im_end|>", "negative<|im_end|>"}  # the answer and its end token
+        assert "Review:" in "".join(text for text, t in e["tokens"] if not t)
+    from instructune.report import build_report
+    html = build_report([run], tmp_path / "report")["html"].read_text()
+    assert 'id="trained-tokens"' in html
+    assert html.count("class='tok trained'") == sum(t for e in view["examples"][:2] for _, t in e["tokens"])
     # the adapter loads with plain peft
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from instructune.data.tokenize import IGNORE_INDEX, encode_record
+from instructune.data.tokenize import IGNORE_INDEX, encode_records
 
 GREEN, GREY, RESET = "\x1b[30;42m", "\x1b[2m", "\x1b[0m"
 
@@ -20,26 +20,31 @@ GREEN, GREY, RESET = "\x1b[30;42m", "\x1b[2m", "\x1b[0m"
 def inspect(tok: Any, records: list[dict], max_length: int, train_on: str = "all_assistant",
             n: int = 3) -> dict[str, Any]:
     """Counts over every record, and the first `n` examples as (token text, trained) pairs."""
-    shown, totals = [], {"records": len(records), "examples": 0, "tokens": 0, "trained_tokens": 0, "cut": 0,
-                         "dropped": 0}
-    for r in records:
-        examples, dropped = encode_record(tok, r, max_length, train_on)
-        totals["dropped"] += dropped
-        for e in examples:
-            trained = [label != IGNORE_INDEX for label in e["labels"]]
-            totals["examples"] += 1
-            totals["tokens"] += len(e["input_ids"])
-            totals["trained_tokens"] += sum(trained)
-            totals["cut"] += bool(e.get("cut"))
-            if len(shown) < n:
-                shown.append({"id": r["id"], "cut": bool(e.get("cut")),
-                              "tokens": [[tok.decode([i]), t] for i, t in zip(e["input_ids"], trained, strict=True)]})
+    examples, dropped = encode_records(records, tok, max_length, train_on)
+    return of_examples(tok, examples, dropped, n, records=len(records))
+
+
+def of_examples(tok: Any, examples: list[dict], dropped: int, n: int = 3, records: int | None = None) -> dict[str, Any]:
+    """`inspect` of examples already encoded (a training run's own, before packing): what the run writes
+    to `data_inspect.json` for the report."""
+    totals = {"records": records, "examples": len(examples), "tokens": 0, "trained_tokens": 0, "cut": 0,
+              "dropped": dropped}
+    shown = []
+    for e in examples:
+        trained = [label != IGNORE_INDEX for label in e["labels"]]
+        totals["tokens"] += len(e["input_ids"])
+        totals["trained_tokens"] += sum(trained)
+        totals["cut"] += bool(e.get("cut"))
+        if len(shown) < n:
+            shown.append({"id": e.get("id"), "cut": bool(e.get("cut")),
+                          "tokens": [[tok.decode([i]), t] for i, t in zip(e["input_ids"], trained, strict=True)]})
     return {"totals": totals, "examples": shown}
 
 
 def summary(totals: dict[str, int]) -> str:
     share = totals["trained_tokens"] / max(totals["tokens"], 1)
-    return (f"{totals['records']} records -> {totals['examples']} examples, {totals['tokens']:,} tokens, "
+    source = f"{totals['records']} records -> " if totals.get("records") is not None else ""
+    return (f"{source}{totals['examples']} examples, {totals['tokens']:,} tokens, "
             f"{totals['trained_tokens']:,} trained ({share:.1%}); {totals['cut']} cut after the last turn that "
             f"fits, {totals['dropped']} dropped (too long)")
 

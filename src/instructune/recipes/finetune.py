@@ -93,6 +93,8 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
                       allow_data_change, log) if resume else None)
     for line in data.describe(total_steps):
         log(line)
+    if engine.is_main_process:
+        run_dir.write_json(out / "data_inspect.json", data.view)
 
     def validate(m: Any) -> dict[str, Any]:
         with engine.autocast():  # generation included: the run's precision throughout

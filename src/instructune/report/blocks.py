@@ -93,7 +93,18 @@ class Cards:
     cards: list[Card]
 
 
-Block = Table | Chart | Examples | KeyValues | Details | Cards
+@dataclass
+class Tokens:
+    """Examples token by token, trained tokens highlighted (`data.inspect`)."""
+
+    title: str
+    html: str
+    """An HTML fragment built with every piece of text escaped (`data.inspect.to_html`)."""
+    text: str
+    """The same as plain text, trained tokens inside [[ ]]."""
+
+
+Block = Table | Chart | Examples | KeyValues | Details | Cards | Tokens
 
 
 @dataclass

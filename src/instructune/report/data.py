@@ -43,6 +43,8 @@ class TrainingRun:
     """train_log.jsonl records, one per step and kind (a resumed run's repeated steps: the last wins)."""
     group: str = ""
     """Label of the study (forgetting or sequential) this run belongs to ("" for a stand-alone run)."""
+    inspect: dict[str, Any] | None = None
+    """data_inspect.json: its first training examples token by token, trained tokens flagged."""
 
     @property
     def name(self) -> str:
@@ -233,7 +235,9 @@ def _read_training(folder: Path, label: str, group: str) -> TrainingRun:
             config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise InstructuneError(f"{folder / 'config.yaml'}: not valid YAML ({e}); fix or remove it.") from None
-    return TrainingRun(folder, label, metrics, config, read_train_log(folder / "train_log.jsonl"), group)
+    view = folder / "data_inspect.json"
+    return TrainingRun(folder, label, metrics, config, read_train_log(folder / "train_log.jsonl"), group,
+                       _read_json(view) if view.exists() else None)
 
 
 def read_train_log(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from instructune.report.blocks import Cards, Chart, Details, Examples, KeyValues, Section, Table
+from instructune.report.blocks import Cards, Chart, Details, Examples, KeyValues, Section, Table, Tokens
 
 FILES = "report_files"
 
@@ -55,6 +55,8 @@ def render_block(b: object) -> list[str]:
         return [f"<details><summary>{b.summary}</summary>", "", "```", b.text.rstrip(), "```", "", "</details>", ""]
     if isinstance(b, Examples):
         return examples(b)
+    if isinstance(b, Tokens):
+        return [f"**{b.title}**", "", "```", b.text.rstrip(), "```", ""]
     raise TypeError(f"no Markdown for {type(b).__name__}")
 
 

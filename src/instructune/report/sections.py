@@ -6,10 +6,12 @@ before/after per task, cost, examples), and what produced it last, collapsed (pr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
 
+from instructune.data import inspect
 from instructune.evaluation.metrics import CHART, HEADLINE
 from instructune.report import plots
 from instructune.report.blocks import (
@@ -21,6 +23,7 @@ from instructune.report.blocks import (
     KeyValues,
     Section,
     Table,
+    Tokens,
     num,
 )
 from instructune.report.data import EvalRun, Runs, TrainingRun, setting_kind
@@ -34,8 +37,33 @@ def build_sections(runs: Runs) -> list[Section]:
 
     found = [results_section(runs), forgetting_section(runs, colors), sequential_section(runs),
              loss_section(runs, colors), before_after_section(runs, colors), cost_section(runs, colors),
-             examples_section(runs), provenance_section(runs)]
+             examples_section(runs), trained_tokens_section(runs), provenance_section(runs)]
     return [s for s in found if s is not None]
+
+
+# ----------------------------------------------------------------------------- trained tokens
+
+SHOWN_VIEWS = 4
+
+
+def trained_tokens_section(runs: Runs) -> Section | None:
+    """The first training examples of each run token by token, as the model saw them, with the tokens that
+    carried loss highlighted; runs that trained on the same data share one view."""
+    views: dict[str, tuple[dict, list[str]]] = {}
+    for run in runs.trainings:
+        if run.inspect and run.inspect.get("examples"):
+            key = json.dumps(run.inspect, sort_keys=True)
+            views.setdefault(key, (run.inspect, []))[1].append(run.label)
+    if not views:
+        return None
+    s = Section("trained-tokens", "What the model was trained on",
+                "The first training examples exactly as the model saw them, one box per token; highlighted tokens "
+                "carry the loss (the completion, or the assistant turns of a conversation), the rest is context.",
+                nav="Trained tokens")
+    for view, labels in list(views.values())[:SHOWN_VIEWS]:
+        shown = {**view, "examples": view["examples"][:2]}
+        s.blocks.append(Tokens(", ".join(labels), inspect.to_html(shown), inspect.to_text(shown, colour=False)))
+    return s
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -16,6 +16,7 @@ from typing import Any
 from instructune.data import chat
 from instructune.data.build import stats
 from instructune.data.formats import CONVERSATIONS
+from instructune.data.inspect import of_examples
 from instructune.data.mixture import build_mixture, task_names
 from instructune.data.task import dataset, load_split, subset, templates
 from instructune.data.tokenize import encode_records
@@ -59,6 +60,9 @@ class RunData:
     """With packing: how many examples the rows of `train` hold."""
     max_length: int = 256
     """data.max_length: conversations are scored cut as they were trained."""
+    view: dict[str, Any] = field(default_factory=dict)
+    """The first training examples token by token, trained tokens flagged, and counts over all of them
+    (`data.inspect.of_examples`, before packing): the run writes it to data_inspect.json for the report."""
 
     @property
     def task(self) -> str:
@@ -88,8 +92,10 @@ class RunData:
         packed_from = 0
         if cfg.mixture is not None:
             train, evals, plan, per_epoch, dropped, realised = _mixture(cfg, tok)
+            view = of_examples(tok, train, dropped)
         else:
             train, evals, dropped = _single(cfg, tok)
+            view = of_examples(tok, train, dropped)
             if cfg.packing:
                 packed_from, train = len(train), pack(train, d.max_length)
             lengths = [len(e["input_ids"]) for e in train]
@@ -106,7 +112,7 @@ class RunData:
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
                    replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
                    source_name=task_names([d.source])[0], train_on=d.train_on, packed_from=packed_from,
-                   max_length=d.max_length)
+                   max_length=d.max_length, view=view)
 
     @property
     def conversations(self) -> bool:

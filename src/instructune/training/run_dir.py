@@ -28,7 +28,8 @@ from instructune.training import checkpoint as ckpt
 MARKER = ".instructune-run"
 """Written when a run folder is created: what makes a folder a run's."""
 LOCK = ".instructune-run.lock"
-RUN_ENTRIES = {"config.yaml", "config.tmp", "train_log.jsonl", "metrics.json", "tensorboard", "best", "adapter",
+RUN_ENTRIES = {"config.yaml", "config.tmp", "train_log.jsonl", "metrics.json", "data_inspect.json",
+               "tensorboard", "best", "adapter",
                "model", MARKER, LOCK, f"{LOCK}.owner"}
 """Everything a run writes at the top of its folder, besides checkpoints and temporary folders."""
 OWN = re.compile(rf"({ckpt.PREFIX}\d{{8}}|\.tmp-{ckpt.PREFIX}\d{{8}}|\.tmp-pruned-{ckpt.PREFIX}\d{{8}}|\.tmp-best)")
