@@ -138,3 +138,22 @@ def test_a_study_is_continued_only_by_its_own_config(tmp_path: Path, tiny_model_
     assert main(["sweep", str(cfg), "--resume", "max_steps=6"]) == 2
     err = capsys.readouterr().err
     assert "created by another config" in err and "train.max_steps (4 -> 6)" in err
+
+
+def test_the_first_trial_is_the_configs_own_values_where_they_lie_in_the_space(tmp_path: Path) -> None:
+    from instructune.search import space
+    from instructune.search.study import open_study, storage
+    params, problems = space.parse({"optim.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "method.r": [8, 16],
+                                    "method.alpha": [16, 64]})
+    assert problems == []
+    base = {"optim": {"lr": 5.0e-4}, "method": {"name": "lora", "r": 16, "alpha": 32}}  # alpha 32: not a choice
+    study = open_study(storage(None, tmp_path), ["maximize"], params, 0, "none", {"train": base}, False)
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"optim.lr": 5.0e-4, "method.r": 16}]
+    # reopened (--resume): not queued again; a grid queues nothing (it tries every point anyway)
+    study = open_study(storage(None, tmp_path), ["maximize"], params, 0, "none", {"train": base}, True)
+    assert len(study.get_trials(deepcopy=False)) == 1
+    grid, _ = space.parse({"method.r": [8, 16]})
+    (tmp_path / "g").mkdir()
+    other = open_study(storage(None, tmp_path / "g"), ["maximize"], grid, 0, "none", {"train": base}, False)
+    assert other.get_trials(deepcopy=False) == []

@@ -140,6 +140,21 @@ def apply(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def current(params: list[Param], base: dict[str, Any]) -> dict[str, Any]:
+    """The config's own value of each parameter that lies in its space: the study's first trial, so every
+    trial is measured against the config the search started from."""
+    out = {}
+    for p in params:
+        node: Any = base
+        for part in p.path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        inside = (node in p.choices if p.choices is not None else
+                  isinstance(node, (int, float)) and not isinstance(node, bool) and p.low <= node <= p.high)
+        if node is not None and inside:
+            out[p.path] = node
+    return out
+
+
 def grid_only(params: list[Param]) -> bool:
     """Whether every parameter is a list (a grid sampler then tries each combination once)."""
     return all(p.choices is not None for p in params)

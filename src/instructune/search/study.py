@@ -19,7 +19,7 @@ from optuna.samplers import GridSampler, TPESampler
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
 from instructune.errors import InstructuneError
-from instructune.search.space import Param, grid_only
+from instructune.search.space import Param, current, grid_only
 from instructune.training.run_dir import differences
 
 # Heartbeats and study groups are marked experimental by Optuna; their notices say nothing the user can act on.
@@ -66,6 +66,9 @@ def open_study(store: RDBStorage, directions: list[str], params: list[Param], se
     saved = study.user_attrs.get("config")
     if saved is None:
         study.set_user_attr("config", json.loads(json.dumps(key)))
+        first = current(params, key["train"])
+        if first and not grid_only(params):  # a grid tries every point anyway
+            study.enqueue_trial(first)
     elif saved != json.loads(json.dumps(key)):
         diff = sorted(differences(saved, json.loads(json.dumps(key))))
         raise InstructuneError(f"the study in this folder was created by another config ({', '.join(diff)} differ); "
