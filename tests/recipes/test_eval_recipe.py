@@ -103,6 +103,9 @@ def test_eval_scores_the_test_rows_a_run_held_out(tmp_path: Path, tiny_model_dir
         return sorted(p["id"] for p in json.loads((out / "eval.json").read_text())["results"][0]["predictions"])
 
     assert scored("--run", str(run)) == run_ids
+    # without --out, a run's evaluation is written beside it (a second run's does not overwrite it)
+    assert main(["eval", "--model", str(tiny_model_dir), "--mode", "likelihood", "--run", str(run)]) == 0
+    assert (run / "eval" / "eval.json").exists()
     assert scored("--data", str(data), "--template-file", str(tpl), "--template", "mood", "--data-seed", "3") == run_ids
     # another split seed holds out other rows: the seed is what makes them the run's
     assert scored("--data", str(data), "--template-file", str(tpl), "--template", "mood") != run_ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto (default) measures bf16 against fp32 on this CPU (see `instructune doctor`)")
     p.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
-    p.add_argument("--out", default="runs/eval", help="folder for eval.json and predictions.csv")
+    p.add_argument("--out", help="folder for eval.json and predictions.csv (default: RUN_DIR/eval with --run, "
+                                 "else runs/eval)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from instructune.hardware import setup_threads
     from instructune.recipes.evaluate import evaluate, print_table
 
+    if args.out is None:  # a run's evaluation stays beside it: a second --run does not overwrite the first
+        args.out = str(Path(args.run) / "eval") if args.run else "runs/eval"
     try:
         shots = sorted({int(s) for s in args.shots.split(",") if s.strip()})
     except ValueError:
@@ -68,7 +72,6 @@ def _task_of(args: argparse.Namespace) -> dict:
             raise InstructuneError("eval needs --data (and --template unless the data has one: alpaca or chat "
                                    "records), or --run RUN_DIR, a training run's folder.")
         return {"data": args.data, "template": args.template, "template_file": args.template_file, **split}
-    from pathlib import Path
 
     import yaml
 
