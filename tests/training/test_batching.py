@@ -77,3 +77,16 @@ def test_validation_batches_are_bounded_in_tokens_and_the_loss_is_unchanged() ->
         widths.clear()
         unbounded = validation_loss(model, examples, 2, batch_size=8, max_tokens=10**6)
     assert widths == [(7, 300)] and bounded == pytest.approx(unbounded, rel=1e-5)
+
+
+def test_validation_builds_no_autograd_graph() -> None:
+    """Validation ran with gradients on: every forward kept its activations for a backward that never came
+    (a training step's memory, at each validation of a chat run)."""
+    from instructune.training.batching import validation_loss
+
+    model = tiny_model(70).train()
+    grad_enabled: list[bool] = []
+    model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    loss = validation_loss(model, rows(), 2, batch_size=2)
+    assert grad_enabled and not any(grad_enabled) and loss > 0
+    assert all(p.grad is None for p in model.parameters())

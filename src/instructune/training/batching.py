@@ -124,6 +124,7 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
                                              ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+@torch.no_grad()  # no autograd graph: a validation pass used to hold a training step's activations
 def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: int = 16,
                     only_completion_logits: bool = True, max_tokens: int = 8192) -> float:
     """Mean cross-entropy per completion token over `examples`, in batches of at most `batch_size`
