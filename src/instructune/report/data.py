@@ -25,9 +25,9 @@ import yaml
 
 from instructune.errors import InstructuneError, collect
 
-REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "sequential.json", "run_info.json")
+REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "sequential.json", "sweep.json", "run_info.json")
 """The files a report is made of; a folder holding none of them (at any depth) has nothing to report."""
-PRODUCERS = "`instructune train`, `eval`, `forgetting`, `sequential` or `demo`"
+PRODUCERS = "`instructune train`, `eval`, `forgetting`, `sequential`, `sweep` or `demo`"
 
 
 @dataclass
@@ -82,6 +82,14 @@ class SequentialRun:
 
 
 @dataclass
+class SweepRun:
+    path: Path
+    """The sweep.json file."""
+    label: str
+    data: dict[str, Any]
+
+
+@dataclass
 class RunInfo:
     path: Path
     """The run_info.json file."""
@@ -99,6 +107,7 @@ class Runs:
     evals: list[EvalRun] = field(default_factory=list)
     forgettings: list[ForgettingRun] = field(default_factory=list)
     sequentials: list[SequentialRun] = field(default_factory=list)
+    sweeps: list[SweepRun] = field(default_factory=list)
     studies: dict[str, str] = field(default_factory=dict)
     """Study label -> its kind, "forgetting" or "sequential"."""
 
@@ -138,6 +147,8 @@ def discover(run_dirs: list[Path]) -> Runs:
         runs.forgettings.append(ForgettingRun(f, folders[f.parent][0], _read_forgetting(f)))
     for f in sorted(found["sequential.json"]):
         runs.sequentials.append(SequentialRun(f, folders[f.parent][0], _read_sequential(f)))
+    for f in sorted(found["sweep.json"]):
+        runs.sweeps.append(SweepRun(f, _label(f.parent, base), _read_sweep(f)))
     for f in sorted(found["metrics.json"]):
         study = folders.get(f.parent.parent, ("", ""))[0]  # a cure's run: "<study>/<cure>", however reached
         label = f"{study}/{f.parent.name}" if study else _label(f.parent, base)
@@ -223,6 +234,13 @@ def _read_sequential(path: Path) -> dict[str, Any]:
                         f"{len(tasks)} scores (one per task), got rows of {shape}")
     problems += _missing(data.get("measures") or {}, ("forgetting", "bwt", "fwt"), "measures")
     collect(problems, f"cannot read {path} (written by `instructune sequential`; run it again to rewrite the file)")
+    return data
+
+
+def _read_sweep(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    collect(_missing(data, ("objective", "direction", "trials", "chosen"), "the top level"),
+            f"cannot read {path} (written by `instructune sweep`; run it again to rewrite the file)")
     return data
 
 

@@ -18,7 +18,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.text import Text
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from instructune.evaluation.metrics import higher_is_better
 
@@ -298,3 +298,76 @@ def _wrap(text: str, width: int) -> str:
 
 def _short(text: str, n: int) -> str:
     return text if len(text) <= n else "\u2026" + text[-(n - 1):]
+
+
+def sweep_history(history: Sequence[tuple[int, float, str]], slices: dict[str, Sequence[tuple[Any, float, str, int]]],
+                  metric: str, maximize: bool, chosen: int) -> bytes:
+    """A sweep's objective per trial (left, with the best so far) and against each parameter (right)."""
+    ncols = 1 + len(slices)
+    with _figure(min(3.6 * ncols, 12), 3.3, ncols=ncols, sharey=True) as (fig, axes):
+        ax = axes[0]
+        best, line = None, []
+        for number, value, state in sorted(history):
+            if state == "complete":
+                best = value if best is None else (max if maximize else min)(best, value)
+            line.append((number, best))
+        ax.step([n for n, b in line if b is not None], [b for _, b in line if b is not None], where="post",
+                color=PALETTE[0], lw=1.6, label="best so far")
+        for number, value, state in history:
+            _trial_point(ax, number, value, state, number == chosen)
+        ax.set_title("trials in order")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"validation {metric} ({direction(metric)})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best")
+        for ax, (param, points) in zip(axes[1:], slices.items()):
+            values = [v for v, _, _, _ in points]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if numeric and _log_axis(values):
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            elif numeric:
+                ax.xaxis.set_major_locator(MaxNLocator(4))
+            if numeric:
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+            for v, score, state, number in points:
+                _trial_point(ax, v if numeric else str(v), score, state, number == chosen)
+            ax.set_title(_short(param, 24))
+            ax.set_xlabel(param.rsplit(".", 1)[-1])
+        return _png(fig)
+
+
+def _trial_point(ax: Any, x: Any, y: float, state: str, chosen: bool) -> None:
+    pruned = state != "complete"
+    ax.scatter([x], [y], s=70 if chosen else 34, zorder=3, marker="o",
+               facecolors="white" if pruned else (PALETTE[2] if chosen else PALETTE[0]),
+               edgecolors=MUTED if pruned else (PALETTE[2] if chosen else PALETTE[0]), linewidths=1.4)
+
+
+def _log_axis(values: Sequence[float]) -> bool:
+    """Positive values spread over more than a factor of 4, not all whole numbers: a log range."""
+    return (all(v > 0 for v in values) and len(set(values)) > 1 and max(values) / min(values) > 4
+            and not all(float(v).is_integer() for v in values))
+
+
+def pareto_front(points: Sequence[tuple[int, float, float]], front: set[int], chosen: int, metric: str,
+                 budget: float | None) -> bytes:
+    """Each trial's target score (y) against its mean retention drop (x); the front joined, the choice ringed."""
+    with _figure(6.5, 4.2) as (fig, axes):
+        ax = axes[0]
+        on = sorted((drop, score) for n, score, drop in points if n in front)
+        ax.plot([d for d, _ in on], [s for _, s in on], color=PALETTE[0], lw=1.4, zorder=2, label="Pareto front")
+        for n, score, drop in points:
+            c = PALETTE[0] if n in front else BASE
+            ax.scatter([drop], [score], s=44, color=c, zorder=3)
+            ax.annotate(str(n), (drop, score), xytext=(4, 4), textcoords="offset points", fontsize=8, color=c)
+            if n == chosen:
+                ax.scatter([drop], [score], s=180, facecolors="none", edgecolors=PALETTE[2], linewidths=1.8,
+                           zorder=4, label="chosen")
+        if budget is not None:
+            ax.axvline(budget, color=MUTED, ls="--", lw=1, label="forgetting budget")
+        ax.set_xlabel("mean retention drop (forgot \u2192)")
+        ax.set_ylabel(f"validation {metric}")
+        ax.legend(loc="best")
+        return _png(fig)

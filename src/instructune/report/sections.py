@@ -30,12 +30,13 @@ from instructune.report.data import EvalRun, Runs, TrainingRun, setting_kind
 from instructune.report.examples import examples_section
 from instructune.report.sequential import sequential_section
 from instructune.report.studies import before_after_section, forgetting_section
+from instructune.report.sweeps import sweep_section
 
 
 def build_sections(runs: Runs) -> list[Section]:
     colors = plots.Colors()
 
-    found = [results_section(runs), forgetting_section(runs, colors), sequential_section(runs),
+    found = [results_section(runs), forgetting_section(runs, colors), sequential_section(runs), sweep_section(runs),
              loss_section(runs, colors), before_after_section(runs, colors), cost_section(runs, colors),
              examples_section(runs), trained_tokens_section(runs), provenance_section(runs)]
     return [s for s in found if s is not None]
@@ -100,7 +101,7 @@ def provenance_section(runs: Runs) -> Section:
                 s.blocks.append(Details(f"{study.label}/{name} config",
                                         yaml.safe_dump(study.data["config"], sort_keys=False)))
     files = [r.path / "metrics.json" for r in runs.trainings] + [
-        r.path for r in [*runs.evals, *runs.forgettings, *runs.sequentials, *runs.infos]]
+        r.path for r in [*runs.evals, *runs.forgettings, *runs.sequentials, *runs.sweeps, *runs.infos]]
     s.blocks.append(Details(f"files read ({len(files)})", "\n".join(str(f) for f in sorted(files))))
     return s
 

@@ -1,0 +1,102 @@
+"""Hyperparameter searches (sweep.json): the trials, how the objective moved with each parameter, the
+Pareto front of target score against forgetting, the parameters' importance, and the one test score.
+
+    instructune sweep configs/sweep-lora-rotten-tomatoes.yaml   ->   runs/sweep-.../sweep.json
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from instructune.report import plots
+from instructune.report.blocks import Card, Cards, Cell, Chart, Section, Table, num
+from instructune.report.data import Runs, SweepRun
+
+
+def sweep_section(runs: Runs) -> Section | None:
+    if not runs.sweeps:
+        return None
+    s = Section("sweep", "Hyperparameter search",
+                "Every trial trained on the train split and was scored on the validation split only; the test "
+                "split was scored once, on the chosen configuration, after the search ended.", nav="Sweep")
+    for sw in runs.sweeps:
+        s.blocks += sweep_blocks(sw)
+    return s
+
+
+def sweep_blocks(sw: SweepRun) -> list[Any]:
+    d = sw.data
+    trials, chosen, objective = d["trials"], d["chosen"], d["objective"]
+    metric = objective.removeprefix("val_")
+    params = list(chosen["params"])
+    states = [t["state"] for t in trials]
+    test = d.get("test") or {}
+    cards = [Card("chosen trial", f"#{chosen['number']}", _params(chosen["params"]), "tuned"),
+             Card(f"validation {metric}", num(chosen["values"][0] if chosen.get("values") else None),
+                  "of the chosen trial"),
+             Card(f"test {metric}", num(test.get(metric)), "scored once, after the search" if test else
+                  "not scored (sweep.final: false)", "good" if test else ""),
+             Card("trials", str(len(trials)), f"{states.count('complete')} complete, {states.count('pruned')} pruned"
+                  + (f", {states.count('fail')} failed" if "fail" in states else ""))]
+    done = [t for t in trials if t.get("values")]
+    history = [(t["number"], t["values"][0], t["state"]) for t in done]
+    slices = {p: [(t["params"][p], t["values"][0], t["state"], t["number"]) for t in done if p in t["params"]]
+              for p in params}
+    blocks: list[Any] = [Cards(cards)]
+    if history:
+        png = plots.sweep_history(history, slices, metric, d["direction"] == "maximize", chosen["number"])
+        blocks.append(Chart(f"sweep-{_slug(sw.label)}", png,
+                            f"Left: {objective} of every trial in the order they ran, pruned ones at the step "
+                            "where they were stopped, the line the best so far. Right: the same scores against "
+                            "each parameter (log scale for a log range).",
+                            f"validation {metric} of every trial ({sw.label})"))
+    if d.get("forgetting") and d.get("pareto") is not None:
+        points = [(t["number"], t["values"][0], t["values"][1]) for t in done if len(t["values"]) > 1]
+        blocks.append(Chart(f"sweep-pareto-{_slug(sw.label)}",
+                            plots.pareto_front(points, set(d["pareto"]), chosen["number"], metric,
+                                               d.get("forgetting_budget")),
+                            "Each trial's target score against its mean retention drop; the Pareto front (no trial "
+                            "is better on both) is joined up, the chosen trial ringed"
+                            + (", the dashed line the forgetting budget." if d.get("forgetting_budget") is not None
+                               else "."), f"target against forgetting of every trial ({sw.label})"))
+    blocks.append(trials_table(sw))
+    if d.get("importance"):
+        blocks.append(Table(["parameter", "importance"], [False, True],
+                            [[Cell(k), Cell(num(v, 2))] for k, v in d["importance"].items()],
+                            title="parameter importance (Optuna's fANOVA over the complete trials)"))
+    return blocks
+
+
+def trials_table(sw: SweepRun) -> Table:
+    d = sw.data
+    metric = d["objective"].removeprefix("val_")
+    params = list(d["chosen"]["params"])
+    head = ["trial", "state", *params, f"val {metric}", *(["mean drop"] if d.get("forgetting") else []), "wall s",
+            "peak MB"]
+    rows = []
+    for t in d["trials"]:
+        values = t.get("values") or []
+        state = t["state"] + (f" at {t['pruned_at']}" if t.get("pruned_at") is not None else "")
+        row = [Cell(str(t["number"]), "good" if t["number"] == d["chosen"]["number"] else ""), Cell(state),
+               *[Cell(_value(t["params"].get(p))) for p in params], Cell(num(values[0] if values else None, 4))]
+        if d.get("forgetting"):
+            row.append(Cell(num(values[1], 4, signed=True) if len(values) > 1 else "\u2013"))
+        row += [Cell(num(round(t["wall_seconds"])) if t.get("wall_seconds") else "\u2013"),
+                Cell(num(round(t["peak_memory_mb"])) if t.get("peak_memory_mb") else "\u2013")]
+        rows.append(row)
+    return Table(head, [True, False, *[True] * len(params), True, *([True] if d.get("forgetting") else []), True, True],
+                 rows, title=f"{sw.label}/sweep.json: trials", note=f"test split: {d.get('test_from', '')}")
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "\u2013" if v is None else str(v)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {_value(v)}" for k, v in params.items())
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-") or "sweep"
