@@ -308,3 +308,19 @@ def test_metrics_record_the_measured_precision_and_threads(tmp_path: Path, tiny_
     assert any(line.startswith("precision auto -> fp32: bf16 matmul 2.0 GFLOP/s vs fp32 66.0 on this CPU")
                for line in lines)
     assert json.loads((cfg.output_dir / "metrics.json").read_text())["precision"] == metrics["precision"]
+
+
+def test_a_dataset_folder_without_stats_json_trains(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A folder of split files and templates.json (made by hand, or by the training bench) used to crash the
+    pre-load check with a traceback: it read stats.json to learn whether the data were conversations."""
+    data, tpl = toy_task(tmp_path)
+    folder = tmp_path / "built"
+    assert main(["data", "build", "--file", str(data), "--templates-file", str(tpl), "--template", "mood",
+                 "--out", str(folder)]) == 0
+    (folder / "stats.json").unlink()
+    empty = tmp_path / "none.yaml"
+    empty.write_text("")
+    assert main(["train", str(empty), f"model={tiny_model_dir}", f"output_dir={tmp_path / 'run'}",
+                 f"data.source={folder}", "data.val_limit=4", "data.test_limit=4", "max_steps=1", "eval_every=0",
+                 "save_every=0", "keep_checkpoints=0", "eval_mode=likelihood"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 1

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from instructune.data import chat
-from instructune.data.build import stats
 from instructune.data.formats import CONVERSATIONS
 from instructune.data.inspect import of_examples
 from instructune.data.mixture import build_mixture, task_names
-from instructune.data.task import dataset, load_split, subset, templates
+from instructune.data.task import load_split, subset, templates
 from instructune.data.tokenize import encode_records
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
@@ -182,7 +181,8 @@ def check(cfg: Any) -> None:
     unknown template or a bad row is reported in seconds, not after the load."""
     split = cfg.data.split_spec()
     tasks = [cfg.data.task_spec()] if cfg.mixture is None else [t.task_spec() for t in cfg.mixture.tasks]
-    formats = {stats(dataset(task, split)).get("data_format") for task in [*tasks, *(k.task_spec() for k in cfg.keep)]}
+    # the templates say which tasks are conversations (a hand-made dataset folder may have no stats.json)
+    formats = {t.format for task in [*tasks, *(k.task_spec() for k in cfg.keep)] for t in templates(task, split).values()}
     if formats & set(CONVERSATIONS) and cfg.data.chat_format == "auto":
         folder = Path(resolve_model(cfg.model))
         if folder.is_dir() and chat.saved_template(folder) is None:
