@@ -57,44 +57,18 @@ class TrainingRun:
 
 
 @dataclass
-class EvalRun:
+class ResultFile:
+    """A study's or command's JSON output: eval.json, forgetting.json, sequential.json (tasks, metrics, rows,
+    matrix ((T+1) x T, row 0 = before training), measures, stages), sweep.json or run_info.json."""
+
     path: Path
-    """The eval.json file."""
+    """The file."""
     label: str
     data: dict[str, Any]
 
 
-@dataclass
-class ForgettingRun:
-    path: Path
-    """The forgetting.json file."""
-    label: str
-    data: dict[str, Any]
-
-
-@dataclass
-class SequentialRun:
-    path: Path
-    """The sequential.json file."""
-    label: str
-    data: dict[str, Any]
-    """tasks, metrics, rows, matrix ((T+1) x T, row 0 = before training), measures, stages."""
-
-
-@dataclass
-class SweepRun:
-    path: Path
-    """The sweep.json file."""
-    label: str
-    data: dict[str, Any]
-
-
-@dataclass
-class RunInfo:
-    path: Path
-    """The run_info.json file."""
-    label: str
-    data: dict[str, Any]
+EvalRun = ForgettingRun = SequentialRun = SweepRun = RunInfo = ResultFile
+"""Names by the file each one holds."""
 
 
 @dataclass

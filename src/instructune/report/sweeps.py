@@ -14,14 +14,11 @@ from instructune.report.data import Runs, SweepRun
 
 
 def sweep_section(runs: Runs) -> Section | None:
-    if not runs.sweeps:
-        return None
-    s = Section("sweep", "Hyperparameter search",
-                "Every trial trained on the train split and was scored on the validation split only; the test "
-                "split was scored once, on the chosen configuration, after the search ended.", nav="Sweep")
-    for sw in runs.sweeps:
-        s.blocks += sweep_blocks(sw)
-    return s
+    blocks = [b for sw in runs.sweeps for b in sweep_blocks(sw)]
+    return Section("sweep", "Hyperparameter search",
+                   "Every trial trained on the train split and was scored on the validation split only; the test "
+                   "split was scored once, on the chosen configuration, after the search ended.", blocks,
+                   nav="Sweep") if blocks else None
 
 
 def sweep_blocks(sw: SweepRun) -> list[Any]:
