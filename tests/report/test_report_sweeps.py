@@ -61,3 +61,17 @@ def test_a_multi_objective_sweep_draws_its_pareto_front_and_lists_the_drops(tmp_
 def test_a_sweep_json_without_its_fields_names_them(tmp_path: Path) -> None:
     with pytest.raises(InstructuneError, match=r"(?s)instructune sweep.*no field 'chosen'"):
         build_report([write(tmp_path / "sweep", {k: v for k, v in SWEEP.items() if k != "chosen"})], tmp_path / "o")
+
+
+def test_a_data_size_grid_shows_its_learning_curve(tmp_path: Path, page_of: type) -> None:
+    curve = [{"x": 100, "value": 0.62, "low": 0.566, "high": 0.673, "n": 300},
+             {"x": 1000, "value": 0.85, "low": 0.81, "high": 0.89, "n": 300}]
+    grid = {**SWEEP, "learning_curve": curve, "chosen": {"number": 1, "params": {"data.train_limit": 1000},
+                                                          "values": [0.85]},
+            "trials": [{**trial(i, "complete", 5e-4, 16, [v]), "params": {"data.train_limit": x}}
+                       for i, (x, v) in enumerate([(100, 0.6), (1000, 0.85)])]}
+    page = page_of(build_report([write(tmp_path / "grid", grid)], tmp_path / "out")["html"].read_text())
+    rows = page.table("grid: learning curve")
+    assert [(r["data.train_limit"], r["test accuracy"], r["95% interval"]) for r in rows] == [
+        ("100", "0.620", "0.566 to 0.673"), ("1,000", "0.850", "0.810 to 0.890")]
+    assert len(page.images) == 2

@@ -18,7 +18,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.text import Text
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from instructune.evaluation.metrics import higher_is_better
 
@@ -370,4 +370,22 @@ def pareto_front(points: Sequence[tuple[int, float, float]], front: set[int], ch
         ax.set_xlabel("mean retention drop (forgot \u2192)")
         ax.set_ylabel(f"validation {metric}")
         ax.legend(loc="best")
+        return _png(fig)
+
+
+def learning_curve(points: Sequence[dict[str, Any]], param: str, metric: str) -> bytes:
+    """A grid sweep's test score against one parameter (log x), the bootstrap 95% interval as a band."""
+    with _figure(7.5, 3.6) as (fig, axes):
+        ax = axes[0]
+        xs = [p["x"] for p in points]
+        ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], color=PALETTE[0], alpha=0.18,
+                        lw=0, label="95% interval")
+        ax.plot(xs, [p["value"] for p in points], marker="o", color=PALETTE[0], lw=1.8, label=f"test {metric}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"test {metric} ({direction(metric)})")
+        ax.legend(loc="lower right")
         return _png(fig)

@@ -56,12 +56,28 @@ def sweep_blocks(sw: SweepRun) -> list[Any]:
                             "is better on both) is joined up, the chosen trial ringed"
                             + (", the dashed line the forgetting budget." if d.get("forgetting_budget") is not None
                                else "."), f"target against forgetting of every trial ({sw.label})"))
+    if d.get("learning_curve"):
+        blocks += curve_blocks(sw, metric)
     blocks.append(trials_table(sw))
     if d.get("importance"):
         blocks.append(Table(["parameter", "importance"], [False, True],
                             [[Cell(k), Cell(num(v, 2))] for k, v in d["importance"].items()],
                             title="parameter importance (Optuna's fANOVA over the complete trials)"))
     return blocks
+
+
+def curve_blocks(sw: SweepRun, metric: str) -> list[Any]:
+    """A grid sweep that scored every trial on the test split: its learning curve, and the points."""
+    points = sw.data["learning_curve"]
+    param = next(iter(sw.data["chosen"]["params"]), "x")
+    chart = Chart(f"sweep-curve-{_slug(sw.label)}", plots.learning_curve(points, param, metric),
+                  f"Test {metric} against {param}, every point scored on the same test examples; the band is a "
+                  "bootstrap 95% interval over them. Nothing was selected on the test split.",
+                  f"learning curve: test {metric} against {param} ({sw.label})")
+    table = Table([param, f"test {metric}", "95% interval", "test examples"], [True, True, True, True],
+                  [[Cell(num(p["x"])), Cell(num(p["value"])), Cell(f"{num(p['low'])} to {num(p['high'])}"),
+                    Cell(num(p["n"]))] for p in points], title=f"{sw.label}: learning curve")
+    return [chart, table]
 
 
 def trials_table(sw: SweepRun) -> Table:
