@@ -1,4 +1,4 @@
-"""`instructune data list|pull|build|inspect`."""
+"""`instructune data list|pull|build|inspect|distill`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--max-length", type=int, help="tokens per example (default: the config's, else 256)")
     i.add_argument("--html", metavar="FILE", help="also write the examples as an HTML page")
     i.set_defaults(func=inspect)
+    _distill_parser(verbs)
+
+
+def _distill_parser(verbs: argparse._SubParsersAction) -> None:
+    d = verbs.add_parser("distill", help="a teacher model answers a dataset's prompts: training data for a student",
+                         description="Sequence-level distillation: the teacher's answers replace the references, "
+                                     "written as alpaca or messages JSONL (train on it with data.source=FILE). "
+                                     "Text, not logits: teacher and student need not share a tokenizer.")
+    d.add_argument("--teacher", required=True, metavar="MODEL", help="model pack, folder or hub id that answers")
+    d.add_argument("source", help="data pack, file or built dataset folder whose prompts the teacher answers")
+    d.add_argument("--template", action="append", dest="templates", metavar="ID", help="template id (repeatable)")
+    d.add_argument("--templates-file", help="YAML file of templates")
+    d.add_argument("--input-format", choices=FORMATS, help="as for build (default auto)")
+    d.add_argument("--split", default="train", choices=("train", "validation", "test"))
+    d.add_argument("--limit", type=int, metavar="N", help="at most N prompts (a seeded sample)")
+    d.add_argument("--format", choices=EXPORTS, default="alpaca", help="output form (default alpaca)")
+    d.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--dtype", default="auto", help="auto (measured on this machine), fp32 or bf16")
+    d.add_argument("--out", required=True, help="the JSONL file to write")
+    d.set_defaults(func=distill)
 
 
 def list_packs(args: argparse.Namespace) -> int:
@@ -140,6 +161,18 @@ def inspect(args: argparse.Namespace) -> int:
         Path(args.html).write_text(view.page(report, f"{task.source} ({args.split}) as {model} trains on it"),
                                    encoding="utf-8")
         print(f"wrote {args.html}")
+    return 0
+
+
+def distill(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from instructune.data.task import TaskSpec
+    from instructune.recipes.distill import distill as run
+
+    task = TaskSpec(args.source, args.templates or [], args.templates_file, args.input_format or "auto")
+    run(args.teacher, task, Path(args.out), split=args.split, fmt=args.format, limit=args.limit,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype)
     return 0
 
 
