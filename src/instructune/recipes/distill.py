@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from instructune.data.formats import export
+from instructune.data.formats import EXPORTS, export
 from instructune.data.packs import write_atomic
 from instructune.data.task import SplitSpec, TaskSpec, load_split, subset
 from instructune.errors import InstructuneError
@@ -33,8 +33,8 @@ def distill(teacher: str, task: TaskSpec, out: Path, split: str = "train", fmt: 
             limit: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
             dtype: str = "auto", log: Any = print) -> dict[str, Any]:
     """Write the teacher's answers to `split` of `task` as `fmt` JSONL at `out`; returns what was done."""
-    if fmt not in ("alpaca", "messages"):
-        raise InstructuneError(f"--format {fmt!r}: distilled data is written as alpaca or messages.")
+    if fmt not in EXPORTS:
+        raise InstructuneError(f"--format {fmt!r}: distilled data is written as {' or '.join(EXPORTS)}.")
     if max_new_tokens < 1:
         raise InstructuneError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
     if limit is not None and limit < 1:

@@ -38,6 +38,7 @@ from instructune.forgetting.suite import RetentionSuite, RetentionTask, drops
 from instructune.hardware import eval_dtype, setup_threads, usable_cpus
 from instructune.models import load_model
 from instructune.recipes.finetune import finetune
+from instructune.report import plots
 from instructune.search import curve, space
 from instructune.search.study import finished, open_study, pareto, storage
 from instructune.training.config import TrainConfig
@@ -268,7 +269,7 @@ def _learning_curve(report: dict, param: str, metric: str, base: dict, out: Path
     n = min(n, cfg.data.test_limit) if cfg.data.test_limit is not None else n
     points = curve.points(report["trials"], param, metric, n)
     if points:
-        curve.plot(points, param, metric, out / "learning_curve.png")
+        (out / "learning_curve.png").write_bytes(plots.learning_curve(points, param, metric))
     return points
 
 
