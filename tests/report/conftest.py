@@ -115,7 +115,11 @@ FORGETTING = {"config": {"train": {"model": "smollm2-135m-instruct", "data": {"s
                                        "text-perplexity": (0.0317, 0.0120, 0.0522)}, 460_800, 1180.0),
                   cure("l2sp", 0.8575, {"rotten-tomatoes-news/title": (-0.0124, -0.0451, 0.0188),
                                         "general-probe": (0.0871, 0.0402, 0.1305),
-                                        "text-perplexity": (0.0093, -0.0051, 0.0240)}, 134_515_008, 2290.0)]}
+                                        "text-perplexity": (0.0093, -0.0051, 0.0240)}, 134_515_008, 2290.0)],
+              "answers": {"rotten-tomatoes-news/title": [
+                  {"id": "news/17", "prompt": chatml("Write a headline for: Stocks <b>rose</b> today."),
+                   "reference": "Stocks rise", "answers": {"original": "Stocks climb on Monday", "full": "positive",
+                                                           "lora": "Stocks rise", "l2sp": "Stocks rise again"}}]}}
 
 RUN_INFO = {"created": "2025-06-01T12:00:00", "command": "instructune demo", "seed": 0,
             "versions": {"instructune": "0.1.0", "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2"},

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-SECTIONS = ["results", "forgetting", "loss-curves", "before-after", "cost", "examples", "provenance"]
-CROWDED = ["results", "forgetting", "sequential", "loss-curves", "before-after", "cost", "examples", "provenance"]
+SECTIONS = ["results", "forgetting", "loss-curves", "retention-curves", "before-after", "cost", "examples", "provenance"]
+CROWDED = ["results", "forgetting", "sequential", "loss-curves", "retention-curves", "before-after", "cost", "examples", "provenance"]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
 WIDTHS = {"laptop": 1280, "phone": 390}
 # Read in the page once it has loaded: the order and boxes of sections, tables wider than their box.
@@ -143,7 +143,7 @@ def test_chromium_renders_every_section_and_loads_every_image(chromium: str, dem
     assert re.findall(r'<section id="([^"]+)"', dom) == SECTIONS
     loaded = re.search(r'<body[^>]*data-images-loaded="(\d+)"', dom)
     assert loaded, "the page's load script did not run"
-    assert int(loaded.group(1)) == len(re.findall(r"<img\b", dom)) == 6
+    assert int(loaded.group(1)) == len(re.findall(r"<img\b", dom)) == 7
 
 
 @pytest.mark.slow
@@ -160,7 +160,7 @@ def test_many_runs_read_results_first_and_fit_the_width(chromium: str, crowded_r
         browser.close()
     assert page["viewport"] == width
     assert [sid for sid, _, _ in page["sections"]] == CROWDED
-    assert page["imagesLoaded"] == page["images"] == 11
+    assert page["imagesLoaded"] == page["images"] == 12
     # results open the page; provenance comes last, folded to its title
     tops = {sid: top for sid, top, _ in page["sections"]}
     assert tops["results"] < tops["forgetting"] < tops["sequential"] < tops["provenance"]

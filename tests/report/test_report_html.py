@@ -21,7 +21,7 @@ from instructune.report.studies import headline_cards
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # results first, provenance last (and collapsed): the page opens on what came out, not on what produced it
-SECTIONS = ["results", "forgetting", "loss-curves", "before-after", "cost", "examples", "provenance"]
+SECTIONS = ["results", "forgetting", "loss-curves", "retention-curves", "before-after", "cost", "examples", "provenance"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_forgetting_table_shows_gain_drop_and_interval_of_every_cure(built: tupl
 
 def test_images_are_embedded_pngs_and_nothing_is_fetched(built: tuple) -> None:
     _, paths, page = built
-    assert len(page.images) == 6  # results, 2 loss charts, before/after, gain-vs-forgetting, cost
+    assert len(page.images) == 7  # results, 2 loss charts, retention curves, before/after, gain-vs-forgetting, cost
     for img in page.images:
         head, _, payload = img["src"].partition(",")
         assert head == "data:image/png;base64" and img["alt"]
@@ -157,7 +157,7 @@ def test_sections_appear_only_with_their_data(demo_dir: Path, tmp_path: Path, pa
     assert page.ids == ["results", "loss-curves", "cost", "provenance"]
     shutil.rmtree(demo_dir / "forgetting" / "full")  # a cure without its run folder: cost from forgetting.json
     study = page_of(build_report([demo_dir / "forgetting"], tmp_path / "c")["html"].read_text())
-    assert study.ids == ["forgetting", "loss-curves", "before-after", "cost", "provenance"]
+    assert study.ids == ["forgetting", "loss-curves", "retention-curves", "before-after", "cost", "provenance"]
     assert [r["run"] for r in study.table_with("trainable params")] == ["forgetting/l2sp", "forgetting/lora",
                                                                       "forgetting/full"]
 

@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 
 from instructune.errors import InstructuneError
+from instructune.forgetting.suite import answer_rows
 from instructune.report import build_report
 from instructune.report.data import discover
 from instructune.report.plots import Colors, loss_curves, place_labels
 from instructune.report.sections import loss_series
+from instructune.report.watch import curve_panels, retention_curves
 
 
 def test_sequential_section_shows_the_matrix_measures_and_stage_costs(sequential_dir: Path, tmp_path: Path,
@@ -143,3 +145,50 @@ def test_stacked_labels_keep_the_order_of_their_points() -> None:
     boxes = place_labels(anchors, [(50.0, 12.0)] * 6, (0, 40, 600, 400))
     assert [b[1] for b in boxes] == sorted((b[1] for b in boxes), reverse=True)
     assert min(b[1] for b in boxes) >= 40
+
+
+def test_retention_curves_are_the_logged_drops_beside_the_target_validation(demo_dir: Path) -> None:
+    # each cure logs drop/general-probe = step / 300 every 5 steps except at validations (20, 40, 60),
+    # and val_accuracy = 0.5 + step / 150 at 20, 40, 60
+    runs = discover([demo_dir / "forgetting"]).groups()["forgetting"]
+    panels = {title: dict(series) for title, _, series in curve_panels(runs)}
+    assert list(panels) == ["target: validation accuracy", "drop: general-probe", "drop: text-perplexity"]
+    assert set(panels["drop: general-probe"]) == {"full", "l2sp", "lora"}
+    probe = panels["drop: general-probe"]["lora"]
+    assert [s for s, _ in probe] == [5, 10, 15, 25, 30, 35, 45, 50, 55]
+    assert probe[-1][1] == pytest.approx(55 / 300)
+    assert panels["target: validation accuracy"]["full"] == [(20, pytest.approx(0.5 + 20 / 150)),
+                                                             (40, pytest.approx(0.5 + 40 / 150)),
+                                                             (60, pytest.approx(0.5 + 60 / 150))]
+    png = retention_curves(curve_panels(runs), Colors())
+    assert Image.open(io.BytesIO(png)).size[0] > 1000
+
+
+def test_runs_that_did_not_watch_retention_get_no_curve_section(demo_dir: Path, tmp_path: Path, page_of: type) -> None:
+    page = page_of(build_report([demo_dir / "lora"], tmp_path / "r1")["html"].read_text(encoding="utf-8"))
+    assert "retention-curves" not in page.ids
+    page = page_of(build_report([demo_dir], tmp_path / "r2")["html"].read_text(encoding="utf-8"))
+    assert "retention-curves" in page.ids
+
+
+def test_a_kept_tasks_answers_are_shown_side_by_side(demo_dir: Path, tmp_path: Path) -> None:
+    html = build_report([demo_dir], tmp_path / "r")["html"].read_text(encoding="utf-8")
+    start = html.index("answers of the original model and of each cure")
+    shown = html[start:start + 6000]
+    for answer in ("Stocks climb on Monday", "positive", "Stocks rise again"):
+        assert answer in shown
+    assert "<b>rose</b>" not in html  # the prompt is text, escaped
+
+
+def test_answer_rows_pair_each_cures_answer_with_the_originals() -> None:
+    def scored(*preds: str) -> dict:
+        return {"measures": {"news/headline": {"answers": [
+            {"id": f"n/{i}", "prompt": f"p{i}", "reference": f"r{i}", "prediction": p} for i, p in enumerate(preds)]},
+            "general-probe": {"metric": "cross_entropy"}}}
+
+    rows = answer_rows(scored("a0", "a1", "a2"), {"full": scored("pos", "neg", "pos"), "lora": scored("b0", "b1")},
+                       shown=2)
+    assert list(rows) == ["news/headline"]
+    assert rows["news/headline"] == [
+        {"id": "n/0", "prompt": "p0", "reference": "r0", "answers": {"original": "a0", "full": "pos", "lora": "b0"}},
+        {"id": "n/1", "prompt": "p1", "reference": "r1", "answers": {"original": "a1", "full": "neg", "lora": "b1"}}]

@@ -49,6 +49,9 @@ class RetentionTask(TaskSpec):
         return out
 
 
+SHOWN_ANSWERS = 4
+"""Answers kept per generation task, for the report's side-by-side view."""
+
 Fixed = tuple[list[dict], Any, str]
 """(records, template, scoring mode) of one task."""
 
@@ -106,10 +109,13 @@ class RetentionSuite:
                 texts = [prompt_text(tok, r["prompt"]) for r in recs]
                 metric, scores = "cross_entropy", per_example_ce(model, tok, texts, [r["completion"] for r in recs],
                                                                  dtype=self.dtype)
-            else:
-                metric, scores, _ = task_scores(model, tok, recs, t, "likelihood" if cheap else mode,
-                                                dtype=self.dtype)
+                out["measures"][key] = pack(metric, scores)
+                continue
+            metric, scores, preds = task_scores(model, tok, recs, t, "likelihood" if cheap else mode, dtype=self.dtype)
             out["measures"][key] = pack(metric, scores)
+            if t.task != "classification":  # the first answers, to show beside the original's
+                out["measures"][key]["answers"] = [{k: p[k] for k in ("id", "prompt", "reference", "prediction")}
+                                                   for p in preds[:SHOWN_ANSWERS]]
         if self.probe:
             say(f"  general-behaviour probe: {len(self.probe)} prompts"
                 + (", generating the original's answers" if probe_answers is None else ""))
@@ -148,3 +154,21 @@ def held_out_texts(source: str, split: SplitSpec, limit: int, words: int, seed: 
         raise InstructuneError(f"text_source {source} has no '{name}' texts for the perplexity probe; point "
                                "text_source at a pack or a file with a `text` column, or set it to null.")
     return subset(texts, limit, seed)
+
+
+def answer_rows(before: dict[str, Any], after: dict[str, dict[str, Any]],
+                shown: int = SHOWN_ANSWERS) -> dict[str, list[dict]]:
+    """forgetting.json's `answers`: per generation measure, the first `shown` examples with the original's
+    answer and each cure's (from the scores' `answers`)."""
+    out = {}
+    for key, m in before.get("measures", {}).items():
+        if not m.get("answers"):
+            continue
+        rows = []
+        for n, a in enumerate(m["answers"][:shown]):
+            cures = {name: s["measures"][key]["answers"][n]["prediction"] for name, s in after.items()
+                     if len(s.get("measures", {}).get(key, {}).get("answers") or []) > n}
+            rows.append({**{k: a[k] for k in ("id", "prompt", "reference")},
+                         "answers": {"original": a["prediction"], **cures}})
+        out[key] = rows
+    return out

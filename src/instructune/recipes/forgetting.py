@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
-from instructune.forgetting.suite import RetentionSuite, RetentionTask, drops
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, answer_rows, drops
 from instructune.hardware import eval_dtype, setup_threads
 from instructune.models import load_model
 from instructune.runs import cached, deep_merge, load_trained, train_run
@@ -100,7 +100,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     before = cached(out / "scores" / "original.json", suite_key, score_original, log)
 
     # --- each cure: train, score on the same examples, compare
-    rows = []
+    rows, afters = [], {}
     for name, run in runs.items():
         metrics = train_run(run, out / f"{name}.yaml", f"cure '{name}'", log, cfg.isolate_runs)
 
@@ -111,7 +111,8 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
 
         after = cached(out / "scores" / f"{name}.json", {**suite_key, "run": to_dict(run)}, score_tuned, log)
         rows.append(_row(name, before, after, metrics, cfg))
-        _write(out, cfg, before, rows)  # a crash later keeps what is done
+        afters[name] = after
+        _write(out, cfg, before, rows, answer_rows(before, afters))  # a crash later keeps what is done
     return {"before": before, "cures": rows}
 
 
@@ -180,11 +181,11 @@ def _row(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingCon
             "peak_memory_mb": metrics.get("peak_memory_mb")}
 
 
-def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict]) -> None:
-    slim = {k: {kk: vv for kk, vv in v.items() if kk != "scores"} for k, v in before["measures"].items()}
+def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict], answers: dict) -> None:
+    slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("scores", "answers")} for k, v in before["measures"].items()}
     report = {"config": to_dict(cfg), "before": {"target": {k: v for k, v in before["target"].items()
                                                              if k != "scores"}, "measures": slim},
-              "cures": rows, "original_score_seconds": before.get("seconds")}
+              "cures": rows, "answers": answers, "original_score_seconds": before.get("seconds")}
     tmp = out / "forgetting.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out / "forgetting.json")

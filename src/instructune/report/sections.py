@@ -31,13 +31,14 @@ from instructune.report.examples import examples_section
 from instructune.report.sequential import sequential_section
 from instructune.report.studies import before_after_section, forgetting_section
 from instructune.report.sweeps import sweep_section
+from instructune.report.watch import watch_section
 
 
 def build_sections(runs: Runs) -> list[Section]:
     colors = plots.Colors()
 
     found = [results_section(runs), forgetting_section(runs, colors), sequential_section(runs), sweep_section(runs),
-             loss_section(runs, colors), before_after_section(runs, colors), cost_section(runs, colors),
+             loss_section(runs, colors), watch_section(runs, colors), before_after_section(runs, colors), cost_section(runs, colors),
              examples_section(runs), trained_tokens_section(runs), provenance_section(runs)]
     return [s for s in found if s is not None]
 

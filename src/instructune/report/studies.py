@@ -5,6 +5,7 @@ from __future__ import annotations
 from instructune.report import plots
 from instructune.report.blocks import Card, Cards, Cell, Chart, Section, Table, drop_tone, num
 from instructune.report.data import ForgettingRun, Runs
+from instructune.report.watch import answers_block
 
 DROP_NOTE = ("drop = before \u2212 after for accuracy and ROUGE-L, after \u2212 before for cross-entropy "
              "measures: positive = forgot. [low, high] is the paired bootstrap 95% interval over examples; red: "
@@ -62,7 +63,7 @@ def forgetting_section(runs: Runs, colors: plots.Colors) -> Section | None:
     for fg in studies:
         chart = gain_chart(fg, colors)
         s.blocks += [Cards(headline_cards(fg, prefix=f"{fg.label} \u00b7 " if len(studies) > 1 else "")),
-                     *([chart] if chart else []), forgetting_table(fg)]
+                     *([chart] if chart else []), forgetting_table(fg), *answers_block(fg)]
     return s
 
 
