@@ -60,6 +60,10 @@ def test_forgetting_recipe_runs_every_cure(tmp_path: Path, tiny_model_dir: Path,
         for m in row["retention"].values():
             assert m["low"] <= m["drop"] <= m["high"]
         assert row["trainable_params"] > 0 and row["peak_memory_mb"] > 0
+    # the kept generation task's first answers, the original model's beside every cure's
+    shown = report["answers"][f"{keep}/title"]
+    assert 0 < len(shown) <= 4
+    assert all(set(a["answers"]) == {"original", *names} and a["prompt"] and a["reference"] for a in shown)
     assert "| full |" in (tmp_path / "f" / "forgetting.md").read_text()
     # cures are trained again, never resumed: no checkpoint was written
     assert not list((tmp_path / "f").glob("*/checkpoint-*")) and (tmp_path / "f" / "full" / "model").exists()

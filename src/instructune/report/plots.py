@@ -50,15 +50,16 @@ class Colors:
 
 
 @contextmanager
-def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw: Any) -> Iterator[tuple[Any, Any]]:
-
+def figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw: Any) -> Iterator[tuple[Any, Any]]:
+    """A constrained-layout figure in the report's style, with its axes flattened."""
     with rc_context(STYLE):
         fig = Figure(figsize=(width, height), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
         yield fig, axes.ravel()
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes, with no timestamp or software tag (stable across runs)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=144, facecolor="white", metadata={"Software": None})
     return buf.getvalue()
@@ -71,7 +72,7 @@ def direction(metric: str) -> str:
 def metric_bars(settings: Sequence[tuple[str, str]], metrics: dict[str, Sequence[float | None]]) -> bytes:
     """One panel per metric, one horizontal bar per (setting label, kind "base"/"few-shot"/"tuned")."""
     n, colors = len(settings), {"base": BASE, "few-shot": FEWSHOT}
-    with _figure(11, 0.9 + 0.42 * n, ncols=len(metrics), sharey=True) as (fig, axes):
+    with figure(11, 0.9 + 0.42 * n, ncols=len(metrics), sharey=True) as (fig, axes):
         for ax, (metric, values) in zip(axes, metrics.items()):
             ys = list(range(n))[::-1]
             vals = [v if v is not None else 0.0 for v in values]
@@ -84,13 +85,13 @@ def metric_bars(settings: Sequence[tuple[str, str]], metrics: dict[str, Sequence
             ax.set_title(f"{metric}  ({direction(metric)})")
             ax.set_yticks(ys, [_short(s, 40) for s, _ in settings])
             ax.grid(axis="y", visible=False)
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def loss_curves(runs: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[tuple[int, float]]]],
                 colors: Colors) -> bytes:
     """Train loss (left) and validation loss (right) against optimiser step, a line per run."""
-    with _figure(11, 3.6, ncols=2) as (fig, axes):
+    with figure(11, 3.6, ncols=2) as (fig, axes):
         for name, train, val in runs:
             c = colors(name)
             if train:  # a short run logs a point or two: markers keep them visible where a line has no length
@@ -108,7 +109,7 @@ def loss_curves(runs: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[
             legend.update(zip(*ax.get_legend_handles_labels()[::-1]))
         if legend:
             fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5))
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def before_after(measures: Sequence[tuple[str, str, float, dict[str, float]]], colors: Colors) -> bytes:
@@ -120,7 +121,7 @@ def before_after(measures: Sequence[tuple[str, str, float, dict[str, float]]], c
     nrows = math.ceil(len(measures) / ncols)
     cures = list(measures[0][3]) if measures else []
     crowded = (len(cures) + 1) * ncols > 24
-    with _figure(11, 3.3 * nrows + 0.4 * crowded, ncols=ncols, nrows=nrows) as (fig, axes):
+    with figure(11, 3.3 * nrows + 0.4 * crowded, ncols=ncols, nrows=nrows) as (fig, axes):
         for ax, (title, metric, before, after) in zip(axes, measures):
             names, vals = ["before", *after], [before, *after.values()]
             ax.bar(range(len(vals)), vals, width=0.66, color=[BASE, *(colors(c) for c in after)])
@@ -142,7 +143,7 @@ def before_after(measures: Sequence[tuple[str, str, float, dict[str, float]]], c
         if crowded:
             handles = [Patch(color=BASE, label="before"), *(Patch(color=colors(c), label=c) for c in cures)]
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def gain_vs_forgetting(panels: Sequence[tuple[str, str, Sequence[tuple[str, float, float, float]]]],
@@ -150,7 +151,7 @@ def gain_vs_forgetting(panels: Sequence[tuple[str, str, Sequence[tuple[str, floa
     """One panel per retention measure: x = its drop with the 95% interval, y = target gain, a point per cure."""
     ncols = len(panels) if len(panels) <= 4 else 3
     nrows = math.ceil(len(panels) / ncols)
-    with _figure(11, 3.5 * nrows, ncols=ncols, nrows=nrows, sharey=True) as (fig, axes):
+    with figure(11, 3.5 * nrows, ncols=ncols, nrows=nrows, sharey=True) as (fig, axes):
         labels = []
         for ax, (title, metric, points) in zip(axes, panels):
             ax.axvline(0, color=MUTED, lw=1, zorder=0)
@@ -172,7 +173,7 @@ def gain_vs_forgetting(panels: Sequence[tuple[str, str, Sequence[tuple[str, floa
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         _spread(fig, labels)
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def _spread(fig: Any, labels: list[Any]) -> None:
@@ -247,7 +248,7 @@ def score_matrix(matrix: Sequence[Sequence[float]], rows: Sequence[str], tasks: 
     low, high = min(values), max(values)
     cmap = LinearSegmentedColormap.from_list("score", ["#f8fafc", "#c7d2fe", "#4f46e5", "#312e81"])
     n_rows, n_cols = len(matrix), len(tasks)
-    with _figure(11, 1.3 + 0.5 * n_rows) as (fig, axes):
+    with figure(11, 1.3 + 0.5 * n_rows) as (fig, axes):
         ax = axes[0]
         ax.imshow(matrix, cmap=cmap, vmin=low, vmax=high if high > low else low + 1, aspect="auto")
         for j, row in enumerate(matrix):
@@ -264,12 +265,12 @@ def score_matrix(matrix: Sequence[Sequence[float]], rows: Sequence[str], tasks: 
         ax.grid(False)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def cost_bars(rows: Sequence[tuple[str, str, float | None, float | None]], colors: Colors) -> bytes:
     """Trainable parameters (log scale) and peak memory, a bar per (label, colour key, params, peak MB)."""
-    with _figure(11, 0.9 + 0.4 * len(rows), ncols=2, sharey=True) as (fig, axes):
+    with figure(11, 0.9 + 0.4 * len(rows), ncols=2, sharey=True) as (fig, axes):
         ys = list(range(len(rows)))[::-1]
         for ax, col, title in ((axes[0], 2, "trainable parameters (log scale)"), (axes[1], 3, "peak memory, MB")):
             vals = [r[col] for r in rows]
@@ -285,7 +286,7 @@ def cost_bars(rows: Sequence[tuple[str, str, float | None, float | None]], color
             elif finite:
                 ax.set_xlim(0, max(finite) * 1.3)
         axes[0].set_yticks(ys, [_short(r[0], 30) for r in rows])
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def _wrap(text: str, width: int) -> str:
@@ -304,7 +305,7 @@ def sweep_history(history: Sequence[tuple[int, float, str]], slices: dict[str, S
                   metric: str, maximize: bool, chosen: int) -> bytes:
     """A sweep's objective per trial (left, with the best so far) and against each parameter (right)."""
     ncols = 1 + len(slices)
-    with _figure(min(3.6 * ncols, 12), 3.3, ncols=ncols, sharey=True) as (fig, axes):
+    with figure(min(3.6 * ncols, 12), 3.3, ncols=ncols, sharey=True) as (fig, axes):
         ax = axes[0]
         best, line = None, []
         for number, value, state in sorted(history):
@@ -335,7 +336,7 @@ def sweep_history(history: Sequence[tuple[int, float, str]], slices: dict[str, S
                 _trial_point(ax, v if numeric else str(v), score, state, number == chosen)
             ax.set_title(_short(param, 24))
             ax.set_xlabel(param.rsplit(".", 1)[-1])
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def _trial_point(ax: Any, x: Any, y: float, state: str, chosen: bool) -> None:
@@ -354,7 +355,7 @@ def _log_axis(values: Sequence[float]) -> bool:
 def pareto_front(points: Sequence[tuple[int, float, float]], front: set[int], chosen: int, metric: str,
                  budget: float | None) -> bytes:
     """Each trial's target score (y) against its mean retention drop (x); the front joined, the choice ringed."""
-    with _figure(6.5, 4.2) as (fig, axes):
+    with figure(6.5, 4.2) as (fig, axes):
         ax = axes[0]
         on = sorted((drop, score) for n, score, drop in points if n in front)
         ax.plot([d for d, _ in on], [s for _, s in on], color=PALETTE[0], lw=1.4, zorder=2, label="Pareto front")
@@ -370,12 +371,12 @@ def pareto_front(points: Sequence[tuple[int, float, float]], front: set[int], ch
         ax.set_xlabel("mean retention drop (forgot \u2192)")
         ax.set_ylabel(f"validation {metric}")
         ax.legend(loc="best")
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def learning_curve(points: Sequence[dict[str, Any]], param: str, metric: str) -> bytes:
     """A grid sweep's test score against one parameter (log x), the bootstrap 95% interval as a band."""
-    with _figure(7.5, 3.6) as (fig, axes):
+    with figure(7.5, 3.6) as (fig, axes):
         ax = axes[0]
         xs = [p["x"] for p in points]
         ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], color=PALETTE[0], alpha=0.18,
@@ -388,4 +389,4 @@ def learning_curve(points: Sequence[dict[str, Any]], param: str, metric: str) ->
         ax.set_xlabel(param)
         ax.set_ylabel(f"test {metric} ({direction(metric)})")
         ax.legend(loc="lower right")
-        return _png(fig)
+        return png_bytes(fig)

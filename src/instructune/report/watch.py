@@ -11,7 +11,7 @@ from instructune.evaluation.metrics import HEADLINE
 from instructune.report.blocks import Answer, Chart, Example, Examples, Section
 from instructune.report.data import ForgettingRun, Runs, TrainingRun
 from instructune.report.examples import user_turn
-from instructune.report.plots import Colors, _figure, _png, direction
+from instructune.report.plots import Colors, direction, figure, png_bytes
 from instructune.training.retention import PREFIX
 
 Series = tuple[str, Sequence[tuple[int, float]]]
@@ -35,7 +35,7 @@ def retention_curves(panels: Sequence[tuple[str, str, Sequence[Series]]], colors
     a zero line (above it: forgot)."""
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
-    with _figure(3.8 * ncols, 3.0 * nrows + 0.5, ncols=ncols, nrows=nrows) as (fig, axes):
+    with figure(3.8 * ncols, 3.0 * nrows + 0.5, ncols=ncols, nrows=nrows) as (fig, axes):
         for ax, (title, ylabel, series) in zip(axes, panels):
             for name, points in series:
                 if points:
@@ -53,7 +53,7 @@ def retention_curves(panels: Sequence[tuple[str, str, Sequence[Series]]], colors
             legend.update(zip(*ax.get_legend_handles_labels()[::-1]))
         if legend:
             fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5))
-        return _png(fig)
+        return png_bytes(fig)
 
 
 def curve_panels(runs: Sequence[TrainingRun]) -> list[tuple[str, str, list[Series]]]:
