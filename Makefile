@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/eval_throughput.py --threads 1
 	$(PY) bench/adapter_swap.py
 	$(PY) bench/scaling.py
+	$(PY) bench/retention_overhead.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -18,11 +18,11 @@ import pytest
 
 from instructune.recipes.demo import demo
 
-# The --quick settings, plus: the forgetting study scores the target by likelihood, so its accuracy is not
-# the tiny model's 0.000 in every cell (it never generates a valid answer).
-OVERRIDES = ["forgetting.train.eval_mode=likelihood"]
-CURES = ["full", "lora", "l2sp"]  # the two baselines, then demo.yaml's cure
-TRAINABLE = {"full": 105_984, "lora": 14_336, "l2sp": 105_984}  # 2 layers, 64 dims; LoRA r=16 on q, k, v, o
+# The --quick settings (demo.yaml scores the target by likelihood, so its accuracy is not the tiny model's
+# 0.000 in every cell: it never generates a valid answer).
+OVERRIDES: list[str] = []
+CURES = ["full", "lora", "replay"]  # the two baselines, then demo.yaml's cure
+TRAINABLE = {"full": 105_984, "lora": 14_336, "replay": 105_984}  # 2 layers, 64 dims; LoRA r=16 on q, k, v, o
 SCORES = ["accuracy", "f1", "invalid_rate", "cross_entropy"]
 
 
@@ -72,9 +72,10 @@ def test_run_info_records_config_versions_model_and_split_hashes(demo_run: DemoR
     assert info["model"]["name"] == info["model"]["path"] == str(demo_run.model)
     assert info["model"]["files"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                                       for p in demo_run.model.iterdir() if p.is_file()}
-    # Every dataset the run built (target, retention tasks, text probe) with the sha256 of each split file.
+    # Every dataset the run built (target; the retention task and the text probe share news-headlines)
+    # with the sha256 of each split file.
     built = sorted(str(p) for p in (demo_run.home / "datasets").iterdir())
-    assert sorted(info["data"]) == built and len(built) == 3
+    assert sorted(info["data"]) == built and len(built) == 2
     for folder, hashes in info["data"].items():
         assert hashes == {s: hashlib.sha256((Path(folder) / f"{s}.jsonl").read_bytes()).hexdigest()
                           for s in ("train", "validation", "test")}
@@ -86,18 +87,29 @@ def test_report_shows_the_forgetting_scores_of_every_cure(demo_run: DemoRun) -> 
     assert [c["cure"] for c in cures] == CURES
     assert {c["cure"]: c["trainable_params"] for c in cures} == TRAINABLE
     measures = list(cures[0]["retention"])
-    assert measures == ["news-headlines/headline", "bbc-news/topic", "general-probe", "text-perplexity"]
+    assert measures == ["news-headlines/headline", "general-probe", "text-perplexity"]
+    n = 4 + len(measures)
     header, rows = md_table((demo_run.out / "report" / "report.md").read_text(), "forgetting/forgetting.json")
-    assert header[:8] == ["cure", "target accuracy before", "after", "gain", *[f"{k} drop [95% CI]" for k in measures]]
+    assert header[:n] == ["cure", "target accuracy before", "after", "gain", *[f"{k} drop [95% CI]" for k in measures]]
     for c, cells in zip(cures, rows, strict=True):
         assert c["gain"] == pytest.approx(c["target_after"] - c["target_before"])
         assert 0 < c["target_before"] < 1  # likelihood scoring: a real accuracy, not generation's constant 0
         assert cells[:4] == [c["cure"], f"{c['target_before']:.3f}", f"{c['target_after']:.3f}", f"{c['gain']:+.3f}"]
-        for cell, k in zip(cells[4:8], measures):
+        for cell, k in zip(cells[4:n], measures, strict=True):
             m = c["retention"][k]
             assert m["low"] <= m["drop"] <= m["high"]
             assert cell == f"{m['drop']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
-        assert cells[8] == f"{c['trainable_pct']:.2f}%"
+        assert cells[n] == f"{c['trainable_pct']:.2f}%"
+
+
+@pytest.mark.slow
+def test_every_run_watched_its_retention_while_training(demo_run: DemoRun) -> None:
+    # --quick: retention_every=1 over 2 steps; step 2 is the run's last, so its drops come with the validation
+    key = "drop/news-headlines/headline"
+    for cure in CURES:
+        lines = [json.loads(x) for x in (demo_run.out / "forgetting" / cure / "train_log.jsonl").read_text().splitlines()]
+        assert [(r["step"], k) for r in lines for k in r if k.endswith(key)] == [(1, key), (2, f"val_{key}")]
+    assert 'id="retention-curves"' in (demo_run.out / "report" / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -106,7 +118,7 @@ def test_report_shows_the_base_and_tuned_evaluations(demo_run: DemoRun) -> None:
     model, runs = str(demo_run.model), demo_run.out / "forgetting"
     settings = {"eval-base": [(model, 0), (model, 1)],
                 "eval-tuned": [(model, 0), (f"{model} + lora/adapter", 0), (str(runs / "full" / "model"), 0),
-                               (str(runs / "l2sp" / "model"), 0)]}
+                               (str(runs / "replay" / "model"), 0)]}
     for name, expected in settings.items():
         results = demo_run.json(f"{name}/eval.json")["results"]
         assert [(r["setting"], r["shots"]) for r in results] == expected
@@ -118,7 +130,7 @@ def test_report_shows_the_base_and_tuned_evaluations(demo_run: DemoRun) -> None:
             assert cells[4:8] == [f"{r['metrics'][k]:.3f}" for k in SCORES]
             assert cells[8] == f"{r['timings']['examples_per_s']:.1f}"
     # the examples section puts the base model's and the tuned models' answers to the same prompts side by side
-    cure = str(runs / "l2sp" / "model")
+    cure = str(runs / "replay" / "model")
     assert f"{cure} got" in md and f"that {model} got wrong" in md
 
 

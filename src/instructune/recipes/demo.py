@@ -44,6 +44,9 @@ class DemoConfig:
     """In-context settings of the base model."""
     eval_limit: int = 200
     """Target test examples in the side-by-side evaluation."""
+    eval_mode: Literal["generate", "likelihood"] = "generate"
+    """How the side-by-side evaluation scores classification: generate an answer (a base model's answers
+    can run to max_new_tokens), or pick the most likely label (one forward pass per label)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Precision of the base and tuned evaluations: auto (measured on this machine, see `instructune
     doctor`), fp32, or bf16 autocast (faster on CPUs with bf16 units, much slower on those without)."""
@@ -56,7 +59,7 @@ class DemoConfig:
 
 
 QUICK = ["eval_limit=16", "shots=[0,1]", "forgetting.train.max_steps=2", "forgetting.train.batch_size=4", "forgetting.train.data.train_limit=32",
-         "forgetting.train.data.val_limit=8", "forgetting.train.eval_every=0", "forgetting.target_limit=8",
+         "forgetting.train.data.val_limit=8", "forgetting.train.eval_every=0", "forgetting.train.retention_every=1", "forgetting.target_limit=8",
          "forgetting.probe_prompts=4", "forgetting.probe_tokens=16", "forgetting.text_limit=2",
          "forgetting.retention_limit=4", "forgetting.bootstrap_samples=200",
          "forgetting.isolate_runs=false"]  # a smoke run: the few seconds of a fresh process per cure count
@@ -87,8 +90,8 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     # --- base model, zero- and few-shot, on the target task
     log(f"[2/5] base model on {cfg.target}/{cfg.template}: {', '.join(map(str, cfg.shots))}-shot")
     base_eval = _cached_eval(out / "eval-base", dict(models=[cfg.model], adapters=[], data=cfg.target,
-                             template=cfg.template, shots=cfg.shots, limit=cfg.eval_limit, seed=cfg.seed,
-                             dtype=dtype), log)
+                             template=cfg.template, shots=cfg.shots, limit=cfg.eval_limit, mode=cfg.eval_mode,
+                             seed=cfg.seed, dtype=dtype), log)
 
     # --- fine-tune: full, LoRA and the cures; retention before and after
     log("[3/5] fine-tuning and forgetting: " + ", ".join(["full", "lora", *[c.name for c in fcfg.cures]]))
@@ -102,7 +105,7 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     adapters = [str(runs / c / "adapter") for c in _cure_names(fcfg) if (runs / c / "adapter").exists()]
     tuned_eval = _cached_eval(out / "eval-tuned", dict(models=[cfg.model, *tuned], adapters=adapters,
                               data=cfg.target, template=cfg.template, shots=[0], limit=cfg.eval_limit,
-                              seed=cfg.seed, dtype=dtype), log)  # base 0-shot kept: answers side by side
+                              mode=cfg.eval_mode, seed=cfg.seed, dtype=dtype), log)  # base 0-shot kept: answers side by side
     tuned_rows = [r for r in tuned_eval["results"] if r["setting"] != cfg.model]
     print_table({**base_eval, "results": base_eval["results"] + tuned_rows})
 

@@ -25,9 +25,21 @@ def target_key(runs: Sequence[TrainingRun]) -> str | None:
     return next((f"val_{m}" for m in HEADLINE if f"val_{m}" in logged), "val_loss" if "val_loss" in logged else None)
 
 
+VAL = "val_"
+"""A validation logs its retention drops with its scores: `val_drop/<measure>`."""
+
+
 def drop_keys(runs: Sequence[TrainingRun]) -> list[str]:
-    """The retention measures watched, in the order first logged."""
-    return list(dict.fromkeys(k for r in runs for rec in r.log for k in rec if k.startswith(PREFIX)))
+    """The retention measures watched (`drop/<measure>`), in the order first logged."""
+    return list(dict.fromkeys(k.removeprefix(VAL) for r in runs for rec in r.log for k in rec
+                              if k.removeprefix(VAL).startswith(PREFIX)))
+
+
+def drop_curve(run: TrainingRun, key: str) -> list[tuple[int, float]]:
+    """(step, drop) of one measure: between validations (`drop/*`) and at them (`val_drop/*`), from the
+    untrained model's zero at step 0 (the drops are measured from it)."""
+    points = sorted(run.curve(key) + run.curve(VAL + key))
+    return [(0, 0.0), *points] if points else []
 
 
 def retention_curves(panels: Sequence[tuple[str, str, Sequence[Series]]], colors: Colors) -> bytes:
@@ -64,7 +76,7 @@ def curve_panels(runs: Sequence[TrainingRun]) -> list[tuple[str, str, list[Serie
         metric = key[len("val_"):]
         panels.append((f"target: validation {metric}", direction(metric), [(r.name, r.curve(key)) for r in runs]))
     for k in drop_keys(runs):
-        panels.append((f"drop: {k[len(PREFIX):]}", "drop (forgot \u2191)", [(r.name, r.curve(k)) for r in runs]))
+        panels.append((f"drop: {k[len(PREFIX):]}", "drop (forgot \u2191)", [(r.name, drop_curve(r, k)) for r in runs]))
     return panels
 
 
