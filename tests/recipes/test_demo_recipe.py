@@ -18,9 +18,8 @@ import pytest
 
 from instructune.recipes.demo import demo
 
-# The --quick settings (demo.yaml scores the target by likelihood, so its accuracy is not the tiny model's
-# 0.000 in every cell: it never generates a valid answer).
-OVERRIDES: list[str] = []
+# The --quick settings; demo.yaml scores the target by likelihood, so its accuracy is not the tiny model's
+# 0.000 in every cell (it never generates a valid answer).
 CURES = ["full", "lora", "replay"]  # the two baselines, then demo.yaml's cure
 TRAINABLE = {"full": 105_984, "lora": 14_336, "replay": 105_984}  # 2 layers, 64 dims; LoRA r=16 on q, k, v, o
 SCORES = ["accuracy", "f1", "invalid_rate", "cross_entropy"]
@@ -34,7 +33,7 @@ class DemoRun:
     log: list[str]
 
     def call(self, log: list[str]) -> Path:
-        overrides = [f"model={self.model}", f"output_dir={self.out}", *OVERRIDES]
+        overrides = [f"model={self.model}", f"output_dir={self.out}"]
         return demo(overrides=overrides, quick=True, log=lambda line: log.append(str(line)))
 
     def json(self, name: str) -> dict:
