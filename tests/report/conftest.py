@@ -68,9 +68,9 @@ def train_log(scale: float, retention_every: int = 0) -> str:
               "epoch": 0} for s in [1, *range(5, 61, 5)]]
     lines += [{"step": s, "val_loss": scale * (2.2 * math.exp(-s / 15) + 0.4), "val_accuracy": 0.5 + s / 150}
               for s in (20, 40, 60)]
-    if retention_every:  # at a validation the loop logs the drops with the validation scores, as val_drop/*
+    if retention_every:  # at a validation the loop logs the drops (drop/*) with the validation scores
         for line in lines[-3:]:
-            line.update({"val_drop/general-probe": line["step"] / 300, "val_drop/text-perplexity": line["step"] / 900})
+            line.update({"drop/general-probe": line["step"] / 300, "drop/text-perplexity": line["step"] / 900})
         lines += [{"step": s, "drop/general-probe": s / 300, "drop/text-perplexity": s / 900}
                   for s in range(retention_every, 61, retention_every) if s not in (20, 40, 60)]
     lines.sort(key=lambda r: (r["step"], "val_loss" in r, "loss" not in r))

@@ -13,10 +13,10 @@ from PIL import Image
 from instructune.errors import InstructuneError
 from instructune.forgetting.suite import answer_rows
 from instructune.report import build_report
-from instructune.report.data import discover
+from instructune.report.data import TrainingRun, discover
 from instructune.report.plots import Colors, loss_curves, place_labels
 from instructune.report.sections import loss_series
-from instructune.report.watch import curve_panels, retention_curves
+from instructune.report.watch import curve_panels, drop_curve, drop_keys, retention_curves
 
 
 def test_sequential_section_shows_the_matrix_measures_and_stage_costs(sequential_dir: Path, tmp_path: Path,
@@ -148,9 +148,8 @@ def test_stacked_labels_keep_the_order_of_their_points() -> None:
 
 
 def test_retention_curves_are_the_logged_drops_beside_the_target_validation(demo_dir: Path) -> None:
-    # each cure logs drop/general-probe = step / 300 every 5 steps except at validations (20, 40, 60), where
-    # the same drop is logged as val_drop/general-probe beside val_accuracy = 0.5 + step / 150; the curve holds
-    # both (it used to miss the validation steps)
+    # each cure logs drop/general-probe = step / 300 every 5 steps, at validations (20, 40, 60) in the line of
+    # val_accuracy = 0.5 + step / 150; the curve holds both (it used to miss the validation steps)
     runs = discover([demo_dir / "forgetting"]).groups()["forgetting"]
     panels = {title: dict(series) for title, _, series in curve_panels(runs)}
     assert list(panels) == ["target: validation accuracy", "drop: general-probe", "drop: text-perplexity"]
@@ -163,6 +162,15 @@ def test_retention_curves_are_the_logged_drops_beside_the_target_validation(demo
                                                              (60, pytest.approx(0.5 + 60 / 150))]
     png = retention_curves(curve_panels(runs), Colors())
     assert Image.open(io.BytesIO(png)).size[0] > 1000
+
+
+def test_a_log_that_named_validation_drops_val_drop_still_gives_the_whole_curve(tmp_path: Path) -> None:
+    # older logs wrote a validation's drops as val_drop/<measure>; the curve merges both names in step order
+    log = [{"step": 10, "drop/general-probe": 0.1}, {"step": 20, "val_loss": 1.0, "val_drop/general-probe": 0.2},
+           {"step": 30, "drop/general-probe": 0.25}]
+    run = TrainingRun(path=tmp_path, label="old", metrics={}, log=log)
+    assert drop_keys([run]) == ["drop/general-probe"]
+    assert drop_curve(run, "drop/general-probe") == [(0, 0.0), (10, 0.1), (20, 0.2), (30, 0.25)]
 
 
 def test_runs_that_did_not_watch_retention_get_no_curve_section(demo_dir: Path, tmp_path: Path, page_of: type) -> None:

@@ -26,7 +26,7 @@ def target_key(runs: Sequence[TrainingRun]) -> str | None:
 
 
 VAL = "val_"
-"""A validation logs its retention drops with its scores: `val_drop/<measure>`."""
+"""Older logs named a validation's retention drops `val_drop/<measure>`; they still read."""
 
 
 def drop_keys(runs: Sequence[TrainingRun]) -> list[str]:
@@ -36,8 +36,8 @@ def drop_keys(runs: Sequence[TrainingRun]) -> list[str]:
 
 
 def drop_curve(run: TrainingRun, key: str) -> list[tuple[int, float]]:
-    """(step, drop) of one measure: between validations (`drop/*`) and at them (`val_drop/*`), from the
-    untrained model's zero at step 0 (the drops are measured from it)."""
+    """(step, drop) of one measure, at validations and between them (`drop/*`; older logs: `val_drop/*` at
+    validations), from the untrained model's zero at step 0 (the drops are measured from it)."""
     points = sorted(run.curve(key) + run.curve(VAL + key))
     return [(0, 0.0), *points] if points else []
 
