@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from instructune.errors import InstructuneError
+from instructune.evaluation import evaluate
 from instructune.evaluation.evaluate import evaluate_records, select
 
 CHOICES = {"pos": "positive", "neg": "negative"}
@@ -55,6 +56,31 @@ def test_classification_likelihood_never_invalid(chat_model: tuple[Any, Any]) ->
     # one exemplar as an earlier chat turn, never the record itself
     assert all(r["prompt"].count("<|im_start|>user") == 2 for r in rows)
     assert all(r["prompt"].count(f"{next(c['prompt'] for c in CLS if c['id'] == r['id'])}") == 1 for r in rows)
+
+
+def test_likelihood_perplexity_comes_from_the_scores_without_a_second_pass(chat_model: tuple[Any, Any],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # every reference is its label's choice text, so the gold choice's log-probability is the reference's:
+    # the perplexity equals the separate pass's (a reference that is not a choice text takes that pass)
+    model, tok = chat_model
+    kwargs = dict(task="classification", choices=CHOICES, metrics=["accuracy"], mode="likelihood", shots=1,
+                  train_records=CLS, batch_size=2)
+    other = [{**r, "completion": r["completion"] + "!"} if r["id"] == "r2" else r for r in CLS]
+    slow = evaluate_records(model, tok, other, **kwargs)
+    expected = evaluate.mean_completion_ce(model, tok, [r["prompt"] for r in slow["predictions"]],
+                                           [r["completion"] for r in CLS], max_length=None)
+    calls = []
+    real = evaluate.mean_completion_ce
+    monkeypatch.setattr(evaluate, "mean_completion_ce", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = evaluate_records(model, tok, CLS, **kwargs)
+    assert calls == []
+    assert fast["metrics"]["cross_entropy"] == pytest.approx(expected[0], rel=1e-4)
+    assert fast["metrics"]["perplexity"] == pytest.approx(expected[1], rel=1e-4)
+    evaluate_records(model, tok, other, **kwargs)
+    assert calls == [1]
+    skipped = evaluate_records(model, tok, SUM[:2], task="summarization", choices=None, metrics=["rouge"],
+                               max_new_tokens=4, perplexity=False)
+    assert calls == [1] and skipped["metrics"]["cross_entropy"] is None and "rougeL" in skipped["metrics"]
 
 
 def test_summarization_reports_rouge_and_bleu(chat_model: tuple[Any, Any]) -> None:

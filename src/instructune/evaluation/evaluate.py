@@ -24,8 +24,8 @@ from instructune.data import chat
 from instructune.errors import InstructuneError, collect
 from instructune.evaluation.fewshot import format_prompt, pick_exemplars
 from instructune.evaluation.generate import encode_prompts, generate_batch
-from instructune.evaluation.metrics import INVALID, TEMPLATE_METRICS, compute, map_to_label
-from instructune.evaluation.scoring import NORMALIZE, classify_by_likelihood, mean_completion_ce
+from instructune.evaluation.metrics import INVALID, TEMPLATE_METRICS, compute, cross_entropy, map_to_label
+from instructune.evaluation.scoring import NORMALIZE, choice_logprobs, mean_completion_ce, pick_choices
 
 MODES = ("generate", "likelihood")
 STOPS = ("newline", "eos")
@@ -130,8 +130,9 @@ def nest(flat: dict[str, float]) -> dict[str, Any]:
 
 def predict(model: Any, tokenizer: Any, texts: list[str], *, task: str, choices: dict | None, stop: str,
             mode: str, batch_size: int, max_new_tokens: int, dtype: str,
-            normalize: str) -> tuple[list[str], list[str] | None, int]:
-    """(answer texts, predicted labels or None, prompts truncated to fit the context)."""
+            normalize: str) -> tuple[list[str], list[str] | None, int, list[list[tuple[float, int]]] | None]:
+    """(answer texts, predicted labels or None, prompts truncated to fit the context, and in likelihood
+    mode each prompt's (log-probability, tokens) of every choice, in `choices` order)."""
     context = getattr(model.config, "max_position_embeddings", None)
     max_prompt = context - max_new_tokens if context else None
     if mode == "generate":
@@ -139,21 +140,33 @@ def predict(model: Any, tokenizer: Any, texts: list[str], *, task: str, choices:
                              stop_at_newline=stop == "newline", max_prompt_tokens=max_prompt, dtype=dtype)
         answers = [t.strip() for t in gen.texts]
         labels = [map_to_label(a, choices) for a in answers] if task == "classification" else None
-        return answers, labels, gen.truncated
-    labels = classify_by_likelihood(model, tokenizer, texts, choices, batch_size=batch_size, normalize=normalize,
-                                    max_length=context, dtype=dtype)
-    return [choices[label] for label in labels], labels, encode_prompts(tokenizer, texts, max_prompt)[1]
+        return answers, labels, gen.truncated, None
+    rows = choice_logprobs(model, tokenizer, texts, list(choices.values()), batch_size, context, dtype)
+    labels = pick_choices(rows, choices, normalize)
+    return [choices[label] for label in labels], labels, encode_prompts(tokenizer, texts, max_prompt)[1], rows
+
+
+def _gold_ce(records: list[dict], choices: dict | None, rows: list | None) -> tuple[float, float] | None:
+    """The references' mean cross-entropy and perplexity from the likelihood scores already computed, when
+    every reference is its label's choice text (the same tokens the separate pass would score), else None."""
+    if rows is None or not choices or any(r.get("completion") != choices.get(str(r.get("label"))) for r in records):
+        return None
+    order = list(choices)
+    gold = [row[order.index(str(r["label"]))] for r, row in zip(records, rows, strict=True)]
+    ce = cross_entropy([-lp for lp, _ in gold], [n for _, n in gold])
+    return ce["cross_entropy"], ce["perplexity"]
 
 
 def evaluate_records(model: Any, tokenizer: Any, records: list[dict], *, task: str, choices: dict | None,
                      metrics: list[str], stop: str = "newline", mode: str = "generate", shots: int = 0,
                      train_records: list[dict] | None = None, limit: int | None = None, seed: int = 0,
                      batch_size: int = 16, max_new_tokens: int = 64, raw: bool = False,
-                     dtype: str = "float32", normalize: str = "none") -> dict[str, Any]:
+                     dtype: str = "float32", normalize: str = "none", perplexity: bool = True) -> dict[str, Any]:
     """Predict every (or `limit`) record, score the predictions, and report the settings and speed.
 
     `dtype="bfloat16"` runs under bf16 autocast; `normalize` is the likelihood mode's length
-    normalisation ("none", "tokens", "chars").
+    normalisation ("none", "tokens", "chars"). `perplexity=False` skips the references'
+    cross-entropy (a second pass over every prompt; `cross_entropy` and `perplexity` are then None).
     """
     check_settings(records, task=task, choices=choices, metrics=metrics, stop=stop, mode=mode, shots=shots,
                    train_records=train_records, normalize=normalize, dtype=dtype)
@@ -162,12 +175,14 @@ def evaluate_records(model: Any, tokenizer: Any, records: list[dict], *, task: s
     references = [r["completion"] for r in records]
 
     start = time.perf_counter()
-    predictions, labels, truncated = predict(model, tokenizer, texts, task=task, choices=choices, stop=stop,
-                                             mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                             dtype=dtype, normalize=normalize)
+    predictions, labels, truncated, rows = predict(model, tokenizer, texts, task=task, choices=choices, stop=stop,
+                                                   mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                   dtype=dtype, normalize=normalize)
     seconds = time.perf_counter() - start
-    ce, ppl = mean_completion_ce(model, tokenizer, texts, references, batch_size=batch_size,
-                                 max_length=getattr(model.config, "max_position_embeddings", None), dtype=dtype)
+    # likelihood scoring has already read every reference: its scores give the perplexity, no second pass
+    ce, ppl = (None, None) if not perplexity else _gold_ce(records, choices, rows) or mean_completion_ce(
+        model, tokenizer, texts, references, batch_size=batch_size,
+        max_length=getattr(model.config, "max_position_embeddings", None), dtype=dtype)
     ce_seconds = time.perf_counter() - start - seconds
 
     rows = [{"id": r["id"], "prompt": t, "reference": ref, "prediction": p}

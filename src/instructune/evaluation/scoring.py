@@ -109,10 +109,17 @@ def classify_by_likelihood(model: Any, tokenizer: Any, prompts: Sequence[str], c
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    rows = choice_logprobs(model, tokenizer, prompts, list(choices.values()), batch_size, max_length, dtype)
+    return pick_choices(rows, choices, normalize)
+
+
+def pick_choices(rows: Sequence[Sequence[tuple[float, int]]], choices: dict[str, str],
+                 normalize: str = "none") -> list[str]:
+    """The label of the best-scoring answer in each row of `choice_logprobs` (answers in `choices` order)."""
     labels = list(choices)
     answers = [choices[label] for label in labels]
     picked = []
-    for row in choice_logprobs(model, tokenizer, prompts, answers, batch_size, max_length, dtype):
+    for row in rows:
         denoms = {"none": [1] * len(labels), "tokens": [n for _, n in row],
                   "chars": [len(a) for a in answers]}[normalize]
         normed = [logp / max(d, 1) for (logp, _), d in zip(row, denoms, strict=True)]

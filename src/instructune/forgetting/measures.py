@@ -68,12 +68,13 @@ def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[s
 
 def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: str, batch_size: int = 16,
                 max_new_tokens: int | None = None, dtype: str = "float32") -> tuple[str, list[float], list[dict[str, Any]]]:
-    """(metric name, per-example scores, per-example predictions) of one task on fixed records."""
+    """(metric name, per-example scores, per-example predictions) of one task on fixed records (the
+    references' perplexity, which no score here uses, is not computed: it would read every prompt again)."""
     classify = template.task == "classification"
     res = evaluate_records(model, tok, records, task=template.task, choices=template.choices,
                            metrics=template.metrics, stop=template.stop, mode=mode if classify else "generate",
                            batch_size=batch_size, max_new_tokens=max_new_tokens or (8 if classify else 32),
-                           dtype=dtype)
+                           dtype=dtype, perplexity=False)
     if classify:
         return "accuracy", [float(p["correct"]) for p in res["predictions"]], res["predictions"]
     scores = [rouge([p["prediction"]], [p["reference"]])["rougeL"]["f1"] for p in res["predictions"]]
