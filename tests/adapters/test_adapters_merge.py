@@ -58,3 +58,18 @@ def test_merge_refuses_a_non_empty_out(tiny_model_dir: Path, tmp_path: Path,
     assert main(["adapters", "merge", str(adapter), "--out", str(tmp_path / "out")]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_merged_model_keeps_the_chat_template_the_adapter_trained_with(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # a base model trained with data.chat_format saves that template with its adapter; merging used to write the
+    # base's tokenizer, so the merged model rendered prompts differently from how it was trained
+    from instructune.data.chat import FALLBACKS, saved_template
+    from instructune.models import load_model, prompt_text
+
+    adapter = random_lora(tiny_model_dir, tmp_path / "adapter", seed=3)
+    (adapter / "chat_template.jinja").write_text(FALLBACKS["plain"], encoding="utf-8")
+    assert saved_template(tiny_model_dir) != FALLBACKS["plain"]
+    assert main(["adapters", "merge", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    assert saved_template(tmp_path / "merged") == FALLBACKS["plain"]
+    _, tok = load_model(str(tmp_path / "merged"))
+    assert prompt_text(tok, "Hi").startswith("### User:")
