@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/adapter_swap.py
 	$(PY) bench/scaling.py
 	$(PY) bench/retention_overhead.py
+	$(PY) bench/scoring_passes.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
