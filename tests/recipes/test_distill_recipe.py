@@ -69,3 +69,23 @@ def test_bad_settings_are_one_paragraph(tmp_path: Path, tiny_model_dir: Path, to
                  flag, value, "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_mostly_empty_answers_are_written_and_flagged(tmp_path: Path, teacher: Path, toy_tasks: tuple[Path, Path, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a teacher that reads prompts in another chat format than it trained with ends most answers at once
+    from instructune.data.task import TaskSpec
+    from instructune.recipes import distill as recipe
+
+    monkeypatch.setattr(recipe, "generate", lambda model, tok, prompts, **kw: ["positive"] + [" "] * (len(prompts) - 1))
+    target, _, tpl = toy_tasks
+    said: list[str] = []
+    summary = recipe.distill(str(teacher), TaskSpec(str(target), ["mood"], str(tpl)), tmp_path / "t.jsonl", limit=4,
+                             dtype="fp32", log=said.append)
+    assert (summary["written"], summary["empty"]) == (1, 3)
+    assert any("most answers were empty (3 of 4)" in m for m in said)
+    said.clear()
+    monkeypatch.setattr(recipe, "generate", lambda model, tok, prompts, **kw: ["positive"] * (len(prompts) - 1) + [""])
+    recipe.distill(str(teacher), TaskSpec(str(target), ["mood"], str(tpl)), tmp_path / "u.jsonl", limit=4,
+                   dtype="fp32", log=said.append)
+    assert not any("warning" in m for m in said)

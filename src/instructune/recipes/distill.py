@@ -72,4 +72,8 @@ def distill(teacher: str, task: TaskSpec, out: Path, split: str = "train", fmt: 
     log(f"{teacher} answered {len(records)} prompts of {task.source} ({split}) in {seconds:.0f} s "
         f"({summary['prompts_per_s']:.2f}/s, {precision}); wrote {len(rows)} as {fmt} to {out}"
         + (f"; {empty} empty answers left out" if empty else ""))
+    if empty * 2 > len(records):
+        log(f"warning: most answers were empty ({empty} of {len(records)}). A teacher that ends its answer at once "
+            "usually reads prompts in another chat format than it trained with: a base model tuned with "
+            "data.chat_format needs that template saved in its folder (an adapter, or a model merged from one).")
     return summary
