@@ -211,9 +211,7 @@ def load_model(name: str, dtype: str = "float32", adapter: str | None = None,
         tok.pad_token = tok.eos_token
     if adapter:
         model = attach_adapter(model, adapter)
-        saved = chat.saved_template(adapter)  # a base model trained with data.chat_format: render as trained
-        if saved and saved != getattr(tok, "chat_template", None):
-            tok.chat_template = saved
+        chat.use_saved_template(tok, adapter)
     model.eval()
     return model, tok
 

@@ -38,9 +38,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
         raise InstructuneError(f"{folder}/adapter_config.json names no base model; pass --base MODEL.")
     model, tok = load_model(base, dtype=dtype)
     check_base(folder, model.config, base)
-    saved = chat.saved_template(folder)  # a base trained with data.chat_format: the merged model renders as trained
-    if saved:
-        tok.chat_template = saved
+    chat.use_saved_template(tok, folder)  # the merged model renders prompts as the adapter trained
     tied = _untie(model)
     peft_model = PeftModel.from_pretrained(model, str(folder)).eval()
     probe = torch.arange(3, 3 + min(32, model.config.vocab_size - 3)).unsqueeze(0)  # (1, T), ids past the specials

@@ -68,6 +68,14 @@ def saved_template(folder: str | Path) -> str | None:
     return None
 
 
+def use_saved_template(tok: Any, folder: str | Path) -> None:
+    """Render as the adapter or model in `folder` trained: the chat template saved there (a base model trained
+    with data.chat_format), if any, replaces the tokenizer's own."""
+    saved = saved_template(folder)
+    if saved and saved != getattr(tok, "chat_template", None):
+        tok.chat_template = saved
+
+
 def require_template(tok: Any, model: str) -> None:
     if not getattr(tok, "chat_template", None):
         raise InstructuneError(
