@@ -25,7 +25,7 @@ import torch
 import transformers
 
 from instructune.adapters.merge import random_lora
-from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
+from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
 from instructune.models import DEFAULT_MODEL, prompt_text, pull_model
 from instructune.serving.hotswap import AdapterSet
 
@@ -95,11 +95,8 @@ def main() -> int:
 
 
 def write(r: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("adapter_swap", r["machine"])
-    (OUT / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
     checks = "\n".join(f"| {k} | {'yes' if v else 'NO'} |" for k, v in r["checks"].items())
-    (OUT / f"{stem}.md").write_text(f"""# Adapter hot-swap ({r['model']}, {r['adapters']})
+    write_results(OUT, "adapter_swap", r, f"""# Adapter hot-swap ({r['model']}, {r['adapters']})
 
 `.venv/bin/python bench/adapter_swap.py`: {r['swaps']} swaps between two adapters on one base model.
 

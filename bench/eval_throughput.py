@@ -12,7 +12,6 @@ Writes bench/results/eval_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -27,7 +26,7 @@ from instructune.evaluation.evaluate import select
 from instructune.evaluation.generate import generate_batch
 from instructune.evaluation.metrics import accuracy, map_to_label
 from instructune.evaluation.scoring import classify_by_likelihood
-from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
+from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
 from instructune.models import load_model, prompt_text
 
 CHOICES = {"fresh": "positive", "rotten": "negative"}
@@ -169,9 +168,6 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("eval_throughput", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Evaluation throughput, {result['model']}, greedy decoding; {describe_machine(result['machine'])}; "
              "load average "
              f"{result['load_average']['before']:.1f} before, {result['load_average']['after']:.1f} after.", ""]
@@ -186,8 +182,7 @@ def write(out: Path, result: dict) -> None:
         lines.append(f"| {r['workload']} | {r['setting']} | {r['batch_size']} | {r['examples_per_s']:.2f} | "
                      f"{r['speedup']:.1f}x | {r['new_tokens']} | {acc} |")
     lines += ["", "Speed-up is against one-at-a-time fp32 generation of the same workload."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, "eval_throughput", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ barely move). Writes bench/results/memory_levers_<cpu class>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -72,11 +71,8 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from instructune.hardware import describe_machine, results_stem
+    from instructune.hardware import describe_machine, write_results
 
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("memory_levers", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     base = result["rows"][0]
     lines = [f"Memory levers of configs/lora-chitchat.yaml ({result['model']}, LoRA r=16 on every linear layer, "
              f"max_length 384), one epoch of {result['examples']} conversations, median of {result['repeats']}; "
@@ -87,8 +83,7 @@ def write(out: Path, result: dict) -> None:
         lines.append(f"| {r['lever']} | {r['steps']} | {r['peak_rss_mb']:.0f} | "
                      f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | {r['tokens_per_s']:.0f} | "
                      f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['val_loss']:.4f} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, "memory_levers", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import yaml
 
 from instructune.config import apply_overrides, load_config, read_yaml, to_dict
 from instructune.data.mixture import task_names
-from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
+from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
 from instructune.training.config import TrainConfig
 
 THRESHOLD = 0.9
@@ -72,12 +72,7 @@ def main() -> None:
               "test_limit": multi.data.test_limit, "rows": rows,
               "realised_epoch0": metrics["multi-task"].get("mixture_epoch0"),
               "machine": machine_summary(shapes_of(multi.model))}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("multitask", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(args.out), "multitask", result, markdown(result))
 
 
 def train(run: Any) -> dict[str, Any]:

@@ -96,11 +96,8 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from instructune.hardware import describe_machine, results_stem
+    from instructune.hardware import describe_machine, write_results
 
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("packing", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Packing against length-grouped padding, {result['model']} LoRA r=16, {result['examples']} training "
              f"examples for one epoch at max_length {result['max_length']}, batch {result['batch_size']} (examples or "
              f"packed rows), median of {result['repeats']}; {describe_machine(result['machine'])}.", "",
@@ -113,8 +110,7 @@ def write(out: Path, result: dict) -> None:
                      f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['peak_rss_mb']:.0f} | {r['val_loss']:.4f} |")
     lines += ["", "Real tokens are non-padding tokens; seconds are those of the training steps only; the validation "
               "loss is the run's own, on the same 32 examples for both."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, "packing", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ steps per measurement. Writes bench/results/retention_overhead_<cpu class>.{json
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from instructune.data.build import prepare, read_split
 from instructune.data.task import SplitSpec
 from instructune.forgetting.suite import RetentionSuite, RetentionTask
-from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
+from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
 from instructune.models import DEFAULT_MODEL, load_model, prompt_text, pull_model
 from instructune.training.retention import Monitor
 
@@ -83,16 +82,12 @@ def main() -> int:
         measure_s = median_seconds(lambda m=monitor: m.drops(model), args.repeats)
         rows.append({"suite": name, "start_s": start_s, "measure_s": measure_s, "steps_per_measure": measure_s / step_s})
     result = {"machine": machine, "train_step_s": step_s, "repeats": args.repeats, "suites": rows}
-    stem = results_stem("retention_overhead", machine)
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Retention overhead ({describe_machine(machine)})", "",
              f"One full fine-tuning step of 8 reviews: {step_s:.2f} s (median of {args.repeats}).", "",
              "| suite | first scoring (before training) s | one measurement s | = training steps |",
              "|---|---:|---:|---:|"]
     lines += [f"| {r['suite']} | {r['start_s']:.2f} | {r['measure_s']:.2f} | {r['steps_per_measure']:.2f} |" for r in rows]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, "retention_overhead", result, "\n".join(lines))
     return 0
 
 

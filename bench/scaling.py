@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
+from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
 
 PACK, TEMPLATE, SEED, ENCODE_LENGTH, EPOCH_SIZE = "rotten-tomatoes", "sentiment", 0, 256, 4000
 
@@ -162,9 +162,6 @@ def _machine(model: str, threads: int) -> dict[str, Any]:
 
 
 def write(out: Path, result: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("scaling", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Scaling; {describe_machine(result['machine'])}; load average {result['load_average']['before']:.1f} before, "
              f"{result['load_average']['after']:.1f} after.", "",
              f"(a) Building the rotten-tomatoes sentiment dataset from N rows (render, split, write), then encoding "
@@ -186,8 +183,7 @@ def write(out: Path, result: dict) -> None:
     lines += ["", "Growth MB: peak RSS minus RSS before building (the pack table and tokenizer already loaded). "
               "Epoch seconds are the loop's own training-step time (validation and checkpoint left out); longer "
               "prompts are cut in their middle to fit max_length, so shorter limits see fewer tokens per example."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, "scaling", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ two-pass one. Writes bench/results/scoring_passes_<cpu class>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from instructune.data.build import prepare, read_split
 from instructune.data.templates import get_template
 from instructune.evaluation import evaluate
 from instructune.evaluation.evaluate import evaluate_records, select
-from instructune.hardware import describe_machine, machine_summary, results_stem, shapes_of
+from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
 from instructune.models import DEFAULT_MODEL, load_model, pull_model
 
 OUT = Path(__file__).parent / "results"
@@ -91,9 +90,6 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("scoring_passes", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Scoring passes, {result['model']}; {describe_machine(result['machine'])}; median of "
              f"{result['repeats']}.", "",
              "| work | one pass s | two passes s | saved | reference CE, one pass | two passes | same predictions |",
@@ -105,8 +101,7 @@ def write(out: Path, result: dict) -> None:
                      f"{'yes' if r['same_scores'] else 'NO'} |")
     lines += ["", "One pass: sentiment takes the references' perplexity from the choice scores; headlines skip it "
               "(`perplexity=False`, as the forgetting suite scores them). Two passes: the references scored again."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, "scoring_passes", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -157,12 +157,7 @@ def main() -> None:
                   "losses": losses[n]} for n in names}
     result = {"model": args.model, "method": args.method, "precision": precision, "threads": args.threads,
               "batch": BATCH, "steps": args.steps, "machine": host, "levers": levers}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = hardware.results_stem(f"step_levers_{args.method}", host)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    hardware.write_results(Path(args.out), f"step_levers_{args.method}", result, markdown(result))
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -273,11 +273,8 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from instructune.hardware import describe_machine, results_stem
+    from instructune.hardware import describe_machine, write_results
 
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("train_throughput", result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
 
     m, t, d = result["machine"], result["tokens"], result["data"]
     lines = [f"Training throughput, {result['model']}: {result['steps']} steps of batch {result['batch_size']}, "
@@ -314,8 +311,7 @@ def write(out: Path, result: dict) -> None:
     lines += ["", "Real tokens are non-padding tokens (prompt and completion); seconds are those of the training "
               "steps only. The validation loss is the mean cross-entropy per completion token of the saved result, "
               "reloaded in fp32 the same way for every run."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, "train_throughput", result, "\n".join(lines))
 
 
 def _row(cells: list[str], r: dict, base: dict) -> str:

@@ -238,3 +238,12 @@ def test_doctor_json_has_every_item(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for label in ("cpu class", "cores", "memory", "matmul", "auto picks", "models pulled"):
         assert f"\n{label} " in text
+
+
+def test_bench_results_are_named_by_the_cpu_class_they_ran_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = {"machine": {"cpu_class": "AVX2"}, "rows": [{"x": 1.5}]}
+    md = hardware.write_results(tmp_path / "results", "scoring_passes", result, "| x |\n|---|\n| 1.5 |\n\n")
+    assert md == tmp_path / "results" / "scoring_passes_avx2.md"
+    assert md.read_text() == "| x |\n|---|\n| 1.5 |\n"
+    assert json.loads((tmp_path / "results" / "scoring_passes_avx2.json").read_text()) == result
+    assert capsys.readouterr().out == "| x |\n|---|\n| 1.5 |\n"

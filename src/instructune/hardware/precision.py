@@ -303,3 +303,14 @@ def describe_machine(m: dict[str, Any]) -> str:
 def results_stem(stem: str, machine: dict[str, Any]) -> str:
     """A benchmark's results file name for the CPU class it ran on: `train_throughput_avx2`."""
     return f"{stem}_{machine['cpu_class'].lower()}"
+
+
+def write_results(out: Path, name: str, result: dict[str, Any], markdown: str) -> Path:
+    """A benchmark's results for the CPU class it ran on (`result["machine"]`): everything as
+    `<name>_<class>.json`, the table as `<name>_<class>.md`, which is also printed. Returns the .md path."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = results_stem(name, result["machine"])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown.rstrip("\n") + "\n")
+    print(markdown.rstrip("\n"))
+    return out / f"{stem}.md"
