@@ -175,12 +175,12 @@ def evaluate_records(model: Any, tokenizer: Any, records: list[dict], *, task: s
     references = [r["completion"] for r in records]
 
     start = time.perf_counter()
-    predictions, labels, truncated, rows = predict(model, tokenizer, texts, task=task, choices=choices, stop=stop,
-                                                   mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                                   dtype=dtype, normalize=normalize)
+    predictions, labels, truncated, choice_scores = predict(
+        model, tokenizer, texts, task=task, choices=choices, stop=stop, mode=mode, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, dtype=dtype, normalize=normalize)
     seconds = time.perf_counter() - start
     # likelihood scoring has already read every reference: its scores give the perplexity, no second pass
-    ce, ppl = (None, None) if not perplexity else _gold_ce(records, choices, rows) or mean_completion_ce(
+    ce, ppl = (None, None) if not perplexity else _gold_ce(records, choices, choice_scores) or mean_completion_ce(
         model, tokenizer, texts, references, batch_size=batch_size,
         max_length=getattr(model.config, "max_position_embeddings", None), dtype=dtype)
     ce_seconds = time.perf_counter() - start - seconds
