@@ -311,7 +311,28 @@ def write(out: Path, result: dict) -> None:
     lines += ["", "Real tokens are non-padding tokens (prompt and completion); seconds are those of the training "
               "steps only. The validation loss is the mean cross-entropy per completion token of the saved result, "
               "reloaded in fp32 the same way for every run."]
+    result["tables"] = {"summary": summary_table(result)}
     write_results(out, "train_throughput", result, "\n".join(lines))
+
+
+def summary_table(result: dict) -> dict:
+    """Per method: TRL's settings beside instructune's defaults (what `precision: auto` picked, attention auto),
+    as speed-ups against TRL's defaults (bf16, gradient checkpointing) and against TRL's fastest setting."""
+    from instructune.results import table
+
+    rows, auto = [], result["machine"].get("auto_precision")
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        mine = [r for r in result["rows"] if r["method"] == method and "tokens_per_s" in r]
+        trl = {("defaults" if r["grad_ckpt"] else r["precision"]): r["tokens_per_s"] for r in mine if r["system"] == "trl"}
+        ours = next(r["tokens_per_s"] for r in mine if r["system"] == "instructune" and r["precision"] == auto
+                    and r["attention"] == "auto")
+        cell = {k: f"{v:.0f}" if v else "not run" for k, v in
+                {"fp32": trl.get("fp32"), "bf16": trl.get("bf16"), "defaults": trl.get("defaults")}.items()}
+        rows.append([f"{result['machine']['cpu_class']} ({auto} picked)", method, cell["fp32"], cell["bf16"],
+                     cell["defaults"], f"{ours:.0f}", f"{ours / trl['defaults']:.2f}x" if "defaults" in trl else "-",
+                     f"{ours / max(trl.values()):.2f}x"])
+    return table(["CPU class", "method", "TRL fp32", "TRL bf16", "TRL's defaults (bf16, grad ckpt)",
+                  "instructune defaults", "vs TRL's defaults", "vs TRL's fastest"], rows, "llrrrrrr")
 
 
 def _row(cells: list[str], r: dict, base: dict) -> str:
