@@ -17,7 +17,7 @@ from instructune import __version__
 from instructune.errors import InstructuneError
 
 COMMANDS = ["models", "generate", "train", "eval", "forgetting", "sequential", "demo", "adapters", "serve", "data", "templates", "report",
-            "doctor", "sweep"]
+            "doctor", "sweep", "results"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,9 +162,10 @@ def check(result: Any, where: str) -> None:
                                        f"{width} columns.")
 
 
-def load(path: Path, where: str | None = None) -> dict[str, Any]:
-    """A result file, checked; `where` (a docs file and line) prefixes every error."""
-    label = f"{where}: {path}" if where else str(path)
+def load(path: Path, where: str | None = None, shown: str | None = None) -> dict[str, Any]:
+    """A result file, checked; `where` (a docs file and line) prefixes every error, which names the file as
+    `shown` (as the docs wrote it) or its path."""
+    label = f"{where}: {shown or path}" if where else str(shown or path)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -209,7 +210,7 @@ def render_doc(text: str, root: Path, where: str) -> str:
     def block(m: re.Match) -> str:
         line = text.count("\n", 0, m.start()) + 1
         at = f"{where} line {line}"
-        result = load(root / m["ref"], at)
+        result = load(root / m["ref"], at, m["ref"])
         return m.group(1) + render_table(result, m["table"], f"{at}: {m['ref']}") + m.group(5)
 
     return BLOCK.sub(block, text)

@@ -203,3 +203,10 @@ def test_register_refuses_an_escaping_name_before_touching_disk(tmp_path: Path) 
     with pytest.raises(InstructuneError, match="invalid adapter name"):
         register_adapter("../outside", tmp_path)
     assert not (adapters_root().parent / "outside").exists() and not adapters_root().exists()
+
+
+def test_the_docs_count_the_escape_attempts_tested() -> None:
+    """README.md and docs/reliability.md say how many escapes are tried: the number of ESCAPES, not a typed guess."""
+    root = Path(__file__).resolve().parents[2]
+    for doc in ("README.md", "docs/reliability.md"):
+        assert f"{len(ESCAPES)} sandbox-escape attempts" in (root / doc).read_text(encoding="utf-8"), doc
