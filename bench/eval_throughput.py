@@ -26,8 +26,9 @@ from instructune.evaluation.evaluate import select
 from instructune.evaluation.generate import generate_batch
 from instructune.evaluation.metrics import accuracy, map_to_label
 from instructune.evaluation.scoring import classify_by_likelihood
-from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
+from instructune.hardware import describe_machine, machine_summary, shapes_of
 from instructune.models import load_model, prompt_text
+from instructune.results import write_results
 
 CHOICES = {"fresh": "positive", "rotten": "negative"}
 ADJ = {"fresh": ["wonderful", "moving", "sharp", "funny", "gripping", "beautifully acted"],

@@ -71,7 +71,8 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from instructune.hardware import describe_machine, write_results
+    from instructune.hardware import describe_machine
+    from instructune.results import write_results
 
     base = result["rows"][0]
     lines = [f"Memory levers of configs/lora-chitchat.yaml ({result['model']}, LoRA r=16 on every linear layer, "

@@ -24,7 +24,8 @@ import yaml
 
 from instructune.config import apply_overrides, load_config, read_yaml, to_dict
 from instructune.data.mixture import task_names
-from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
+from instructune.hardware import describe_machine, machine_summary, shapes_of
+from instructune.results import write_results
 from instructune.training.config import TrainConfig
 
 THRESHOLD = 0.9

@@ -96,7 +96,8 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from instructune.hardware import describe_machine, write_results
+    from instructune.hardware import describe_machine
+    from instructune.results import write_results
 
     lines = [f"Packing against length-grouped padding, {result['model']} LoRA r=16, {result['examples']} training "
              f"examples for one epoch at max_length {result['max_length']}, batch {result['batch_size']} (examples or "

@@ -23,8 +23,9 @@ import torch
 from instructune.data.build import prepare, read_split
 from instructune.data.task import SplitSpec
 from instructune.forgetting.suite import RetentionSuite, RetentionTask
-from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
+from instructune.hardware import describe_machine, machine_summary, shapes_of
 from instructune.models import DEFAULT_MODEL, load_model, prompt_text, pull_model
+from instructune.results import write_results
 from instructune.training.retention import Monitor
 
 OUT = Path(__file__).parent / "results"

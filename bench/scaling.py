@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
+from instructune.hardware import describe_machine, machine_summary, shapes_of
+from instructune.results import write_results
 
 PACK, TEMPLATE, SEED, ENCODE_LENGTH, EPOCH_SIZE = "rotten-tomatoes", "sentiment", 0, 256, 4000
 

@@ -26,8 +26,9 @@ from instructune.data.build import prepare, read_split
 from instructune.data.templates import get_template
 from instructune.evaluation import evaluate
 from instructune.evaluation.evaluate import evaluate_records, select
-from instructune.hardware import describe_machine, machine_summary, shapes_of, write_results
+from instructune.hardware import describe_machine, machine_summary, shapes_of
 from instructune.models import DEFAULT_MODEL, load_model, pull_model
+from instructune.results import write_results
 
 OUT = Path(__file__).parent / "results"
 

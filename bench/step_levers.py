@@ -118,6 +118,7 @@ def main() -> None:
     import torch
 
     from instructune import hardware
+    from instructune.results import write_results
 
     torch.set_num_threads(args.threads)
     host = hardware.machine_summary(hardware.shapes_of(args.model))
@@ -157,7 +158,7 @@ def main() -> None:
                   "losses": losses[n]} for n in names}
     result = {"model": args.model, "method": args.method, "precision": precision, "threads": args.threads,
               "batch": BATCH, "steps": args.steps, "machine": host, "levers": levers}
-    hardware.write_results(Path(args.out), f"step_levers_{args.method}", result, markdown(result))
+    write_results(Path(args.out), f"step_levers_{args.method}", result, markdown(result))
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -273,7 +273,8 @@ def main() -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    from instructune.hardware import describe_machine, write_results
+    from instructune.hardware import describe_machine
+    from instructune.results import write_results
 
 
     m, t, d = result["machine"], result["tokens"], result["data"]

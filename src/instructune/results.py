@@ -113,8 +113,6 @@ def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, c
     """A result for the CPU class it ran on (`result["machine"]`): everything as `<name>_<class>.json`
     with its provenance and the tables of `markdown`, the Markdown as `<name>_<class>.md`, also printed.
     Returns the .md path."""
-    from instructune.hardware import results_stem  # the hardware package imports this module's users
-
     out.mkdir(parents=True, exist_ok=True)
     stem = results_stem(name, result["machine"])
     head = {**provenance(command, config), "name": name}
@@ -125,6 +123,11 @@ def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, c
     _atomic_write(out / f"{stem}.md", markdown.rstrip("\n") + "\n")
     print(markdown.rstrip("\n"))
     return out / f"{stem}.md"
+
+
+def results_stem(stem: str, machine: dict[str, Any]) -> str:
+    """A result's file name for the CPU class it ran on: `train_throughput_avx2`."""
+    return f"{stem}_{machine['cpu_class'].lower()}"
 
 
 def _atomic_write(path: Path, text: str) -> None:

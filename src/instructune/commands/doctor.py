@@ -1,4 +1,4 @@
-"""`instructune doctor [--json] [--fresh] [--model M]`: one screen about this machine, for bug reports."""
+"""`instructune doctor [--json] [--reprobe] [--model M]`: one screen about this machine, for bug reports."""
 
 from __future__ import annotations
 
@@ -18,19 +18,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Everything a bug report needs about this machine, and the precision and "
                                    "threads `auto` picks here (measured, then cached).")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--fresh", action="store_true", help="measure the matmul probe again (replaces the cached one)")
+    p.add_argument("--reprobe", "--fresh", action="store_true",
+                   help="measure the matmul probe again: the cached result is replaced, or forgotten where the new "
+                        "one is not kept (a near-tie, or measured under load); --fresh is the old name")
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="whose shapes the probe uses (default: the default model's; no weights are loaded)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    info = collect(args.model, fresh=args.fresh)
+    info = collect(args.model, reprobe=args.reprobe)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
 
 
-def collect(model: str, fresh: bool = False) -> dict[str, Any]:
+def collect(model: str, reprobe: bool = False) -> dict[str, Any]:
     """What `doctor` reports, as plain data."""
     import torch
 
@@ -40,8 +42,8 @@ def collect(model: str, fresh: bool = False) -> dict[str, Any]:
     threads, _ = hardware.choose_threads(None, usable, hardware.local_ranks())
     torch.set_num_threads(threads)  # the probe runs at the threads a run would use
     shapes = hardware.shapes_of(model)
-    probe = hardware.probe(shapes, fresh=fresh, log=None)
-    choice = hardware.resolve_precision("auto", shapes, log=None)
+    probe = hardware.probe(shapes, fresh=reprobe, log=None)
+    choice = hardware.resolve_precision("auto", shapes, log=None)  # the same result: cached, or kept in-process
     flags = hardware.cpu_flags()
     root = hub.cache_root()
     return {
@@ -54,9 +56,7 @@ def collect(model: str, fresh: bool = False) -> dict[str, Any]:
                 "cores_online": os.cpu_count(), "cores_usable": usable, "cores_usable_why": why},
         "memory": _memory(),
         "gpus": _gpus(torch),
-        "probe": {"shapes": probe.shapes, "threads": probe.threads, "fp32_gflops": round(probe.fp32_gflops, 1),
-                  "bf16_gflops": round(probe.bf16_gflops, 1), "bf16_vs_fp32": round(probe.ratio, 3),
-                  "seconds": round(probe.seconds, 3), "cached": probe.cached, "error": probe.error},
+        "probe": _probe(probe),
         "auto": {"precision": choice.precision, "reason": choice.reason, "threads": threads,
                  "bf16_margin": hardware.BF16_MARGIN},
         "cache": {"path": str(root), "mb": round(_size(root) / 2**20, 1), "models": _pulled_models(),
@@ -84,6 +84,7 @@ def render(info: dict[str, Any]) -> str:
                    f"{' '.join('x'.join(map(str, s)) for s in probe['shapes'])}; "
                    + ("cached" if probe["cached"] else f"measured in {probe['seconds']} s")
                    + (f"; probe error: {probe['error']}" if probe["error"] else "") + ")"),
+        ("decided", _decided(probe)),
         ("auto picks", f"{auto['reason']}; threads {auto['threads']}"),
         ("cache", f"{cache['path']} ({cache['mb']} MB)"),
         ("models pulled", ", ".join(cache["models"]) or "none"),
@@ -91,6 +92,25 @@ def render(info: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+def _decided(probe: dict[str, Any]) -> str:
+    """When and under what load the probe was measured: `2026-12-07 19:50, load 0.12 on 2 CPUs, spread 3%`."""
+    load = "load unknown" if probe["load"] is None else f"load {probe['load']:.2f} on {probe['cpus']} CPUs"
+    spread = max(probe["fp32_spread"], probe["bf16_spread"])
+    return f"{probe['measured'][:16]}, {load}, spread {spread:.0%}" + ("" if probe["kept"] else "; not kept: this process only")
+
+
+def _probe(p: Any) -> dict[str, Any]:
+    """The matmul probe: medians, each repetition, and how far to trust them (load before, spread, of peak)."""
+    return {"shapes": p.shapes, "threads": p.threads, "fp32_gflops": round(p.fp32_gflops, 1),
+            "bf16_gflops": round(p.bf16_gflops, 1), "bf16_vs_fp32": round(p.ratio, 3),
+            "fp32_runs": [round(x, 1) for x in p.fp32_runs], "bf16_runs": [round(x, 1) for x in p.bf16_runs],
+            "fp32_spread": round(p.fp32_spread, 3), "bf16_spread": round(p.bf16_spread, 3),
+            "fp32_of_peak": round(p.fp32_of_peak, 3), "bf16_of_peak": round(p.bf16_of_peak, 3),
+            "load": None if p.load is None else round(p.load, 2), "cpus": p.cpus, "measured": p.measured,
+            "seconds": round(p.seconds, 3), "cached": p.cached, "kept": p.error is None and not p.doubts(),
+            "doubts": p.doubts(), "error": p.error}
 
 
 def _version(package: str) -> str | None:

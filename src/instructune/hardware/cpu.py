@@ -170,10 +170,10 @@ def reuse_freed_memory(keep_bytes: int = 1 << 30) -> bool:
 
     glibc serves every block over its mmap threshold (32 MiB at most) with a fresh `mmap` and hands
     it back on free, so each step's large gradients (a 49k-word embedding's: 113 MB) fault their
-    pages in again, zeroed by the kernel: ~1 us a page, more in a VM. With mmap off in the main heap
-    (`M_MMAP_MAX` 0) and up to `keep_bytes` of free heap kept (`M_TRIM_THRESHOLD`), the next step
-    reuses them. Measured by bench/step_levers.py (`heap`): full fine-tuning steps 1.15x faster
-    on an AVX2 CPU at the same peak memory; LoRA, whose large tensors are frozen, unchanged."""
+    pages in again, zeroed by the kernel. With mmap off in the main heap (`M_MMAP_MAX` 0) and up to
+    `keep_bytes` of free heap kept (`M_TRIM_THRESHOLD`), the next step reuses them. bench/step_levers.py
+    measures it (lever `heap`); no result of that lever is kept in bench/results, so no speed-up is
+    claimed here. LoRA, whose large tensors are frozen, has no such gradients: its runs leave it off."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(-1, keep_bytes)) and bool(libc.mallopt(-4, 0))  # M_TRIM_THRESHOLD, M_MMAP_MAX

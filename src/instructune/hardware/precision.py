@@ -1,15 +1,24 @@
 """`precision: auto`, measured: fp32 against bf16 autocast at the model's own shapes, on this CPU.
 
-CPUs differ more than one default can cover: with AMX a bf16 matmul runs ~5x faster than fp32,
-with AVX-512 bf16 units ~2x, and on an AVX2-only CPU bf16 is emulated and runs 8-75x *slower*.
-So `precision: auto` (the default everywhere) times matmuls at the model's own shapes, fp32
-against bf16 autocast, and picks bf16 only where it is clearly faster:
+CPUs differ more than one default can cover: with AMX or AVX-512 bf16 units a bf16 matmul runs
+faster than fp32, and on an AVX2-only CPU bf16 is emulated and runs several times *slower* (the
+measured figures, each from a committed bench/results file, are in docs/hardware.md). So
+`precision: auto` (the default everywhere) times matmuls at the model's own shapes, fp32 against
+bf16 autocast, in PROBE_ROUNDS interleaved rounds (fp32, bf16, fp32, bf16, ...), and on the
+medians picks bf16 only where it is clearly faster:
 
-    bf16 if bf16_gflops >= BF16_MARGIN * fp32_gflops else fp32
+    bf16 if median(bf16) >= BF16_MARGIN * median(fp32) and the noise band clears the margin else fp32
+
+The noise band is the ratio between the repetitions' quartiles (lower bf16 / upper fp32 to upper
+bf16 / lower fp32); a band that reaches across the margin is a near-tie, and a near-tie is fp32.
 
 The probe takes a fraction of a second and is cached per machine (CPU model, its bf16-relevant
 flags, torch's capability and the oneDNN/ATen ISA caps in the environment, threads, torch
-version, shapes) in `$INSTRUCTUNE_HOME/hardware.json`, so every process of a study decides alike.
+version, shapes, probe method) in `$INSTRUCTUNE_HOME/hardware.json`, so every process of a study
+decides alike, with when it was measured, the load before it, the spread of its repetitions and
+their fraction of the best one. Only a clean result is cached: a near-tie, or one measured while
+other work kept the CPUs busy (the 1-minute load average before the probe, less this process's
+own share, above LOAD_LIMIT per CPU), serves this process only and the next one measures again.
 `INSTRUCTUNE_AUTO_PRECISION=fp32|bf16` fixes what auto means instead (reproducible comparisons
 across machines; the test suite sets it).
 """
@@ -21,9 +30,10 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,7 +49,6 @@ from instructune.hardware.cpu import (
     cpu_class,
     cpu_flags,
     cpu_model,
-    usable_cpus,
 )
 from instructune.models import resolve_model
 
@@ -49,29 +58,88 @@ PROBE_TOKENS = 128
 """Rows of the probe's matmuls (tokens of a small batch)."""
 DEFAULT_SHAPES = ((PROBE_TOKENS, 576, 576), (PROBE_TOKENS, 576, 1536))
 """Probe shapes when the model's are unknown (SmolLM2-135M's hidden and MLP sizes)."""
+PROBE_ROUNDS = 5
+"""Repetitions of each precision, interleaved (fp32, bf16, fp32, bf16, ...): other work that slows some
+of them slows both sides alike, and the medians ignore the few it hits hardest."""
+PROBE_VERSION = 2
+"""Part of the cache key, bumped when the probe's method changes so older results are measured again
+(1: all fp32, then all bf16, best of each, load not recorded)."""
+LOAD_LIMIT = 0.25
+"""A result is cached only where others' load before the probe is at most this per CPU: one other busy
+thread on a 2-CPU machine (0.5 per CPU) contends with a 2-thread matmul's threads, and is refused."""
 CACHE_FILE = "hardware.json"
 Shape = tuple[int, int, int]
 
 
 @dataclass
 class Probe:
+    """fp32 and bf16-autocast matmul speed on this machine, and how far to trust it."""
+
     fp32_gflops: float
+    """Median GFLOP/s of the fp32 repetitions."""
     bf16_gflops: float
+    """Median GFLOP/s of the bf16-autocast repetitions."""
     threads: int
     shapes: list[list[int]]
     seconds: float
     cached: bool = False
     error: str | None = None
+    fp32_runs: list[float] = field(default_factory=list)
+    """GFLOP/s of each fp32 repetition, in the order measured (each followed by a bf16 one)."""
+    bf16_runs: list[float] = field(default_factory=list)
+    fp32_spread: float = 0.0
+    """Interquartile range of the fp32 repetitions over their median (0.03: 3%)."""
+    bf16_spread: float = 0.0
+    fp32_of_peak: float = 0.0
+    """Median over the best fp32 repetition: how near the typical repetition came to this machine's best."""
+    bf16_of_peak: float = 0.0
+    load: float | None = None
+    """The 1-minute load average before the probe less this process's own share (None: the OS keeps none)."""
+    cpus: int = 0
+    """The online CPUs that load is spread over (the load average counts the whole host)."""
+    measured: str = ""
+    """When, local time: `2026-12-07 19:50:12`."""
 
     @property
     def ratio(self) -> float:
         """bf16 speed over fp32 speed (above 1: bf16 faster)."""
         return self.bf16_gflops / self.fp32_gflops if self.fp32_gflops > 0 else 0.0
 
+    @property
+    def ratio_band(self) -> tuple[float, float]:
+        """bf16/fp32 within the repetitions' noise: from bf16's lower quartile over fp32's upper one to
+        bf16's upper quartile over fp32's lower one."""
+        if not self.fp32_runs or not self.bf16_runs:
+            return self.ratio, self.ratio
+        (f_low, _, f_high), (b_low, _, b_high) = _quartiles(self.fp32_runs), _quartiles(self.bf16_runs)
+        return b_low / f_high, b_high / f_low
 
-def matmul_gflops(shapes: tuple[Shape, ...] | list[Shape], bf16: bool, budget_s: float = 0.08) -> float:
-    """GFLOP/s of `x @ w.T` at each (tokens, in, out) shape, fp32 or under bf16 autocast (best of a
-    few calls after a warm-up; one call suffices where a single call takes longer than the budget)."""
+    def near_tie(self, margin: float = BF16_MARGIN) -> bool:
+        """Whether the noise band reaches across the margin: the repetitions could decide either way."""
+        low, high = self.ratio_band
+        return low < margin <= high
+
+    def under_load(self, limit: float = LOAD_LIMIT) -> bool:
+        return self.load is not None and self.cpus > 0 and self.load / self.cpus > limit
+
+    @property
+    def precision(self) -> str:
+        """What the probe supports: bf16 only where clearly faster and clear of the margin's noise."""
+        return "fp32" if self.error or self.near_tie() else decide(self.fp32_gflops, self.bf16_gflops)
+
+    def doubts(self) -> list[str]:
+        """Why this result serves this process only and is not cached (none: it is kept)."""
+        out = []
+        if self.near_tie():
+            out.append(f"near-tie: bf16/fp32 {self.ratio:.2f} within the noise of the {BF16_MARGIN:.2f} margin; fp32")
+        if self.under_load():
+            out.append(f"measured under load {self.load:.2f} on {self.cpus} CPUs")
+        return out
+
+
+def matmul_gflops(shapes: tuple[Shape, ...] | list[Shape], bf16: bool, budget_s: float = 0.015) -> float:
+    """GFLOP/s of `x @ w.T` at each (tokens, in, out) shape, fp32 or under bf16 autocast: one repetition
+    of the probe (best of the calls that fit `budget_s` per shape; one suffices where a call takes longer)."""
     flops = seconds = 0.0
     for m, k, n in shapes:
         x, w = torch.randn(m, k), torch.randn(n, k)
@@ -116,49 +184,128 @@ def machine_key(threads: int, shapes: tuple[Shape, ...] | list[Shape]) -> dict[s
     flags = cpu_flags()
     return {"cpu": cpu_model(), "flags": sorted(f for f in BF16_FLAGS if f in flags), "capability": capability(),
             "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}, "cores": os.cpu_count(),
-            "threads": threads, "torch": torch.__version__, "shapes": [list(s) for s in shapes]}
+            "threads": threads, "torch": torch.__version__, "shapes": [list(s) for s in shapes],
+            "probe": PROBE_VERSION}
 
 
 def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_this_process: dict[tuple[str, str], Probe] = {}
+"""Results not cached (a near-tie, measured under load, an unwritable cache), by cache file and key:
+this process keeps using its own measurement; the next process measures again."""
+
+
 def probe(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool = False,
           measure: Callable[..., float] | None = None, log: Callable[[str], None] | None = print) -> Probe:
-    """fp32 and bf16-autocast matmul speed at `shapes` with the current threads; cached per machine.
-    `measure(shapes, bf16=...) -> GFLOP/s` replaces the timing (tests inject theirs)."""
+    """fp32 and bf16-autocast matmul speed at `shapes` with the current threads; cached per machine when
+    clean (`Probe.doubts` is empty). `fresh` measures again and forgets the cached result.
+    `measure(shapes, bf16=...) -> GFLOP/s` replaces one repetition's timing (tests inject theirs)."""
     measure = measure or matmul_gflops
     key = machine_key(torch.get_num_threads(), shapes)
     digest = key_hash(key)
     path = Path(os.environ.get("INSTRUCTUNE_HOME") or Path.home() / ".cache" / "instructune") / CACHE_FILE
+    mine = (str(path), digest)
+    if not fresh and mine in _this_process:
+        return _this_process[mine]
+    _this_process.pop(mine, None)
     result = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=120):  # the first process measures, the others read
             cache = _read_cache(path)
-            if not fresh and digest in cache:
-                return Probe(**{**cache[digest]["probe"], "cached": True})
+            if not fresh and (hit := _cached(cache.get(digest))):
+                return hit
             result = _measure(shapes, measure)
-            if result.error is None:
-                cache[digest] = {"key": key, "probe": asdict(result), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+            if result.error is None and not result.doubts():
+                cache[digest] = {"key": key, "probe": asdict(result), "measured": result.measured}
                 _write_cache(path, cache)
+            elif result.error is None:
+                _this_process[mine] = result
+                if cache.pop(digest, None) is not None:  # a re-probe forgets the result it doubts
+                    _write_cache(path, cache)
             return result
     except (OSError, Timeout) as e:
         if log:
             log(f"warning: the probe cache {path} is not usable ({getattr(e, 'strerror', None) or e}); the result "
                 "is not kept. Make $INSTRUCTUNE_HOME writable to keep it.")
-        return result or _measure(shapes, measure)
+        result = result or _measure(shapes, measure)
+        if result.error is None:
+            _this_process[mine] = result
+        return result
 
 
 def _measure(shapes: tuple[Shape, ...] | list[Shape], measure: Callable[..., float]) -> Probe:
-    start = time.perf_counter()
+    """PROBE_ROUNDS rounds of fp32 then bf16, interleaved so that other work slows both sides alike."""
+    load, cpus = background_load()  # read before the probe: its own threads would count in a later reading
+    measured, start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
+    runs: dict[bool, list[float]] = {False: [], True: []}
     try:
-        fp32, bf16 = measure(shapes, bf16=False), measure(shapes, bf16=True)
-        error = None if fp32 > 0 and bf16 > 0 and math.isfinite(fp32 + bf16) else "non-positive timing"
+        for _ in range(PROBE_ROUNDS):
+            for bf16 in (False, True):
+                runs[bf16].append(float(measure(shapes, bf16=bf16)))
+        every = runs[False] + runs[True]
+        error = None if all(v > 0 and math.isfinite(v) for v in every) else "non-positive timing"
     except Exception as e:  # noqa: BLE001 (any failure of the probe means: no evidence for bf16)
-        fp32, bf16, error = 0.0, 0.0, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    return Probe(fp32, bf16, torch.get_num_threads(), [list(s) for s in shapes], time.perf_counter() - start,
-                 error=error)
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    common = {"threads": torch.get_num_threads(), "shapes": [list(s) for s in shapes], "load": load,
+              "cpus": cpus, "measured": measured, "seconds": time.perf_counter() - start}
+    if error:
+        return Probe(0.0, 0.0, error=error, **common)
+    fp32, bf16 = runs[False], runs[True]
+    fp32_median, bf16_median = statistics.median(fp32), statistics.median(bf16)
+    return Probe(fp32_median, bf16_median, fp32_runs=fp32, bf16_runs=bf16, fp32_spread=_spread(fp32),
+                 bf16_spread=_spread(bf16), fp32_of_peak=fp32_median / max(fp32),
+                 bf16_of_peak=bf16_median / max(bf16), **common)
+
+
+def _quartiles(runs: list[float]) -> tuple[float, float, float]:
+    if len(runs) < 2:
+        return runs[0], runs[0], runs[0]
+    low, mid, high = statistics.quantiles(runs, n=4, method="inclusive")
+    return low, mid, high
+
+
+def _spread(runs: list[float]) -> float:
+    """Interquartile range over the median: robust to the one repetition a burst of other work hits."""
+    low, mid, high = _quartiles(runs)
+    return (high - low) / mid
+
+
+def background_load() -> tuple[float | None, int]:
+    """Others' load now: the 1-minute load average less this process's own share, and the online CPUs
+    it is spread over (the load average counts the whole host, a container's included).
+
+    The load average is an exponential average (time constant 60 s) of runnable threads, so a process
+    that kept k threads busy through its t seconds adds k * (1 - exp(-t / 60)); k is its CPU seconds
+    over t. None where the OS keeps no load average."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None, cpus
+    age = _process_age()
+    busy = sum(os.times()[:2]) / age if age > 0 else 0.0
+    return max(0.0, load - busy * (1 - math.exp(-age / 60))), cpus
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux; 0 elsewhere, which counts none of the load as its own)."""
+    try:
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _cached(entry: Any) -> Probe | None:
+    """The probe of a cache entry; None for an entry of another layout (it is measured again)."""
+    try:
+        return Probe(**{**entry["probe"], "cached": True})
+    except (TypeError, KeyError):
+        return None
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -239,9 +386,9 @@ def resolve_precision(requested: str, shapes: tuple[Shape, ...] | list[Shape] = 
     if p.error:
         return _said(PrecisionChoice("auto", "fp32", device, klass,
                                      f"precision auto -> fp32: the bf16 probe failed ({p.error})"), log)
-    chosen = decide(p.fp32_gflops, p.bf16_gflops)
-    return _said(PrecisionChoice("auto", chosen, device, klass, f"precision auto -> {chosen}: {figures}"
-                                 + (" (cached)" if p.cached else ""), p.fp32_gflops, p.bf16_gflops), log)
+    doubts = "".join(f"; {d}" for d in p.doubts()) + ("; not kept" if p.doubts() else "")
+    return _said(PrecisionChoice("auto", p.precision, device, klass, f"precision auto -> {p.precision}: {figures}"
+                                 + doubts + (" (cached)" if p.cached else ""), p.fp32_gflops, p.bf16_gflops), log)
 
 
 def _gpu_precision(requested: str, device: str, log: Callable[[str], None] | None) -> PrecisionChoice:
@@ -276,41 +423,3 @@ def eval_dtype(precision: str, model: str, log: Callable[[str], None] | None = p
     if precision in named:
         return named[precision]
     return resolve_precision(precision, shapes_of(model), log=log).dtype
-
-
-def machine_summary(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool = True) -> dict[str, Any]:
-    """The CPU class a speed figure was measured on, for benchmark results: CPU, class, threads, and
-    fp32 and bf16-autocast matmul speed at `shapes` (measured afresh by default)."""
-    flags = cpu_flags()
-    p = probe(shapes, fresh=fresh, log=None)
-    return {"cpu": cpu_model(), "cpu_class": cpu_class(flags, capability()), "torch_capability": capability(),
-            "flags": [f for f in BF16_FLAGS if f in flags], "isa_env": {k: os.environ[k] for k in ISA_ENV
-                                                                        if k in os.environ},
-            "cores_usable": usable_cpus()[0], "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "probe_shapes": p.shapes, "fp32_gflops": p.fp32_gflops, "bf16_gflops": p.bf16_gflops,
-            "auto_precision": "fp32" if p.error else decide(p.fp32_gflops, p.bf16_gflops)}
-
-
-def describe_machine(m: dict[str, Any]) -> str:
-    """One line for a results file: `AMD EPYC, CPU class AVX2, 2 threads; matmul at the model's shapes
-    fp32 157 GFLOP/s, bf16 autocast 20 (auto picks fp32)`."""
-    isa = "".join(f", {k}={v}" for k, v in m.get("isa_env", {}).items())
-    return (f"{m['cpu']}, CPU class {m['cpu_class']}{isa}, {m['threads']} threads, torch {m['torch']}; matmul at "
-            f"the model's shapes: fp32 {m['fp32_gflops']:.0f} GFLOP/s, bf16 autocast {m['bf16_gflops']:.0f} "
-            f"(auto picks {m['auto_precision']})")
-
-
-def results_stem(stem: str, machine: dict[str, Any]) -> str:
-    """A benchmark's results file name for the CPU class it ran on: `train_throughput_avx2`."""
-    return f"{stem}_{machine['cpu_class'].lower()}"
-
-
-def write_results(out: Path, name: str, result: dict[str, Any], markdown: str) -> Path:
-    """A benchmark's results for the CPU class it ran on (`result["machine"]`): everything as
-    `<name>_<class>.json`, the table as `<name>_<class>.md`, which is also printed. Returns the .md path."""
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem(name, result["machine"])
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown.rstrip("\n") + "\n")
-    print(markdown.rstrip("\n"))
-    return out / f"{stem}.md"

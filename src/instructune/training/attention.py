@@ -100,10 +100,13 @@ def choose(requested: str, device: str, prompt_learning: bool, batch_size: int, 
     for the backward pass (the fp32 softmax and its bf16 copy, every layer and head) of one micro-batch
     of `length` tokens stay under 1 GiB, sdpa otherwise; sdpa on GPUs.
 
-    Measured (bench/train_throughput.py): with bf16 on an AVX512_BF16 CPU (median of 3) recompute
-    trained LoRA 3% and full fine-tuning 1% faster than sdpa for up to 2% more peak memory, and eager
-    was 3-4% faster than recompute for 5-9% more; in fp32 on an AVX2 CPU the three kernels trained
-    within 2% of each other and recompute kept the least memory. So the CPU class changes nothing here."""
+    Measured (bench/train_throughput.py, bench/results/train_throughput_*.json): with bf16 on an
+    AVX512_BF16 CPU (median of 3) recompute trained LoRA 3% and full fine-tuning 1% faster than sdpa
+    for up to 2% more peak memory, and eager was 3-4% faster than recompute for 5-10% more. In fp32 on
+    an emulated AVX2 CPU (median of 2) recompute was the slowest of the three for LoRA (233 real
+    tokens/s against eager 296 and sdpa 260) and for full fine-tuning (215 against 225 and 237), and
+    sdpa kept the least memory: the CPU class matters, and this fixed choice is not yet measured per
+    machine."""
     if requested != "auto":
         return requested
     if device != "cpu":
