@@ -75,7 +75,8 @@ def main() -> int:
     for name, s in SUITES.items():
         tasks = [RetentionTask(source=src, template=tpl, mode=mode, limit=n) for src, tpl, mode, n in s["tasks"]]
         suite = RetentionSuite.build(None, "", "", 0, tasks, SplitSpec(), s["probe"], 32,
-                                     "news-headlines" if s["texts"] else None, s["texts"], 120, 0)
+                                     "news-headlines" if s["texts"] else None, s["texts"], 120, 0,
+                                     held_out="validation")  # the monitor watches validation rows
         model.eval()
         start = time.perf_counter()
         monitor = Monitor.start(suite, model, tok)

@@ -201,7 +201,7 @@ def test_a_result_under_load_is_used_but_not_cached(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_clean_result_is_cached_with_its_load_date_and_spread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware.precision, "background_load", lambda: (0.12, 2))
+    monkeypatch.setattr(hardware.matmul, "background_load", lambda: (0.12, 2))
     fp32, bf16 = [100.0, 96.0, 104.0, 98.0, 102.0], [300.0, 303.0, 291.0, 297.0, 309.0]
     first = hardware.probe(SHAPES, measure=sequence(fp32, bf16), log=None)
     [entry] = cached_entries()
@@ -223,8 +223,8 @@ def test_doctor_says_when_and_under_what_load_and_reprobes(monkeypatch: pytest.M
         calls.append(bf16)
         return [300.0, 294.0][len(calls) % 4 == 0] if bf16 else 100.0  # bf16 spread 2%
 
-    monkeypatch.setattr(hardware.precision, "matmul_gflops", measure)
-    monkeypatch.setattr(hardware.precision, "background_load", lambda: (0.12, 2))
+    monkeypatch.setattr(hardware.matmul, "matmul_gflops", measure)
+    monkeypatch.setattr(hardware.matmul, "background_load", lambda: (0.12, 2))
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"\ndecided +\d{4}-\d\d-\d\d \d\d:\d\d, load 0\.12 on 2 CPUs, spread 2%\n", text), text
@@ -235,7 +235,7 @@ def test_doctor_says_when_and_under_what_load_and_reprobes(monkeypatch: pytest.M
         assert main(["doctor", flag]) == 0 and "; measured in " in capsys.readouterr().out
     assert len(calls) == 6 * hardware.PROBE_ROUNDS
     # a re-probe under load is not kept, and forgets the cached result it would have replaced
-    monkeypatch.setattr(hardware.precision, "background_load", lambda: (1.5, 2))
+    monkeypatch.setattr(hardware.matmul, "background_load", lambda: (1.5, 2))
     assert main(["doctor", "--reprobe", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["probe"]["load"] == 1.5 and not info["probe"]["kept"] and cached_entries() == []

@@ -109,15 +109,15 @@ def _cells(line: str) -> list[str]:
 
 
 def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, command: str | None = None,
-                  config: Any = None) -> Path:
+                  config: Any = None, markdown_tables: bool = True) -> Path:
     """A result for the CPU class it ran on (`result["machine"]`): everything as `<name>_<class>.json`
-    with its provenance and the tables of `markdown`, the Markdown as `<name>_<class>.md`, also printed.
-    Returns the .md path."""
+    with its provenance and its tables (`result["tables"]`, and the tables of `markdown` unless
+    `markdown_tables` is false), the Markdown as `<name>_<class>.md`, also printed. Returns the .md path."""
     out.mkdir(parents=True, exist_ok=True)
     stem = results_stem(name, result["machine"])
     head = {**provenance(command, config), "name": name}
     full = {**head, **{k: v for k, v in result.items() if k not in head or v is not None},
-            "tables": {**parse_tables(markdown), **result.get("tables", {})}}
+            "tables": {**(parse_tables(markdown) if markdown_tables else {}), **result.get("tables", {})}}
     check(full, f"{stem}.json")
     _atomic_write(out / f"{stem}.json", json.dumps(full, indent=2) + "\n")
     _atomic_write(out / f"{stem}.md", markdown.rstrip("\n") + "\n")

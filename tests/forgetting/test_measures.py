@@ -1,10 +1,58 @@
-"""Forgetting measures on hand-computed inputs: paired drops with bootstrap intervals, transfer matrices."""
+"""Forgetting measures on hand-computed inputs: paired drops with bootstrap intervals, drops relative to the
+original score and their mean, the probe's two halves, transfer matrices."""
 
 from __future__ import annotations
 
 import pytest
 
-from instructune.forgetting.measures import bootstrap_drop, transfer_measures
+from instructune.errors import InstructuneError
+from instructune.forgetting.measures import (
+    all_probe_prompts,
+    bootstrap_drop,
+    mean_relative_drop,
+    probe_prompts,
+    relative_drop,
+    transfer_measures,
+)
+from instructune.forgetting.suite import drops
+
+
+def scored(metric: str, scores: list[float]) -> dict:
+    return {"metric": metric, "scores": scores, "mean": sum(scores) / len(scores)}
+
+
+def test_the_mean_relative_drop_puts_accuracy_and_nats_on_one_scale() -> None:
+    # accuracy 0.8 -> 0.6 loses 0.2 of 0.8 = 25%; cross-entropy 2.0 -> 2.5 nats rises by 0.5 of 2.0 = 25%
+    before = {"measures": {"topic": scored("accuracy", [1, 1, 1, 1, 0]), "probe": scored("cross_entropy", [2.0, 2.0])}}
+    after = {"measures": {"topic": scored("accuracy", [1, 1, 1, 0, 0]), "probe": scored("cross_entropy", [2.5, 2.5])}}
+    out = drops(before, after, samples=100, seed=0)
+    assert out["topic"]["drop"] == pytest.approx(0.2) and out["probe"]["drop"] == pytest.approx(0.5)  # raw, kept
+    assert out["topic"]["relative_drop"] == pytest.approx(0.25) == out["probe"]["relative_drop"]
+    assert mean_relative_drop(out) == pytest.approx(0.25)
+    # where they differ: accuracy 0.5 -> 0.45 (10% lost), CE 2.0 -> 3.0 (50% more): (0.1 + 0.5) / 2 = 0.3,
+    # where the raw mean (0.05 + 1.0) / 2 = 0.525 would be nearly all nats
+    before["measures"]["topic"] = scored("accuracy", [1.0] * 10 + [0.0] * 10)
+    after["measures"] = {"topic": scored("accuracy", [1.0] * 9 + [0.0] * 11), "probe": scored("cross_entropy", [3.0, 3.0])}
+    out = drops(before, after, samples=100, seed=0)
+    assert out["topic"]["relative_drop"] == pytest.approx(0.1) and out["probe"]["relative_drop"] == pytest.approx(0.5)
+    assert mean_relative_drop(out) == pytest.approx(0.3)
+
+
+def test_a_relative_drop_from_a_score_of_zero_is_guarded() -> None:
+    assert relative_drop(-0.25, 0.0) == 0.0  # accuracy 0 -> 0.25: nothing was there to lose
+    assert relative_drop(0.3, 0.0) == pytest.approx(0.3)  # a perfect CE of 0 rising: its raw drop
+    assert relative_drop(-0.1, 0.5) == pytest.approx(-0.2)  # a gain is a negative share
+    assert mean_relative_drop({}) == 0.0
+
+
+def test_the_probe_prompts_are_two_fixed_disjoint_halves() -> None:
+    every = all_probe_prompts()
+    validation, test = probe_prompts("validation"), probe_prompts("test")
+    assert len(validation) == len(test) == len(every) // 2 and not set(validation) & set(test)
+    assert test == every[:len(test)]  # the first half: what reports always scored
+    assert probe_prompts("validation", 3) == validation[:3]
+    with pytest.raises(InstructuneError, match="probe_prompts 40: each half"):
+        probe_prompts("test", 40)
 
 
 def test_bootstrap_drop_hand_computed() -> None:

@@ -1,12 +1,17 @@
-"""The retention suite's pieces: drops per measure from two scorings, and its task type."""
+"""The retention suite's pieces: drops per measure from two scorings, its task type, and the held-out split
+every measure reads."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from instructune.config import load_config
+from instructune.data.task import SplitSpec
 from instructune.errors import InstructuneError
-from instructune.forgetting.suite import RetentionTask, drops
+from instructune.forgetting.measures import probe_prompts
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, drops, fixed_examples, held_out_texts
 
 
 def test_drops_follow_each_measures_direction() -> None:
@@ -29,3 +34,17 @@ def test_a_retention_task_is_a_task_of_one_template() -> None:
         load_config(RetentionTask, data={"source": "bbc-news"})
     with pytest.raises(InstructuneError, match="scored with one `template`"):
         load_config(RetentionTask, data={"source": "bbc-news", "template": "topic", "templates": ["topic"]})
+
+
+def test_a_suites_texts_and_task_rows_come_from_the_split_it_is_built_for(toy_tasks: tuple[Path, Path, Path]) -> None:
+    _, keep, tpl = toy_tasks
+    task = RetentionTask(str(keep), template="title", template_file=str(tpl), limit=50)
+    texts = {h: set(held_out_texts(str(keep), SplitSpec(), 50, 120, 0, held_out=h)) for h in ("validation", "test")}
+    rows = {h: {r["id"] for r in fixed_examples(task.task_spec(), "title", SplitSpec(), 50, 0, held_out=h)[0]}
+            for h in ("validation", "test")}
+    assert texts["validation"] and texts["test"] and not texts["validation"] & texts["test"]
+    assert rows["validation"] and rows["test"] and not rows["validation"] & rows["test"]
+    suite = RetentionSuite.build(None, "", "", 0, [task], SplitSpec(), 2, 4, str(keep), 50, 120, 0,
+                                 held_out="validation")
+    assert {r["id"] for r in suite.tasks[f"{keep}/title"][0]} == rows["validation"]
+    assert set(suite.texts) == texts["validation"] and suite.probe == probe_prompts("validation", 2)

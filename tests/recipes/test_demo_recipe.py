@@ -116,9 +116,15 @@ def test_every_run_watched_its_retention_while_training(demo_run: DemoRun) -> No
 def test_report_shows_the_base_and_tuned_evaluations(demo_run: DemoRun) -> None:
     md = (demo_run.out / "report" / "report.md").read_text()
     model, runs = str(demo_run.model), demo_run.out / "forgetting"
-    settings = {"eval-base": [(model, 0), (model, 1)],
-                "eval-tuned": [(model, 0), (f"{model} + lora/adapter", 0), (str(runs / "full" / "model"), 0),
+    settings = {"eval-base": [(model, 0), (model, 1)],  # 0-shot: the study's own scores of the original
+                "eval-tuned": [(model, 0), (str(runs / "full" / "model"), 0), (f"{model} + lora/adapter", 0),
                                (str(runs / "replay" / "model"), 0)]}
+    study = {c["cure"]: c for c in demo_run.json("forgetting/forgetting.json")["cures"]}
+    tuned = demo_run.json("eval-tuned/eval.json")["results"]
+    for cure, row in zip(CURES, tuned[1:], strict=True):  # the side by side is the study's scoring, not another
+        assert row["metrics"]["accuracy"] == pytest.approx(study[cure]["target_after"])
+    assert demo_run.json("eval-base/eval.json")["results"][0]["metrics"]["accuracy"] == pytest.approx(
+        study["full"]["target_before"])
     for name, expected in settings.items():
         results = demo_run.json(f"{name}/eval.json")["results"]
         assert [(r["setting"], r["shots"]) for r in results] == expected
@@ -138,7 +144,7 @@ def test_report_shows_the_base_and_tuned_evaluations(demo_run: DemoRun) -> None:
 def test_second_run_reuses_every_result(demo_run: DemoRun, monkeypatch: pytest.MonkeyPatch) -> None:
     out = demo_run.out
     assert not [line for line in demo_run.log if line.startswith("reusing")]
-    cached = [out / "eval-base" / "eval.json", out / "eval-tuned" / "eval.json",
+    cached = [out / "eval-few-shot" / "eval.json",
               *[out / "forgetting" / "scores" / f"{n}.json" for n in ["original", *CURES]]]
     trained = [out / "forgetting" / c / "metrics.json" for c in CURES]
     before = {p: p.stat().st_mtime_ns for p in cached + trained}
@@ -146,11 +152,33 @@ def test_second_run_reuses_every_result(demo_run: DemoRun, monkeypatch: pytest.M
     monkeypatch.setenv("INSTRUCTUNE_HOME", str(demo_run.home))
     log: list[str] = []
     assert demo_run.call(log) == out / "report" / "report.html"
-    scores = [f"reusing {p} (same inputs)" for p in cached[2:]]  # original, then one per cure
+    scores = [f"reusing {p} (same inputs)" for p in cached[1:]]  # original, then one per cure
     runs = [f"reusing {p} (same config)" for p in trained]
-    expected = [f"reusing {cached[0]} (same inputs)", scores[0],
-                *[line for pair in zip(runs, scores[1:], strict=True) for line in pair],
-                f"reusing {cached[1]} (same inputs)"]
+    expected = [scores[0], *[line for pair in zip(runs, scores[1:], strict=True) for line in pair],
+                f"reusing {cached[0]} (same inputs)"]
     assert [line for line in log if line.startswith("reusing")] == expected
     assert {p: p.stat().st_mtime_ns for p in cached + trained} == before  # nothing scored or trained again
     assert demo_run.json("forgetting/forgetting.json") == forgetting
+
+
+@pytest.mark.slow
+def test_the_result_file_holds_every_table_with_intervals_on_one_set_of_reviews(demo_run: DemoRun) -> None:
+    from instructune import results
+    from instructune.search.curve import bootstrap_interval
+
+    [path] = (demo_run.out / "results").glob("demo-quick_*.json")
+    result = results.load(path)
+    assert result["command"].startswith("instructune demo --quick") and result["config"]["eval_limit"] == 16
+    assert set(result["tables"]) == {"timing", "phases", "methods", "evaluation", "answers"}
+    assert result["wall_seconds"] == pytest.approx(sum(result["phases"].values()))
+    assert result["machine"]["cpu_class"] in path.name.upper()
+    rows = result["tables"]["evaluation"]["rows"]
+    assert [r[0] for r in rows] == [str(demo_run.model)] * 2 + [str(demo_run.out / "forgetting" / "full" / "model"),
+                                                                f"{demo_run.model} + lora/adapter",
+                                                                str(demo_run.out / "forgetting" / "replay" / "model")]
+    for cells, r in zip(rows, result["evaluation"], strict=True):
+        assert cells[4] == "16" and r["n"] == 16  # every model on the same 16 reviews
+        low, high = bootstrap_interval(r["metrics"]["accuracy"], 16)
+        assert cells[2] == f"{r['metrics']['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+    methods = result["tables"]["methods"]["rows"]
+    assert [m[0] for m in methods] == CURES and all("[" in m[1] for m in methods)

@@ -59,11 +59,21 @@ def test_forgetting_recipe_runs_every_cure(tmp_path: Path, tiny_model_dir: Path,
         assert set(row["retention"]) == {f"{keep}/title", "general-probe", "text-perplexity"}
         for m in row["retention"].values():
             assert m["low"] <= m["drop"] <= m["high"]
+        shares = [m["relative_drop"] for m in row["retention"].values()]  # beside the raw drops, and their mean
+        assert row["mean_relative_drop"] == pytest.approx(sum(shares) / len(shares))
         assert row["trainable_params"] > 0 and row["peak_memory_mb"] > 0
     # the kept generation task's first answers, the original model's beside every cure's
     shown = report["answers"][f"{keep}/title"]
     assert 0 < len(shown) <= 4
     assert all(set(a["answers"]) == {"original", *names} and a["prompt"] and a["reference"] for a in shown)
     assert "| full |" in (tmp_path / "f" / "forgetting.md").read_text()
+    assert "| peak MB | mean relative drop |" in (tmp_path / "f" / "forgetting.md").read_text()
     # cures are trained again, never resumed: no checkpoint was written
     assert not list((tmp_path / "f").glob("*/checkpoint-*")) and (tmp_path / "f" / "full" / "model").exists()
+
+
+def test_more_probe_prompts_than_a_half_of_the_shipped_list_are_refused() -> None:
+    from instructune.errors import InstructuneError
+
+    with pytest.raises(InstructuneError, match="probe_prompts must be 0 to 32"):
+        load_config(ForgettingConfig, data={"train": {}, "retention": [], "probe_prompts": 48})

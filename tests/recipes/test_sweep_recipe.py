@@ -118,6 +118,14 @@ def test_forgetting_as_a_second_objective_gives_a_pareto_front(tmp_path: Path, t
     ({"optim.lr": []}, {}, "an empty list"),
     ({"optim.lr": [1e-3]}, {"objective": "val_rougeL"}, "val_rougeL is not a score these templates report"),
     ({"optim.lr": [1e-3]}, {"storage": "postgresql://nobody@127.0.0.1:1/none"}, "cannot be opened"),
+    # test_every_trial measures a grid; beside anything that chooses it is refused, naming the field
+    ({"optim.lr": [1e-3]}, {"test_every_trial": True, "pruner": "none"},
+     "sweep.test_every_trial: the chosen configuration's final test score would no longer be the only look"),
+    ({"optim.lr": [1e-3]}, {"test_every_trial": True, "final": False, "pruner": "none",
+                            "forgetting": {"probe_prompts": 2}}, "sweep.test_every_trial: `forgetting:` makes"),
+    ({"optim.lr": [1e-3]}, {"test_every_trial": True, "final": False}, "sweep.test_every_trial: pruner median"),
+    ({"optim.lr": [1e-3]}, {"forgetting": {"probe_prompts": 40}}, "sweep.forgetting.probe_prompts must be 0 to 32"),
+    ({"optim.lr": [1e-3]}, {"forgetting": {"split": "test"}}, "sweep.forgetting.split: unknown field"),
 ])
 def test_a_bad_sweep_block_is_one_paragraph(tmp_path: Path, tiny_model_dir: Path, toy_tasks: tuple[Path, Path, Path],
                                             params: dict, extra: dict, message: str,

@@ -127,6 +127,16 @@ def test_a_ten_cure_study_renders_a_row_per_cure(ten_cure_study: Path, tmp_path:
     assert len(page.table("forgetting: scores")) == 11  # the original model, then each cure
 
 
+def test_the_forgetting_table_has_the_mean_relative_drop_of_each_cure(demo_dir: Path, tmp_path: Path,
+                                                                       page_of: type) -> None:
+    # forgetting.json from before the column (no mean_relative_drop): computed from each drop and before.
+    # full: ROUGE-L 0.0912 of 0.2871, probe 0.6021 of 0.8123 nats, text 0.2103 of 3.1045 nats
+    page = page_of(build_report([demo_dir], tmp_path / "out")["html"].read_text(encoding="utf-8"))
+    rows = page.table("forgetting/forgetting.json")
+    full = (0.0912 / 0.2871 + 0.6021 / 0.8123 + 0.2103 / 3.1045) / 3
+    assert rows[0]["cure"] == "full" and rows[0]["mean relative drop"] == f"{full:+.1%}"
+
+
 def test_a_one_point_train_curve_is_drawn(tmp_path: Path) -> None:
     # The empty train-loss panel: a 2-step smoke run logs step 1 only, and a line through one point has no
     # length, so nothing was drawn. Its marker must show in the train panel (left half, above the legend).

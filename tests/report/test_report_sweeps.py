@@ -58,6 +58,20 @@ def test_a_multi_objective_sweep_draws_its_pareto_front_and_lists_the_drops(tmp_
     assert len(page.images) == 2
 
 
+def test_a_forgetting_sweep_shows_its_mean_relative_drop_and_the_final_test_forgetting(tmp_path: Path,
+                                                                                      page_of: type) -> None:
+    test_forgetting = {"measures": {"general-probe": {"metric": "cross_entropy", "before": 2.0, "after": 2.5,
+                                                      "drop": 0.5, "low": 0.4, "high": 0.6, "n": 16,
+                                                      "relative_drop": 0.25}},
+                       "mean_relative_drop": 0.25}
+    multi = {**SWEEP, "forgetting": True, "second_objective": "mean relative drop", "forgetting_budget": 0.05,
+             "pareto": [0, 2], "test_forgetting": test_forgetting,
+             "trials": [{**t, "values": t["values"] + [d]} for t, d in zip(SWEEP["trials"], [0.01, 0.2, 0.04])]}
+    html = build_report([write(tmp_path / "sweep", multi)], tmp_path / "out")["html"].read_text()
+    assert [r["mean relative drop"] for r in page_of(html).table("trials")] == ["+1.0%", "+20.0%", "+4.0%"]
+    assert "test mean relative drop" in html and "+25.0%" in html  # the chosen one, on the suite's test rows
+
+
 def test_a_sweep_json_without_its_fields_names_them(tmp_path: Path) -> None:
     with pytest.raises(InstructuneError, match=r"(?s)instructune sweep.*no field 'chosen'"):
         build_report([write(tmp_path / "sweep", {k: v for k, v in SWEEP.items() if k != "chosen"})], tmp_path / "o")

@@ -293,7 +293,7 @@ def test_metrics_record_the_measured_precision_and_threads(tmp_path: Path, tiny_
     from instructune import hardware
 
     monkeypatch.delenv("INSTRUCTUNE_AUTO_PRECISION")
-    monkeypatch.setattr(hardware.precision, "matmul_gflops", lambda shapes, bf16: 2.0 if bf16 else 66.0)  # AVX2
+    monkeypatch.setattr(hardware.matmul, "matmul_gflops", lambda shapes, bf16: 2.0 if bf16 else 66.0)  # AVX2
     lines: list[str] = []
     threads = torch.get_num_threads()
     try:

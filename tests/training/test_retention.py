@@ -42,15 +42,23 @@ def test_retention_drops_are_logged_at_validations_and_every_n_steps(tmp_path: P
     assert measured == [(3, False), (4, True), (6, False), (8, True)]
     assert not [k for r in rows for k in r if k.startswith("val_drop")]
     assert all(isinstance(r[k], float) for r in rows if keys <= set(r) for k in keys)
+    assert all(k.replace("drop/", "drop_relative/") in r for r in rows if keys <= set(r) for k in keys)  # beside
     metrics = json.loads((cfg.output_dir / "metrics.json").read_text())
     assert metrics["selection"]["select"] == "target" and metrics["selection"]["validations_over_budget"] == 0
 
 
 def scripted(series: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each call of Monitor.drops returns the next drop of `series` for the probe (tasks unchanged at 0)."""
+    """Each call of Monitor.drops returns the next relative drop of `series` for the probe (tasks unchanged at
+    0); its raw drop is 10x as large (an original cross-entropy of 10 nats), so a budget read against the raw
+    drops would choose differently."""
     calls = iter(series)
-    monkeypatch.setattr(retention.Monitor, "drops", lambda self, model: {"drop/general-probe": next(calls),
-                                                                        "drop/news/title": 0.0})
+
+    def drops(self: retention.Monitor, model: object) -> dict[str, float]:
+        share = next(calls)
+        return {"drop/general-probe": 10.0 * share, "drop_relative/general-probe": share,
+                "drop/news/title": 0.0, "drop_relative/news/title": 0.0}
+
+    monkeypatch.setattr(retention.Monitor, "drops", drops)
 
 
 def test_tradeoff_selection_picks_the_best_validation_within_the_budget(tmp_path: Path, tiny_model_dir: Path,
@@ -78,11 +86,21 @@ def test_the_run_stops_after_k_validations_over_the_budget(tmp_path: Path, tiny_
     assert metrics["validation"]["step"] == 2
 
 
+def test_the_budget_bounds_relative_drops() -> None:
+    # the probe lost 0.5 nats of 2.0 (25%), the topic 0.2 of its 0.8 accuracy (25%): one budget means one share
+    scores = {"loss": 1.0, "drop/general-probe": 0.5, "drop_relative/general-probe": 0.25,
+              "drop/bbc-news/topic": 0.2, "drop_relative/bbc-news/topic": 0.25}
+    assert retention.over_budget(scores, 0.3) == []
+    assert retention.over_budget(scores, 0.2) == ["general-probe", "bbc-news/topic"]
+    assert retention.over_budget(scores, {"general-probe": 0.3, "bbc-news/topic": 0.2}) == ["bbc-news/topic"]
+
+
 @pytest.mark.parametrize(("over", "message"), [
     ({"select": "tradeoff"}, "select: tradeoff needs forgetting_budget"),
     ({"forgetting_budget": {"bbc-news/topic": 0.1}}, "forgetting_budget.bbc-news/topic: not a measure"),
     ({"retention_every": 50}, "retention_every 50 is larger than the run (8 steps)"),
     ({"retention": None, "select": "tradeoff", "forgetting_budget": 0.1}, "select: tradeoff needs `retention:`"),
+    ({"retention": {"probe_prompts": 40}}, "retention.probe_prompts must be 0 to 32"),
 ])
 def test_bad_retention_settings_are_refused_before_training(tmp_path: Path, tiny_model_dir: Path,
                                                             toy_tasks: tuple[Path, Path, Path], over: dict,

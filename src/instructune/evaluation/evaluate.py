@@ -166,7 +166,8 @@ def evaluate_records(model: Any, tokenizer: Any, records: list[dict], *, task: s
 
     `dtype="bfloat16"` runs under bf16 autocast; `normalize` is the likelihood mode's length
     normalisation ("none", "tokens", "chars"). `perplexity=False` skips the references'
-    cross-entropy (a second pass over every prompt; `cross_entropy` and `perplexity` are then None).
+    cross-entropy where it would take a second pass over every prompt (`cross_entropy` and `perplexity` are
+    then None); likelihood scoring of label references has them from its own scores either way.
     """
     check_settings(records, task=task, choices=choices, metrics=metrics, stop=stop, mode=mode, shots=shots,
                    train_records=train_records, normalize=normalize, dtype=dtype)
@@ -179,10 +180,10 @@ def evaluate_records(model: Any, tokenizer: Any, records: list[dict], *, task: s
         model, tokenizer, texts, task=task, choices=choices, stop=stop, mode=mode, batch_size=batch_size,
         max_new_tokens=max_new_tokens, dtype=dtype, normalize=normalize)
     seconds = time.perf_counter() - start
-    # likelihood scoring has already read every reference: its scores give the perplexity, no second pass
-    ce, ppl = (None, None) if not perplexity else _gold_ce(records, choices, choice_scores) or mean_completion_ce(
+    # likelihood scoring has already read every reference: its scores give the perplexity, at no cost
+    ce, ppl = _gold_ce(records, choices, choice_scores) or ((None, None) if not perplexity else mean_completion_ce(
         model, tokenizer, texts, references, batch_size=batch_size,
-        max_length=getattr(model.config, "max_position_embeddings", None), dtype=dtype)
+        max_length=getattr(model.config, "max_position_embeddings", None), dtype=dtype))
     ce_seconds = time.perf_counter() - start - seconds
 
     rows = [{"id": r["id"], "prompt": t, "reference": ref, "prediction": p}

@@ -9,6 +9,17 @@ paired difference with a bootstrap interval:
 The general-behaviour probe is self-distillation: the original model answers held-out general
 prompts greedily; afterwards, the mean cross-entropy of those same answers under the tuned model
 says how far its behaviour moved away from the original's (before: the original's own CE).
+
+Drops of different measures are in different units (accuracy and ROUGE-L fractions, cross-entropy
+in nats per token), so wherever measures are combined (a sweep's second objective, a forgetting
+budget, a report's combined column) each drop is taken relative to the original's score first:
+
+    relative drop = drop / |before|                 # the share of the original score lost; unit-free
+    mean relative drop = mean over measures of their relative drops
+
+Every fixed example comes from one held-out split, named where a suite is built (`HeldOut`): what
+chooses or watches (a search's trials, a run's trade-off selection and budget) reads validation
+rows; what reports (a forgetting study, a sweep's one final scoring) reads test rows.
 """
 
 from __future__ import annotations
@@ -16,13 +27,17 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
+from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
 from instructune.evaluation.generate import generate
 from instructune.evaluation.metrics import rouge
 from instructune.evaluation.scoring import completion_logprobs
 from instructune.models import prompt_text
+
+HeldOut = Literal["validation", "test"]
+"""The split a retention suite reads: validation for what chooses or watches, test for what reports."""
 
 
 @dataclass
@@ -52,11 +67,45 @@ def bootstrap_drop(before: list[float], after: list[float], higher_is_better: bo
             "n": n}
 
 
-def probe_prompts(limit: int | None = None) -> list[str]:
-    """Held-out general instructions (shipped with the package) for the general-behaviour probe."""
+def relative_drop(drop: float, before: float) -> float:
+    """drop / |before|: the share of the original score lost (positive = forgot), unit-free, so an
+    accuracy measure and a cross-entropy measure can be averaged. An original score of exactly 0 has
+    nothing to lose: a gain from it counts 0 (it is no share of anything, and a huge negative number
+    would hide forgetting elsewhere in a mean); a loss from it (only a cross-entropy of 0, a perfect
+    model, can lose from 0) counts its raw drop."""
+    if before == 0:
+        return max(drop, 0.0)
+    return drop / abs(before)
+
+
+def mean_relative_drop(drops: dict[str, dict[str, Any]]) -> float:
+    """The combined forgetting of several measures: the mean of their `relative_drop`s (0 for none)."""
+    values = [m["relative_drop"] for m in drops.values()]
+    return sum(values) / len(values) if values else 0.0
+
+
+def all_probe_prompts() -> list[str]:
+    """Every general instruction shipped with the package, in file order."""
     text = resources.files("instructune").joinpath("probes/general_prompts.txt").read_text(encoding="utf-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return prompts[:limit] if limit else prompts
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def probe_capacity() -> int:
+    """Prompts in each half of the shipped list: the most a probe can use."""
+    return len(all_probe_prompts()) // 2
+
+
+def probe_prompts(held_out: HeldOut, limit: int | None = None) -> list[str]:
+    """General instructions for the general-behaviour probe, from two fixed, disjoint halves of the
+    shipped list: the first half for test (what reports score), the second for validation (what a run
+    watches and a search chooses on)."""
+    prompts = all_probe_prompts()
+    half = len(prompts) // 2
+    part = prompts[:half] if held_out == "test" else prompts[half:2 * half]
+    if limit and limit > len(part):
+        raise InstructuneError(f"probe_prompts {limit}: each half (validation, test) of the shipped general "
+                               f"prompts holds {len(part)}; ask for at most {len(part)}.")
+    return part[:limit] if limit else part
 
 
 def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[str],
@@ -67,18 +116,19 @@ def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[s
 
 
 def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: str, batch_size: int = 16,
-                max_new_tokens: int | None = None, dtype: str = "float32") -> tuple[str, list[float], list[dict[str, Any]]]:
-    """(metric name, per-example scores, per-example predictions) of one task on fixed records (the
-    references' perplexity, which no score here uses, is not computed: it would read every prompt again)."""
+                max_new_tokens: int | None = None, dtype: str = "float32") -> tuple[str, list[float], dict[str, Any]]:
+    """(metric name, per-example scores, the evaluation: metrics, per-example predictions, settings,
+    timings) of one task on fixed records (the references' perplexity, which no score here uses, is not
+    computed: it would read every prompt again)."""
     classify = template.task == "classification"
     res = evaluate_records(model, tok, records, task=template.task, choices=template.choices,
                            metrics=template.metrics, stop=template.stop, mode=mode if classify else "generate",
                            batch_size=batch_size, max_new_tokens=max_new_tokens or (8 if classify else 32),
                            dtype=dtype, perplexity=False)
     if classify:
-        return "accuracy", [float(p["correct"]) for p in res["predictions"]], res["predictions"]
+        return "accuracy", [float(p["correct"]) for p in res["predictions"]], res
     scores = [rouge([p["prediction"]], [p["reference"]])["rougeL"]["f1"] for p in res["predictions"]]
-    return "rougeL", scores, res["predictions"]
+    return "rougeL", scores, res
 
 
 def general_probe(model: Any, tok: Any, prompts: list[str], answers: list[str] | None, batch_size: int = 16,

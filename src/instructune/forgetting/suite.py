@@ -1,9 +1,14 @@
 """A retention suite: fixed examples of a target task and of every measure a model should keep.
 
-It holds (task, template) retention tasks scored per example on their test split, a
-general-behaviour probe (the original model's own answers to held-out general prompts, see
-`measures.general_probe`) and a plain-text perplexity probe. `score` gives every per-example
-score of one model; `drops` compares two such scorings measure by measure.
+It holds (task, template) retention tasks scored per example, a general-behaviour probe (the
+original model's own answers to held-out general prompts, see `measures.general_probe`) and a
+plain-text perplexity probe, every one of them from the split the suite is built for:
+
+    RetentionSuite.build(..., held_out="validation")   # what chooses or watches: trials, select, budget
+    RetentionSuite.build(..., held_out="test")         # what reports: a study's table, a sweep's final score
+
+so nothing that chooses reads a test row. `score` gives every per-example score of one model;
+`drops` compares two such scorings measure by measure, raw and relative to the original's score.
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ from typing import Any, Literal
 
 from instructune.data.packs import PACKS
 from instructune.data.sources import read_table
+from instructune.data.splits import assign_splits
 from instructune.data.task import SplitSpec, TaskSpec, load_split, subset, templates
 from instructune.data.templates import load_templates
 from instructune.errors import InstructuneError
+from instructune.evaluation.evaluate import select
 from instructune.evaluation.metrics import higher_is_better
 from instructune.forgetting.measures import (
+    HeldOut,
     bootstrap_drop,
     general_probe,
     per_example_ce,
     probe_prompts,
+    relative_drop,
     task_scores,
     text_probe,
 )
@@ -37,7 +46,7 @@ class RetentionTask(TaskSpec):
     mode: Literal["generate", "likelihood"] = "generate"
     """Classification scoring: generate an answer, or pick the most likely choice."""
     limit: int = 100
-    """Test examples scored (the same ones before and after)."""
+    """Held-out examples scored (the same ones before and after)."""
 
     def task_spec(self) -> TaskSpec:
         return TaskSpec(self.source, [self.template], self.template_file)
@@ -56,10 +65,12 @@ Fixed = tuple[list[dict], Any, str]
 """(records, template, scoring mode) of one task."""
 
 
-def fixed_examples(task: TaskSpec, template: str, split: SplitSpec, limit: int, seed: int) -> tuple[list[dict], Any]:
-    """A task's fixed test records of one template (a seeded subset of `limit`) and that template."""
-    records = load_split(task, split, "test", template)
-    return subset(records, limit, seed), templates(task, split)[template]
+def fixed_examples(task: TaskSpec, template: str, split: SplitSpec, limit: int, seed: int, *,
+                   held_out: HeldOut) -> tuple[list[dict], Any]:
+    """A task's fixed records of one template from its `held_out` split (a seeded subset of `limit`),
+    and that template."""
+    records = load_split(task, split, held_out, template)
+    return select(records, limit, seed), templates(task, split)[template]  # `instructune eval`'s own subset
 
 
 @dataclass
@@ -78,14 +89,18 @@ class RetentionSuite:
     def build(cls, target: TaskSpec | None, target_template: str, target_mode: str, target_limit: int,
               retention: list[RetentionTask], split: SplitSpec, probe_count: int, probe_tokens: int,
               text_source: str | None, text_limit: int, text_words: int, seed: int,
-              dtype: str = "float32") -> RetentionSuite:
-        """Every measure's fixed examples: each task's test split under `split` (never trained on)."""
-        fixed = (*fixed_examples(target, target_template, split, target_limit, seed), target_mode) if target else None
+              dtype: str = "float32", *, held_out: HeldOut) -> RetentionSuite:
+        """Every measure's fixed examples from the `held_out` split under `split` (never trained on):
+        each task's rows of that split, that half of the general prompts, that split's plain texts."""
+        fixed = ((*fixed_examples(target, target_template, split, target_limit, seed, held_out=held_out),
+                  target_mode) if target else None)
         tasks = {f"{task.source}/{task.template}": (*fixed_examples(task.task_spec(), task.template, split,
-                                                                     task.limit, seed), task.mode)
+                                                                     task.limit, seed, held_out=held_out), task.mode)
                  for task in retention}
-        texts = held_out_texts(text_source, split, text_limit, text_words, seed) if text_source else []
-        return cls(fixed, tasks, probe_prompts(probe_count) if probe_count else [], texts, probe_tokens, dtype)
+        texts = (held_out_texts(text_source, split, text_limit, text_words, seed, held_out=held_out)
+                 if text_source else [])
+        probe = probe_prompts(held_out, probe_count) if probe_count else []
+        return cls(fixed, tasks, probe, texts, probe_tokens, dtype)
 
     def score(self, model: Any, tok: Any, probe_answers: list[str] | None, log: Any = None,
               cheap: bool = False) -> dict[str, Any]:
@@ -101,8 +116,8 @@ class RetentionSuite:
         if self.target is not None:
             recs, t, mode = self.target
             say(f"  target task: {len(recs)} examples ({mode})")
-            metric, scores, _ = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
-            out["target"] = pack(metric, scores)
+            metric, scores, evaluation = task_scores(model, tok, recs, t, mode, dtype=self.dtype)
+            out["target"] = {**pack(metric, scores), "evaluation": evaluation}  # metrics, predictions: side by side
         for key, (recs, t, mode) in self.tasks.items():
             say(f"  {key}: {len(recs)} examples ({mode})")
             if cheap and t.task != "classification":
@@ -111,11 +126,12 @@ class RetentionSuite:
                                                                  dtype=self.dtype)
                 out["measures"][key] = pack(metric, scores)
                 continue
-            metric, scores, preds = task_scores(model, tok, recs, t, "likelihood" if cheap else mode, dtype=self.dtype)
+            metric, scores, evaluation = task_scores(model, tok, recs, t, "likelihood" if cheap else mode,
+                                                     dtype=self.dtype)
             out["measures"][key] = pack(metric, scores)
             if t.task != "classification":  # the first answers, to show beside the original's
                 out["measures"][key]["answers"] = [{k: p[k] for k in ("id", "prompt", "reference", "prediction")}
-                                                   for p in preds[:SHOWN_ANSWERS]]
+                                                   for p in evaluation["predictions"][:SHOWN_ANSWERS]]
         if self.probe:
             say(f"  general-behaviour probe: {len(self.probe)} prompts"
                 + (", generating the original's answers" if probe_answers is None else ""))
@@ -131,28 +147,36 @@ class RetentionSuite:
 
 
 def drops(before: dict[str, Any], after: dict[str, Any], samples: int, seed: int) -> dict[str, dict[str, Any]]:
-    """Per measure: before and after means and the paired drop with its bootstrap interval."""
+    """Per measure: before and after means, the paired drop with its bootstrap interval (in the measure's
+    own units), and the drop relative to the original's score (unit-free; `measures.relative_drop`)."""
     out = {}
     for key, b in before["measures"].items():
         a = after["measures"][key]
         stats = bootstrap_drop(b["scores"], a["scores"], higher_is_better(b["metric"]), samples, seed)
-        out[key] = {"metric": b["metric"], "before": b["mean"], "after": a["mean"], **stats}
+        out[key] = {"metric": b["metric"], "before": b["mean"], "after": a["mean"], **stats,
+                    "relative_drop": relative_drop(stats["drop"], b["mean"])}
     return out
 
 
-def held_out_texts(source: str, split: SplitSpec, limit: int, words: int, seed: int) -> list[str]:
-    """Plain texts of `source`: a pack's test-split rows (never trained on, replay included), or a
-    file's rows (a seeded subset), each cut to `words` words."""
+def held_out_texts(source: str, split: SplitSpec, limit: int, words: int, seed: int, *,
+                   held_out: HeldOut) -> list[str]:
+    """Plain texts of `source` from its `held_out` split, each cut to `words` words (a seeded subset):
+    a pack's rows of that split (never trained on, replay included), or a file's rows dealt into
+    train / validation / test by `split`'s seed and fractions."""
     table = read_table(source)
-    keep = set(table.ids)
-    if source in PACKS:  # the rows of its first template's test split, as a run on that template holds out
-        test = load_split(TaskSpec(source, [next(iter(load_templates(source)))]), split, "test")
-        keep = {r["id"].rsplit("/", 1)[0] for r in test}
     name = table.text_field or "text"
+    if source in PACKS:  # the rows of its first template's split, as a run on that template holds out
+        rows = load_split(TaskSpec(source, [next(iter(load_templates(source)))]), split, held_out)
+        keep = {r["id"].rsplit("/", 1)[0] for r in rows}
+    else:
+        parts = assign_splits([str(r.get(name, "")) for r in table.rows], [None] * len(table.rows),
+                              split.fractions, split.seed)
+        keep = {i for i, part in zip(table.ids, parts) if part == held_out}
     texts = [" ".join(str(r[name]).split()[:words]) for r, i in zip(table.rows, table.ids) if i in keep and r.get(name)]
     if not texts:
-        raise InstructuneError(f"text_source {source} has no '{name}' texts for the perplexity probe; point "
-                               "text_source at a pack or a file with a `text` column, or set it to null.")
+        raise InstructuneError(f"text_source {source} has no '{name}' texts in its {held_out} split for the "
+                               "perplexity probe; point text_source at a pack or a file with a `text` column "
+                               "(and enough rows), or set it to null.")
     return subset(texts, limit, seed)
 
 

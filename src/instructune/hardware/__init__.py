@@ -1,4 +1,5 @@
-"""This machine, measured: CPU class and usable cores (`cpu`), and what `precision: auto` picks (`precision`)."""
+"""This machine, measured: CPU class and usable cores (`cpu`), matmul speed (`matmul`), what `precision:
+auto` picks (`precision`), and the machine a result was measured on (`machine`)."""
 
 from instructune.hardware.cpu import (
     BF16_FLAGS,
@@ -15,25 +16,23 @@ from instructune.hardware.cpu import (
     usable_cpus,
 )
 from instructune.hardware.machine import describe_machine, machine_summary
-from instructune.hardware.precision import (
+from instructune.hardware.matmul import (
     BF16_MARGIN,
     CACHE_FILE,
     DEFAULT_SHAPES,
     LOAD_LIMIT,
     PROBE_ROUNDS,
-    PrecisionChoice,
     Probe,
     background_load,
     decide,
-    eval_dtype,
     key_hash,
     machine_key,
     matmul_gflops,
     model_shapes,
     probe,
-    resolve_precision,
     shapes_of,
 )
+from instructune.hardware.precision import PrecisionChoice, eval_dtype, resolve_precision
 
 __all__ = ["BF16_FLAGS", "BF16_MARGIN", "CACHE_FILE", "DEFAULT_SHAPES", "ISA_ENV", "LOAD_LIMIT", "PROBE_ROUNDS",
            "PrecisionChoice", "Probe", "background_load", "capability", "cgroup_quota", "choose_threads",

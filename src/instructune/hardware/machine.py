@@ -17,7 +17,7 @@ from instructune.hardware.cpu import (
     cpu_model,
     usable_cpus,
 )
-from instructune.hardware.precision import DEFAULT_SHAPES, Shape, probe
+from instructune.hardware.matmul import DEFAULT_SHAPES, Shape, probe
 
 
 def machine_summary(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool = True) -> dict[str, Any]:

@@ -3,10 +3,12 @@
     instructune demo            # tens of minutes on a 2-core CPU
     instructune demo --quick    # a small smoke run of every step
 
-Top to bottom: pull the model, evaluate the base model zero- and few-shot on the target task,
-fine-tune with full fine-tuning, LoRA and a forgetting cure while measuring what each forgot on
-the retention tasks, evaluate the tuned models on the same examples, record provenance, and
-write a report. A second run reuses every result whose inputs are unchanged.
+Top to bottom: pull the model; fine-tune with full fine-tuning, LoRA and a forgetting cure while
+measuring what each forgot on the retention tasks and gained on the target task's test reviews;
+score the base model few-shot on those same reviews; lay the base and tuned models side by side
+(the zero-shot rows are the study's own scores: one set of reviews, each model scored once); record
+provenance, write a report and the result file (`results/demo_<class>.json`, what the README's demo
+tables are rendered from). A second run reuses every result whose inputs are unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import resource
+import time
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
@@ -23,11 +27,13 @@ from instructune.config import load_config, to_dict
 from instructune.data.packs import PACKS
 from instructune.data.task import TaskSpec, dataset
 from instructune.data.templates import load_templates
-from instructune.hardware import cpu_model, resolve_precision, setup_threads, shapes_of
-from instructune.models import MODEL_PACKS, pull_model, resolve_model
+from instructune.hardware import cpu_model, machine_summary, resolve_precision, setup_threads, shapes_of
+from instructune.models import MODEL_PACKS, pack_dir, pull_model, resolve_model
 from instructune.recipes.evaluate import evaluate, print_table, write_outputs
 from instructune.recipes.forgetting import ForgettingConfig, forgetting, markdown_table, run_configs
 from instructune.report import build_report
+from instructune.results import machine_line, render_table, table, write_results
+from instructune.search.curve import bootstrap_interval
 
 
 @dataclass
@@ -42,8 +48,9 @@ class DemoConfig:
     """Its template."""
     shots: list[int] = field(default_factory=lambda: [0, 1, 5])
     """In-context settings of the base model."""
-    eval_limit: int = 200
-    """Target test examples in the side-by-side evaluation."""
+    eval_limit: int = 300
+    """Target test reviews every model is scored on, the same in the forgetting study and the side-by-side
+    evaluation (300 keeps a 95% interval of an accuracy within about +-0.06)."""
     eval_mode: Literal["generate", "likelihood"] = "generate"
     """How the side-by-side evaluation scores classification: generate an answer (a base model's answers
     can run to max_new_tokens), or pick the most likely label (one forward pass per label)."""
@@ -70,52 +77,153 @@ def default_config_path() -> Path:
 
 
 def demo(config: str | None = None, overrides: list[str] = (), quick: bool = False, log: Any = print) -> Path:
+    started = time.perf_counter()
     # --- config (quick mode shrinks every step, into its own folder)
     extra = ([*QUICK, "output_dir=runs/demo-quick"] if quick else []) + list(overrides)
     cfg = load_config(DemoConfig, config or default_config_path(), extra)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fcfg_data = {**cfg.forgetting, "output_dir": str(out / "forgetting"), "seed": cfg.seed}
+    fcfg_data = {**cfg.forgetting, "output_dir": str(out / "forgetting"), "seed": cfg.seed,
+                 "target_limit": cfg.eval_limit}  # the study scores the very reviews of the evaluation
     fcfg_data["train"] = {"threads": cfg.threads, **fcfg_data.get("train", {}), "model": cfg.model, "seed": cfg.seed}
     fcfg = load_config(ForgettingConfig, data=fcfg_data)
+    phases: dict[str, float] = {}
 
     # --- model, and what this machine runs fastest
     log(f"[1/5] model {cfg.model}")
+    pulled = cfg.model in MODEL_PACKS and not pack_dir(cfg.model).exists()
     if cfg.model in MODEL_PACKS:
         pull_model(cfg.model, log=log)
     threads = setup_threads(cfg.threads, log=log)
     choice = resolve_precision(cfg.precision, shapes_of(cfg.model), log=log)
-    dtype = choice.dtype
+    phases["model"] = time.perf_counter() - started
 
-    # --- base model, zero- and few-shot, on the target task
-    log(f"[2/5] base model on {cfg.target}/{cfg.template}: {', '.join(map(str, cfg.shots))}-shot")
-    base_eval = _cached_eval(out / "eval-base", dict(models=[cfg.model], adapters=[], data=cfg.target,
-                             template=cfg.template, shots=cfg.shots, limit=cfg.eval_limit, mode=cfg.eval_mode,
-                             seed=cfg.seed, dtype=dtype), log)
-
-    # --- fine-tune: full, LoRA and the cures; retention before and after
-    log("[3/5] fine-tuning and forgetting: " + ", ".join(["full", "lora", *[c.name for c in fcfg.cures]]))
+    # --- fine-tune: full, LoRA and the cures; retention and the target task before and after
+    log("[2/5] fine-tuning and forgetting: " + ", ".join(["full", "lora", *[c.name for c in fcfg.cures]]))
     result = forgetting(fcfg, log=log)
     log(markdown_table(result["cures"]))
+    phases["forgetting study"] = time.perf_counter() - started - sum(phases.values())
 
-    # --- the tuned models on the same target examples as the base
-    log("[4/5] tuned models on the target task")
+    # --- the base model with in-context examples, on the same reviews the study scored
+    few = [k for k in cfg.shots if k > 0]
+    log(f"[3/5] base model on {cfg.target}/{cfg.template}: {', '.join(map(str, few)) or 'no'}-shot")
+    few_eval = _cached_eval(out / "eval-few-shot", dict(
+        models=[cfg.model], adapters=[], data=cfg.target, template=cfg.template, shots=few, limit=cfg.eval_limit,
+        mode=cfg.eval_mode, seed=cfg.seed, dtype=choice.dtype), log) if few else None
+    phases["few-shot evaluation"] = time.perf_counter() - started - sum(phases.values())
+
+    # --- side by side: base zero- and few-shot, then the tuned models, on one set of reviews
+    log("[4/5] base and tuned models side by side")
     runs = Path(fcfg.output_dir)
-    tuned = [str(runs / c / "model") for c in _cure_names(fcfg) if (runs / c / "model").exists()]
-    adapters = [str(runs / c / "adapter") for c in _cure_names(fcfg) if (runs / c / "adapter").exists()]
-    tuned_eval = _cached_eval(out / "eval-tuned", dict(models=[cfg.model, *tuned], adapters=adapters,
-                              data=cfg.target, template=cfg.template, shots=[0], limit=cfg.eval_limit,
-                              mode=cfg.eval_mode, seed=cfg.seed, dtype=dtype), log)  # base 0-shot kept: answers side by side
-    tuned_rows = [r for r in tuned_eval["results"] if r["setting"] != cfg.model]
-    print_table({**base_eval, "results": base_eval["results"] + tuned_rows})
+    base_eval, tuned_eval = study_evaluations(cfg, fcfg, runs, few_eval)
+    write_outputs(out / "eval-base", base_eval)
+    write_outputs(out / "eval-tuned", tuned_eval)
+    print_table({**base_eval, "results": base_eval["results"] + tuned_eval["results"][1:]})
 
-    # --- provenance and report
+    # --- provenance, report and the result file
     log("[5/5] report")
     machine = {"cpu": cpu_model(), "cpu_class": choice.cpu_class, "threads": threads, "precision": choice.as_dict()}
     write_run_info(out, cfg, resolve_model(cfg.model), [base_eval["dataset"]] + _study_folders(fcfg), machine)
     paths = build_report([out], out / "report")
     log(f"report: {paths['html']}")
+    phases["report"] = time.perf_counter() - started - sum(phases.values())
+    md = write_demo_result(out / "results", cfg, result, base_eval, tuned_eval, phases, pulled, overrides, quick)
+    log(f"result file: {md.with_suffix('.json')}")
     return paths["html"]
+
+
+def study_evaluations(cfg: DemoConfig, fcfg: ForgettingConfig, runs: Path,
+                      few_eval: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """eval.json reports of the base model (0-shot from the study's own scoring of the original, then
+    few-shot) and of the tuned models (the study's scoring after each run): one set of reviews, scored once."""
+    def row(setting: str, scores: dict[str, Any]) -> dict[str, Any]:
+        return {"setting": setting, "shots": 0, **scores["target"]["evaluation"]}
+
+    original = json.loads((runs / "scores" / "original.json").read_text())["scores"]
+    head = {"data": cfg.target, "dataset": str(_study_folders(fcfg)[0]), "template": cfg.template, "split": "test",
+            "seed": cfg.seed, "mode": cfg.eval_mode, "dtype": original["target"]["evaluation"]["settings"]["dtype"]}
+    base = {**head, "results": [row(cfg.model, original), *(few_eval["results"] if few_eval else [])]}
+    tuned = [row(cfg.model, original)]  # the base kept beside them: answers side by side
+    for name in _cure_names(fcfg):
+        scores = json.loads((runs / "scores" / f"{name}.json").read_text())["scores"]
+        adapter = runs / name / "adapter"
+        label = f"{cfg.model} + {name}/adapter" if adapter.exists() else str(runs / name / "model")
+        tuned.append(row(label, scores))
+    return base, {**head, "results": tuned}
+
+
+# --- the result file: what the README's demo tables are rendered from
+
+
+def write_demo_result(folder: Path, cfg: DemoConfig, study: dict[str, Any], base_eval: dict[str, Any],
+                      tuned_eval: dict[str, Any], phases: dict[str, float], pulled: bool, overrides: list[str],
+                      quick: bool) -> Path:
+    """`results/demo_<class>.json`: wall time, peak memory, each method's gain and drops, the side-by-side
+    evaluation with 95% intervals, the first headline answers; with the command, config, commit and machine."""
+    wall = sum(phases.values())
+    peak_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    machine = machine_summary(shapes_of(cfg.model))
+    timing = table(["CPU class", "`precision: auto` picked", "wall time", "peak RSS", "model and data"],
+                   [[machine_line({"machine": machine}), machine["auto_precision"], _minutes(wall), f"{peak_mb / 1024:.1f} GB",
+                     "pulled into an empty cache" if pulled else "already cached"]], "llrrl")
+    result = {"machine": machine, "wall_seconds": wall, "phases": phases, "peak_rss_mb": peak_mb,
+              "empty_cache": pulled, "cures": study["cures"],
+              "evaluation": [{k: r[k] for k in ("setting", "shots", "metrics")} | {"n": r["settings"]["n"]}
+                             for r in base_eval["results"] + tuned_eval["results"][1:]],
+              "tables": {"timing": timing, "phases": table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in phases.items()], "lr"),
+                         "methods": _methods_table(study["cures"], base_eval["results"][0]["settings"]["n"]),
+                         "evaluation": _evaluation_table(base_eval["results"] + tuned_eval["results"][1:]),
+                         "answers": _answers_table(study.get("answers") or _answers(cfg))}}
+    command = "instructune demo" + (" --quick" if quick else "") + "".join(f" {o}" for o in overrides)
+    lines = [f"# The demo ({machine_line({'machine': machine})})", ""]
+    for name, t in result["tables"].items():
+        lines += [f"**{name}**", "", render_table({"tables": {name: t}}, name), ""]
+    return write_results(folder, "demo-quick" if quick else "demo", result, "\n".join(lines), command, to_dict(cfg),
+                         markdown_tables=False)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def _interval(mean: float, n: int) -> str:
+    low, high = bootstrap_interval(mean, n)
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _drop(m: dict[str, Any]) -> str:
+    return f"{m['drop']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
+
+
+def _methods_table(cures: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    keys = list(cures[0]["retention"]) if cures else []
+    rows = [[c["cure"], f"{_interval(c['target_after'], n)} ({c['gain']:+.3f})",
+             *[_drop(c["retention"][k]) for k in keys],
+             f"{c['mean_relative_drop']:+.1%}" if isinstance(c.get("mean_relative_drop"), (int, float)) else "",
+             f"{c['wall_seconds']:.0f}" if c.get("wall_seconds") else "",
+             f"{c['peak_memory_mb']:.0f}" if c.get("peak_memory_mb") else ""] for c in cures]
+    return table(["method", "target accuracy [95% CI] (gain)", *[f"{k} drop [95% CI]" for k in keys],
+                  "mean relative drop", "train wall s", "peak MB"], rows, "l" + "r" * (len(keys) + 4))
+
+
+def _evaluation_table(results: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [[r["setting"], str(r["shots"]), _interval(r["metrics"]["accuracy"], r["settings"]["n"]),
+             f"{r['metrics']['f1']:.3f}" if isinstance(r["metrics"].get("f1"), (int, float)) else "", str(r["settings"]["n"])]
+            for r in results]
+    return table(["setting", "shots", "accuracy [95% CI]", "macro F1", "reviews"], rows, "lrrrr")
+
+
+def _answers_table(answers: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    rows = next(iter(answers.values()), [])
+    names = list(rows[0]["answers"]) if rows else ["original"]
+    clip = lambda text: " ".join(str(text).split())[:90].replace("|", "\\|")  # noqa: E731
+    return table(["reference", *[f"{n} model" if n == "original" else n for n in names]],
+                 [[clip(r["reference"]), *[clip(r["answers"].get(n, "")) for n in names]] for r in rows])
+
+
+def _answers(cfg: DemoConfig) -> dict[str, Any]:
+    path = Path(cfg.output_dir) / "forgetting" / "forgetting.json"
+    return json.loads(path.read_text()).get("answers", {}) if path.exists() else {}
 
 
 def _cure_names(fcfg: ForgettingConfig) -> list[str]:

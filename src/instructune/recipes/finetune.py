@@ -190,10 +190,11 @@ def _watch(cfg: TrainConfig, model: Any, tok: Any, dtype: str, engine: Any, tota
         raise InstructuneError(f"retention_every {cfg.retention_every} is larger than the run ({total_steps} steps); "
                                "measure more often or drop it.")
     r, split = cfg.retention, cfg.data.split_spec()
+    # validation rows: the suite chooses best/ and stops runs; the test rows stay for a study to report
     suite = RetentionSuite.build(None, "", "", 0, r.tasks, split, r.probe_prompts, r.probe_tokens, r.text_source,
-                                 r.text_limit, 120, cfg.seed, dtype)
-    log(f"retention: {len(suite.tasks)} task(s), {len(suite.probe)} probe prompts, {len(suite.texts)} texts, "
-        f"scored at each validation" + (f" and every {cfg.retention_every} steps" if cfg.retention_every else ""))
+                                 r.text_limit, 120, cfg.seed, dtype, held_out="validation")
+    log(f"retention: {len(suite.tasks)} task(s), {len(suite.probe)} probe prompts, {len(suite.texts)} texts "
+        f"(validation rows), scored at each validation" + (f" and every {cfg.retention_every} steps" if cfg.retention_every else ""))
     model.eval()
     with engine.autocast():
         monitor = Monitor.start(suite, model, tok)

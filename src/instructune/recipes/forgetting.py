@@ -5,7 +5,9 @@
 Top to bottom: the retention suite is scored on the original model; the target task is then
 trained once per cure (plain full fine-tuning and plain LoRA always among them), each run in its
 own process so its wall time and peak memory are its own; every tuned model is scored on the same
-examples; the drops (bootstrap 95% intervals) and the target gain go to forgetting.json and a table.
+examples; the drops (bootstrap 95% intervals), their mean relative to the original's scores and the
+target gain go to forgetting.json and a table. The suite reads test rows: the study only reports, and
+whatever a cure's run chooses while it trains (`select: tradeoff`, a budget) reads validation rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
+from instructune.forgetting.measures import mean_relative_drop, probe_capacity
 from instructune.forgetting.suite import RetentionSuite, RetentionTask, answer_rows, drops
 from instructune.hardware import eval_dtype, setup_threads
 from instructune.models import load_model
@@ -54,8 +57,8 @@ class ForgettingConfig:
     """Target-task test examples scored before and after."""
     retention_limit: int | None = None
     """A cap on every retention task's `limit` (for quick runs); null = each task's own."""
-    probe_prompts: int = 48
-    """General-behaviour probe: held-out general prompts (0 = off)."""
+    probe_prompts: int = 32
+    """General-behaviour probe: general prompts of the shipped list's test half (0 = off, at most 32)."""
     probe_tokens: int = 48
     """Longest original answer generated for the probe."""
     text_source: str | None = "news-headlines"
@@ -76,6 +79,12 @@ class ForgettingConfig:
     """Resamples for the 95% intervals."""
     seed: int = 0
     """Seed of subsets and bootstrap."""
+
+    def problems(self) -> list[str]:
+        if 0 <= self.probe_prompts <= probe_capacity():
+            return []
+        return [f"probe_prompts must be 0 to {probe_capacity()} (the prompts in each half of the shipped list), "
+                f"got {self.probe_prompts}"]
 
 
 def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
@@ -127,14 +136,16 @@ def run_configs(cfg: ForgettingConfig, out: Path | None = None) -> dict[str, Tra
 
 
 def build_suite(cfg: ForgettingConfig, run: TrainConfig, log: Any = print) -> RetentionSuite:
-    """The fixed examples every model of the study is scored on, from the target run's task and split."""
+    """The fixed examples every model of the study is scored on, from the target run's task and split: test
+    rows, since the study reports and chooses nothing."""
     if not run.data.templates:
         raise InstructuneError("forgetting: train.data.templates must name the target template")
     retention = [replace(t, limit=min(t.limit, cfg.retention_limit or t.limit)) for t in cfg.retention]
     return RetentionSuite.build(
         run.data.task_spec(), run.data.templates[0], "likelihood" if run.eval_mode == "likelihood" else "generate",
         cfg.target_limit, retention, run.data.split_spec(), cfg.probe_prompts, cfg.probe_tokens, cfg.text_source,
-        cfg.text_limit, cfg.text_words, cfg.seed, eval_dtype(cfg.score_precision or run.precision, run.model, log))
+        cfg.text_limit, cfg.text_words, cfg.seed, eval_dtype(cfg.score_precision or run.precision, run.model, log),
+        held_out="test")
 
 
 def _train_config(cfg: ForgettingConfig, cure: CureConfig, out: Path) -> TrainConfig:
@@ -173,9 +184,10 @@ def _multi_task_mixture(cfg: ForgettingConfig, cure: CureConfig, target: dict) -
 
 def _row(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingConfig) -> dict[str, Any]:
     target_b, target_a = before["target"], after["target"]
+    retention = drops(before, after, cfg.bootstrap_samples, cfg.seed)
     return {"cure": name, "target_metric": target_b["metric"], "target_before": target_b["mean"],
             "target_after": target_a["mean"], "gain": target_a["mean"] - target_b["mean"],
-            "retention": drops(before, after, cfg.bootstrap_samples, cfg.seed),
+            "retention": retention, "mean_relative_drop": mean_relative_drop(retention) if retention else None,
             "trainable_params": metrics.get("trainable_params"), "trainable_pct": metrics.get("trainable_pct"),
             "wall_seconds": metrics.get("wall_seconds"), "score_seconds": after.get("seconds"),
             "peak_memory_mb": metrics.get("peak_memory_mb")}
@@ -184,7 +196,7 @@ def _row(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingCon
 def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict], answers: dict) -> None:
     slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("scores", "answers")} for k, v in before["measures"].items()}
     report = {"config": to_dict(cfg), "before": {"target": {k: v for k, v in before["target"].items()
-                                                             if k != "scores"}, "measures": slim},
+                                                             if k not in ("scores", "evaluation")}, "measures": slim},
               "cures": rows, "answers": answers, "original_score_seconds": before.get("seconds")}
     tmp = out / "forgetting.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
@@ -193,12 +205,13 @@ def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict], ans
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Rows = cures; columns = target gain, each retention drop with its interval, cost."""
+    """Rows = cures; columns = target gain, each retention drop with its interval, cost, and the drops'
+    mean relative to the original's scores."""
     if not rows:
         return ""
     keys = list(rows[0]["retention"])
     head = ["cure", f"target {rows[0]['target_metric']} (gain)", *[f"{k} drop [95% CI]" for k in keys],
-            "trainable", "wall s", "peak MB"]
+            "trainable", "wall s", "peak MB", *(["mean relative drop"] if keys else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["cure"], f"{r['target_after']:.3f} ({r['gain']:+.3f})"]
@@ -207,8 +220,11 @@ def markdown_table(rows: list[dict]) -> str:
         cells += [f"{r['trainable_pct']:.2f}%" if r["trainable_pct"] is not None else "",
                   f"{r['wall_seconds']:.0f}" if r["wall_seconds"] else "",
                   f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] else ""]
+        cells += [f"{r['mean_relative_drop']:+.1%}"] if keys else []
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\ndrop = before - after, positive = forgot (for cross-entropy measures: after - before).\n"
+    return "\n".join(lines) + ("\n\ndrop = before - after, positive = forgot (for cross-entropy measures: after - before); "
+                              "mean relative drop = the mean over measures of drop / |before|, the share of the "
+                              "original score lost.\n")
 
 
 def load_forgetting_config(path: str, overrides: list[str]) -> ForgettingConfig:

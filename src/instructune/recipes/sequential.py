@@ -124,7 +124,8 @@ def _fixed_examples(cfg: SequentialConfig, names: list[str], run: Any) -> dict[s
     out, problems = {}, []
     split: SplitSpec = run.data.split_spec()  # the split a stage trains on, so the test split is held out
     for name, task in zip(names, cfg.tasks):
-        recs, template = fixed_examples(task.task_spec(), task.template, split, task.limit, cfg.seed)
+        recs, template = fixed_examples(task.task_spec(), task.template, split, task.limit, cfg.seed,
+                                        held_out="test")  # the matrix reports; nothing chooses on it
         if not recs:
             problems.append(f"task {name}: its test split has no examples; give the source more rows or a larger "
                             "test fraction (train.data.fractions)")

@@ -8,11 +8,13 @@ point, in process, so each validation can prune a trial and each trained model c
 Top to bottom: the search space and objective are checked against the config; Optuna (TPE, a grid
 for list-only spaces; median or Hyperband pruning from every validation) proposes trials, each a
 training run on the train split scored on the validation split only (the test split stays sealed);
-with `forgetting:` each trial's model is also scored on a retention suite and the study is
-multi-objective (gain against forgetting, a Pareto front). When the trials are done, the chosen
-configuration (the best objective within `forgetting_budget`) is written to best.yaml, trained
-once more and scored on the test split, once. The study lives in SQLite in the sweep folder, so a
-killed sweep resumes; `--workers` and `--storage` share it between processes and machines.
+with `forgetting:` each trial's model is also scored on a retention suite built on validation rows
+and the study is multi-objective (gain against forgetting, the mean relative drop: a Pareto front).
+When the trials are done, the chosen configuration (the best objective within `forgetting_budget`)
+is written to best.yaml, trained once more and scored on the test split, once: the target's test
+rows and, with `forgetting:`, the same suite built on test rows. The study lives in SQLite in the
+sweep folder, so a killed sweep resumes; `--workers` and `--storage` share it between processes and
+machines.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from instructune.data.task import load_split
 from instructune.data.task import templates as task_templates
 from instructune.errors import InstructuneError, collect
 from instructune.evaluation.metrics import higher_is_better
-from instructune.forgetting.suite import RetentionSuite, RetentionTask, drops
-from instructune.hardware import eval_dtype, setup_threads, usable_cpus
+from instructune.forgetting.measures import mean_relative_drop
+from instructune.forgetting.suite import RetentionSuite, drops
+from instructune.hardware import setup_threads, usable_cpus
 from instructune.models import load_model
 from instructune.recipes.finetune import finetune
 from instructune.report import plots
 from instructune.search import curve, space
+from instructune.search.forgetting import SECOND_OBJECTIVE, SweepForgetting
 from instructune.search.study import finished, open_study, pareto, storage
 from instructune.training.config import TrainConfig
 
@@ -59,18 +63,20 @@ class SweepSettings:
     """null = the objective's own (minimize loss, maximize accuracy)."""
     pruner: Literal["none", "median", "hyperband"] = "median"
     """Stop weak trials early from their validations at eval_every (single objective only)."""
-    forgetting: dict | None = None
+    forgetting: SweepForgetting | None = None
     """A retention suite (`retention`, `probe_prompts`, `text_source`, ... as in `instructune forgetting`):
-    each trial is also scored on it and the study has a second objective, the mean drop (minimize)."""
+    each trial is also scored on its validation rows and the study has a second objective, the mean
+    relative drop (minimize); the chosen configuration is scored on its test rows once, at the end."""
     forgetting_budget: float | None = None
-    """The largest mean drop a chosen trial may have (with `forgetting`); null = any."""
+    """The largest mean relative drop a chosen trial may have, a share of the original model's scores
+    (0.05 = lost 5% on average over the measures; with `forgetting`); null = any."""
     storage: str | None = None
     """An Optuna storage URL shared by workers on several machines; null = SQLite in the sweep folder."""
     final: bool = True
     """Train the chosen configuration once more and score it on the test split."""
     test_every_trial: bool = False
-    """Score every trial on the test split too: for a study that only measures (a data-size grid's learning
-    curve), never for one that selects a configuration."""
+    """Score every trial on the test split too: for a grid that only measures (a data-size learning curve),
+    so it needs final: false and pruner: none, and no `forgetting`; the scores never feed the choice."""
     seed: int = 0
     """Seed of the sampler."""
 
@@ -83,6 +89,23 @@ class SweepSettings:
             out.append(f"objective {self.objective!r}: use val_loss or val_<metric> (val_accuracy, val_rougeL, ...)")
         if self.forgetting_budget is not None and not self.forgetting:
             out.append("forgetting_budget needs `forgetting:` (a retention suite to measure the drop on)")
+        return out + self._sealed_problems()
+
+    def _sealed_problems(self) -> list[str]:
+        """`test_every_trial` is for grids that only measure: with anything that chooses, test rows would be
+        scored beside the choice (and the final score would not be the only look at them)."""
+        if not self.test_every_trial:
+            return []
+        out = []
+        if self.final:
+            out.append("test_every_trial: the chosen configuration's final test score would no longer be the only "
+                       "look at the test split; a grid that only measures sets final: false")
+        if self.forgetting is not None:
+            out.append("test_every_trial: `forgetting:` makes the search choose a trade-off (on validation rows); "
+                       "measure a grid with test_every_trial, or choose with forgetting, not both")
+        if self.pruner != "none":
+            out.append(f"test_every_trial: pruner {self.pruner} stops trials on their validations, so some points of "
+                       "the measured grid would have no test score; set pruner: none")
         return out
 
     @property
@@ -120,8 +143,8 @@ def sweep(base: dict, s: SweepSettings, resume: bool = False, workers: int = 1, 
 
     # --- the study: created, or continued with --resume
     directions = ["maximize" if s.maximize else "minimize"] + (["minimize"] if suite else [])
-    key = {"train": base, "sweep": to_dict(s)}
-    study = open_study(storage(s.storage, out), directions, params, s.seed, s.pruner, key, resume or worker)
+    study = open_study(storage(s.storage, out), directions, params, s.seed, s.pruner, study_key(base, s),
+                       resume or worker)
     done = len(finished(study))
     log(f"sweep: {len(params)} parameters, {s.trials} trials ({done} done), objective {s.objective} "
         f"({directions[0]}){', forgetting as a second objective' if suite else ''}; study in {out}")
@@ -144,7 +167,7 @@ def sweep(base: dict, s: SweepSettings, resume: bool = False, workers: int = 1, 
     best["output_dir"] = str(out / "final")
     (out / "best.yaml").write_text("# the chosen configuration of the sweep in this folder\n"
                                    + yaml.safe_dump(best, sort_keys=False))
-    test = _final(best, out, log) if s.final else None
+    test = _final(best, out, s, log) if s.final else None
     report = _summary(study, s, chosen, test, suite is not None)
     if s.test_every_trial and len(params) == 1 and params[0].choices and all(
             isinstance(v, (int, float)) for v in params[0].choices):
@@ -162,8 +185,13 @@ def start(base: dict, s: SweepSettings, resume: bool = False) -> None:
     out = Path(base["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     directions = ["maximize" if s.maximize else "minimize"] + (["minimize"] if s.forgetting else [])
-    open_study(storage(s.storage, out), directions, params, s.seed, s.pruner, {"train": base, "sweep": to_dict(s)},
-               resume)
+    open_study(storage(s.storage, out), directions, params, s.seed, s.pruner, study_key(base, s), resume)
+
+
+def study_key(base: dict, s: SweepSettings) -> dict[str, Any]:
+    """What a study is continued only by: the config, and the unit of its forgetting objective (a study
+    whose second objective was a raw mean drop cannot be continued in relative units)."""
+    return {"train": base, "sweep": to_dict(s), **({"second_objective": SECOND_OBJECTIVE} if s.forgetting else {})}
 
 
 def _objective_problems(base: dict, s: SweepSettings) -> list[str]:
@@ -185,22 +213,11 @@ def _keys(metric: str, task: str) -> list[str]:
 
 
 def _retention(s: SweepSettings, base: dict, log: Any) -> tuple[RetentionSuite, dict]:
-    """The retention suite of `sweep.forgetting`, and the original model's scores on it."""
-    f, cfg = s.forgetting, load_config(TrainConfig, data=base)
-    problems: list[str] = []
-    tasks = [from_dict(RetentionTask, t, f"sweep.forgetting.retention[{i}].", problems)
-             for i, t in enumerate(f.get("retention") or [])]
-    unknown = sorted(set(f) - {"retention", "probe_prompts", "probe_tokens", "text_source", "text_limit",
-                               "text_words", "bootstrap_samples"})
-    problems += [f"sweep.forgetting.{k}: unknown field" for k in unknown]
-    collect(problems, "sweep.forgetting is invalid")
-    split = cfg.data.split_spec()
-    target = cfg.data.templates[0] if cfg.data.templates else next(iter(task_templates(cfg.data.task_spec(), split)))
-    suite = RetentionSuite.build(cfg.data.task_spec(), target, cfg.eval_mode, 32, tasks, split,
-                                 f.get("probe_prompts", 16), f.get("probe_tokens", 32), f.get("text_source"),
-                                 f.get("text_limit", 16), f.get("text_words", 120), s.seed,
-                                 eval_dtype(cfg.precision, cfg.model, log=None))
-    log(f"scoring the original model {cfg.model} on the retention suite")
+    """The retention suite the trials are scored on, on validation rows (the search chooses on it), and the
+    original model's scores on it."""
+    cfg = load_config(TrainConfig, data=base)
+    suite = s.forgetting.suite(cfg, s.seed, held_out="validation")
+    log(f"scoring the original model {cfg.model} on the retention suite (validation rows)")
     model, tok = load_model(cfg.model)
     return suite, suite.score(model, tok, probe_answers=None)
 
@@ -230,20 +247,21 @@ def _trial(trial: optuna.Trial, base: dict, s: SweepSettings, params: list, out:
     value = float(result.metrics["validation"][s.metric])
     trial.set_user_attr("validation", {k: v for k, v in result.metrics["validation"].items()
                                        if isinstance(v, (int, float))})
-    trial.set_user_attr("test", {k: v for k, v in result.metrics["test"].items() if isinstance(v, (int, float))})
+    if s.test_every_trial:  # a measuring grid's points; never read by the choice (`_choose` reads values)
+        trial.set_user_attr("test", {k: v for k, v in result.metrics["test"].items() if isinstance(v, (int, float))})
     trial.set_user_attr("wall_seconds", time.time() - start)
     trial.set_user_attr("peak_memory_mb", result.metrics.get("peak_memory_mb"))
     outcome: Any = value
     if suite is not None:
         after = suite.score(result.model, result.tokenizer, probe_answers=before["probe_answers"])
-        measures = drops(before, after, 200, s.seed)
-        mean_drop = sum(m["drop"] for m in measures.values()) / max(len(measures), 1)
+        measures = drops(before, after, s.forgetting.bootstrap_samples, s.seed)
         trial.set_user_attr("drops", {k: m["drop"] for k, m in measures.items()})
-        outcome = (value, mean_drop)
+        trial.set_user_attr("relative_drops", {k: m["relative_drop"] for k, m in measures.items()})
+        outcome = (value, mean_relative_drop(measures))
     for sub in ("adapter", "model", "best"):  # a trial's weights are not kept: the chosen one is trained again
         shutil.rmtree(folder / sub, ignore_errors=True)
     log(f"trial {trial.number}: {json.dumps(values)} -> {s.objective} {value:.4f}"
-        + (f", mean drop {outcome[1]:+.4f}" if suite is not None else ""))
+        + (f", {SECOND_OBJECTIVE} {outcome[1]:+.2%}" if suite is not None else ""))
     return outcome
 
 
@@ -273,12 +291,24 @@ def _learning_curve(report: dict, param: str, metric: str, base: dict, out: Path
     return points
 
 
-def _final(best: dict, out: Path, log: Any) -> dict[str, Any]:
-    """The chosen configuration trained once more, its test split scored: the only look at the test split."""
+def _final(best: dict, out: Path, s: SweepSettings, log: Any) -> dict[str, Any]:
+    """The chosen configuration trained once more, its test split scored (and with `forgetting:`, the suite on
+    test rows): the only look at the test split."""
     log("training the chosen configuration once more, and scoring it on the test split")
     cfg = load_config(TrainConfig, data={**best, "keep_checkpoints": 0, "save_every": 0})
-    metrics = finetune(cfg, log=lambda *_: None, overwrite=True).metrics
-    return {"test": metrics["test"], "validation": metrics["validation"], "output_dir": str(out / "final")}
+    result = finetune(cfg, log=lambda *_: None, overwrite=True)
+    final = {"test": result.metrics["test"], "validation": result.metrics["validation"],
+             "output_dir": str(out / "final")}
+    if s.forgetting is not None:
+        suite = s.forgetting.suite(cfg, s.seed, held_out="test")
+        log(f"scoring the original model {cfg.model} and the chosen one on the retention suite (test rows)")
+        model, tok = load_model(cfg.model)
+        before = suite.score(model, tok, probe_answers=None)
+        del model
+        after = suite.score(result.model, result.tokenizer, probe_answers=before["probe_answers"])
+        measures = drops(before, after, s.forgetting.bootstrap_samples, s.seed)
+        final["forgetting"] = {"measures": measures, "mean_relative_drop": mean_relative_drop(measures)}
+    return final
 
 
 def _summary(study: optuna.Study, s: SweepSettings, chosen: Any, test: dict | None, multi: bool) -> dict[str, Any]:
@@ -289,7 +319,8 @@ def _summary(study: optuna.Study, s: SweepSettings, chosen: Any, test: dict | No
         trials.append({"number": t.number, "state": t.state.name.lower(), "params": t.params,
                        "values": t.values, "validation": t.user_attrs.get("validation"),
                        "test": t.user_attrs.get("test") or None,
-                       "drops": t.user_attrs.get("drops"), "wall_seconds": t.user_attrs.get("wall_seconds"),
+                       "drops": t.user_attrs.get("drops"), "relative_drops": t.user_attrs.get("relative_drops"),
+                       "wall_seconds": t.user_attrs.get("wall_seconds"),
                        "peak_memory_mb": t.user_attrs.get("peak_memory_mb"),
                        "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values
                        else None})
@@ -303,18 +334,19 @@ def _summary(study: optuna.Study, s: SweepSettings, chosen: Any, test: dict | No
             except (RuntimeError, ValueError, ZeroDivisionError):
                 importance = {}
     return {"objective": s.objective, "direction": "maximize" if s.maximize else "minimize",
-            "forgetting": multi, "forgetting_budget": s.forgetting_budget, "trials": trials,
+            "forgetting": multi, "second_objective": SECOND_OBJECTIVE if multi else None,
+            "forgetting_budget": s.forgetting_budget, "trials": trials,
             "chosen": {"number": chosen.number, "params": chosen.params, "values": chosen.values},
             "pareto": [t.number for t in pareto(study)] if multi else None, "importance": importance,
-            "test": test["test"] if test else None,
+            "test": test["test"] if test else None, "test_forgetting": (test or {}).get("forgetting"),
             "test_from": ("the chosen configuration trained once more in final/ (trials never saw the test split)"
                           if test else "not scored (sweep.final: false)")}
 
 
 def markdown(r: dict[str, Any]) -> str:
     """Every trial: parameters, validation score(s), state, wall time, peak memory; then the choice."""
-    head = ["trial", "state", "parameters", r["objective"], *(["mean drop"] if r["forgetting"] else []), "wall s",
-            "peak MB"]
+    head = ["trial", "state", "parameters", r["objective"], *([SECOND_OBJECTIVE] if r["forgetting"] else []),
+            "wall s", "peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in r["trials"]:
         value = t["values"][0] if t["values"] else None
@@ -322,7 +354,7 @@ def markdown(r: dict[str, Any]) -> str:
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()),
                  f"{value:.4f}" if value is not None else "-"]
         if r["forgetting"]:
-            cells.append(f"{t['values'][1]:+.4f}" if t["values"] else "-")
+            cells.append(f"{t['values'][1]:+.2%}" if t["values"] else "-")
         cells += [f"{t['wall_seconds']:.0f}" if t["wall_seconds"] else "-",
                   f"{t['peak_memory_mb']:.0f}" if t["peak_memory_mb"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -330,6 +362,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Chosen: trial {chosen['number']} ({json.dumps(chosen['params'])}). Test split: "
               + (json.dumps({k: round(v, 4) for k, v in r["test"].items() if isinstance(v, float)}) if r["test"]
                  else "not scored") + f" ({r['test_from']})."]
+    if f := r.get("test_forgetting"):
+        lines.append(f"Forgetting on the suite's test rows (scored once): {SECOND_OBJECTIVE} "
+                     f"{f['mean_relative_drop']:+.2%}; drops " + ", ".join(
+                         f"{k} {m['drop']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]" for k, m in f["measures"].items()))
     if r["importance"]:
         lines.append("Parameter importance: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importance"].items()))
     return "\n".join(lines) + "\n"

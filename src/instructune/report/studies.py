@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from instructune.forgetting.measures import relative_drop
 from instructune.report import plots
 from instructune.report.blocks import Card, Cards, Cell, Chart, Section, Table, drop_tone, num
 from instructune.report.data import ForgettingRun, Runs
@@ -9,7 +10,9 @@ from instructune.report.watch import answers_block
 
 DROP_NOTE = ("drop = before \u2212 after for accuracy and ROUGE-L, after \u2212 before for cross-entropy "
              "measures: positive = forgot. [low, high] is the paired bootstrap 95% interval over examples; red: "
-             "the whole interval is above 0 (forgetting beyond noise), green: entirely below 0.")
+             "the whole interval is above 0 (forgetting beyond noise), green: entirely below 0. Mean relative drop: "
+             "the mean over measures of drop / |before|, the share of each original score lost (unit-free, so "
+             "accuracy and cross-entropy count alike).")
 
 
 def measures(fg: ForgettingRun) -> list[str]:
@@ -91,11 +94,21 @@ def headline_cards(fg: ForgettingRun, prefix: str = "") -> list[Card]:
     return cards
 
 
+def mean_relative(cure: dict) -> float | None:
+    """A cure's mean relative drop (for a forgetting.json written before it was stored: from each measure's
+    drop and before)."""
+    if cure.get("mean_relative_drop") is not None:
+        return cure["mean_relative_drop"]
+    shares = [relative_drop(m["drop"], m["before"]) for m in cure["retention"].values() if {"drop", "before"} <= set(m)]
+    return sum(shares) / len(shares) if shares else None
+
+
 def forgetting_table(fg: ForgettingRun) -> Table:
     keys = measures(fg)
     metric = fg.data["cures"][0]["target_metric"]
+    # the combined column last: the per-measure drops keep their places, the costs theirs
     cols = ["cure", f"target {metric} before", "after", "gain", *[f"{k} drop [95% CI]" for k in keys],
-            "trainable %", "wall s", "peak MB"]
+            "trainable %", "wall s", "peak MB", *(["mean relative drop"] if keys else [])]
     rows = []
     for c in fg.data["cures"]:
         gain = c["gain"]
@@ -109,6 +122,9 @@ def forgetting_table(fg: ForgettingRun) -> Table:
         pct = c.get("trainable_pct")
         cells += [Cell("\u2013" if pct is None else f"{pct:.2f}%"), Cell(num(c.get("wall_seconds"), digits=1)),
                   Cell(num(c.get("peak_memory_mb"), digits=0))]
+        if keys:
+            rel = mean_relative(c)
+            cells.append(Cell("\u2013" if rel is None else f"{rel:+.1%}"))
         rows.append(cells)
     return Table(cols, [i > 0 for i in range(len(cols))], rows, title=f"{fg.label}/forgetting.json", note=DROP_NOTE)
 

@@ -33,6 +33,7 @@ def sweep_blocks(sw: SweepRun) -> list[Any]:
                   "of the chosen trial"),
              Card(f"test {metric}", num(test.get(metric)), "scored once, after the search" if test else
                   "not scored (sweep.final: false)", "good" if test else ""),
+             *_forgetting_card(d),
              Card("trials", str(len(trials)), f"{states.count('complete')} complete, {states.count('pruned')} pruned"
                   + (f", {states.count('fail')} failed" if "fail" in states else ""))]
     done = [t for t in trials if t.get("values")]
@@ -52,7 +53,8 @@ def sweep_blocks(sw: SweepRun) -> list[Any]:
         blocks.append(Chart(f"sweep-pareto-{_slug(sw.label)}",
                             plots.pareto_front(points, set(d["pareto"]), chosen["number"], metric,
                                                d.get("forgetting_budget")),
-                            "Each trial's target score against its mean retention drop; the Pareto front (no trial "
+                            f"Each trial's target score against its {d.get('second_objective') or 'mean drop'} "
+                            "over the retention measures (validation rows); the Pareto front (no trial "
                             "is better on both) is joined up, the chosen trial ringed"
                             + (", the dashed line the forgetting budget." if d.get("forgetting_budget") is not None
                                else "."), f"target against forgetting of every trial ({sw.label})"))
@@ -64,6 +66,15 @@ def sweep_blocks(sw: SweepRun) -> list[Any]:
                             [[Cell(k), Cell(num(v, 2))] for k, v in d["importance"].items()],
                             title="parameter importance (Optuna's fANOVA over the complete trials)"))
     return blocks
+
+
+def _forgetting_card(d: dict[str, Any]) -> list[Card]:
+    """The chosen configuration's forgetting on the suite's test rows, when the final scoring measured it."""
+    f = d.get("test_forgetting")
+    if not f:
+        return []
+    return [Card("test mean relative drop", _pct(f["mean_relative_drop"]),
+                 "share of the original scores lost, on the suite's test rows", "")]
 
 
 def curve_blocks(sw: SweepRun, metric: str) -> list[Any]:
@@ -84,7 +95,9 @@ def trials_table(sw: SweepRun) -> Table:
     d = sw.data
     metric = d["objective"].removeprefix("val_")
     params = list(d["chosen"]["params"])
-    head = ["trial", "state", *params, f"val {metric}", *(["mean drop"] if d.get("forgetting") else []), "wall s",
+    # sweep.json files written before the relative unit carry no second_objective: their mean drop was raw
+    second = d.get("second_objective") or "mean drop"
+    head = ["trial", "state", *params, f"val {metric}", *([second] if d.get("forgetting") else []), "wall s",
             "peak MB"]
     rows = []
     for t in d["trials"]:
@@ -93,12 +106,18 @@ def trials_table(sw: SweepRun) -> Table:
         row = [Cell(str(t["number"]), "good" if t["number"] == d["chosen"]["number"] else ""), Cell(state),
                *[Cell(_value(t["params"].get(p))) for p in params], Cell(num(values[0] if values else None, 4))]
         if d.get("forgetting"):
-            row.append(Cell(num(values[1], 4, signed=True) if len(values) > 1 else "\u2013"))
+            row.append(Cell((_pct(values[1]) if d.get("second_objective") else num(values[1], 4, signed=True))
+                            if len(values) > 1 else "\u2013"))
         row += [Cell(num(round(t["wall_seconds"])) if t.get("wall_seconds") else "\u2013"),
                 Cell(num(round(t["peak_memory_mb"])) if t.get("peak_memory_mb") else "\u2013")]
         rows.append(row)
     return Table(head, [True, False, *[True] * len(params), True, *([True] if d.get("forgetting") else []), True, True],
                  rows, title=f"{sw.label}/sweep.json: trials", note=f"test split: {d.get('test_from', '')}")
+
+
+def _pct(v: float) -> str:
+    """A relative drop as a signed share of the original score (+12.5%)."""
+    return f"{v:+.1%}"
 
 
 def _value(v: Any) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from instructune.adapters.registry import NAME_RE as ADAPTER_NAME
 from instructune.data.mixture import MixtureConfig
 from instructune.data.task import SplitSpec, TaskSpec
+from instructune.forgetting.measures import probe_capacity
 from instructune.forgetting.suite import RetentionTask
 from instructune.methods import MethodConfig
 
@@ -104,16 +105,19 @@ class KeepConfig(TaskSpec):
 @dataclass
 class RetentionConfig:
     """What a run keeps an eye on while it trains: the retention suite of `instructune forgetting`, on
-    small fixed subsets, scored cheaply (likelihood and reference cross-entropy, no free generation)."""
+    small fixed subsets of validation rows (it chooses best/ and early stops, so it never reads the test
+    rows a study reports on), scored cheaply (likelihood and reference cross-entropy, no free generation)."""
 
     tasks: list[RetentionTask] = field(default_factory=list)
-    """Tasks to keep, each a source with one template (`{source: bbc-news, template: topic, limit: 16}`)."""
+    """Tasks to keep, each a source with one template (`{source: bbc-news, template: topic, limit: 16}`),
+    scored on `limit` rows of its validation split."""
     probe_prompts: int = 16
-    """General-behaviour probe: held-out general prompts (0 = off); the original's answers are generated once."""
+    """General-behaviour probe: general prompts of the shipped list's validation half (0 = off, at most
+    32); the original's answers are generated once."""
     probe_tokens: int = 32
     """Longest original answer generated for the probe."""
     text_source: str | None = None
-    """Plain-text perplexity probe: a pack whose test-split texts are scored (null = off)."""
+    """Plain-text perplexity probe: a pack (or file) whose validation-split texts are scored (null = off)."""
     text_limit: int = 16
     """Texts in the perplexity probe."""
     generate: bool = False
@@ -122,7 +126,10 @@ class RetentionConfig:
     def problems(self) -> list[str]:
         out = [] if self.tasks or self.probe_prompts or self.text_source else [
             "give at least one measure: tasks, probe_prompts or text_source"]
-        return out + ([f"probe_prompts must be 0 or more, got {self.probe_prompts}"] if self.probe_prompts < 0 else [])
+        if not 0 <= self.probe_prompts <= probe_capacity():
+            out.append(f"probe_prompts must be 0 to {probe_capacity()} (the prompts in each half of the shipped "
+                       f"list), got {self.probe_prompts}")
+        return out
 
 
 @dataclass
@@ -201,8 +208,9 @@ class TrainConfig:
     """Which validated weights best/ keeps: the best target (lowest validation loss), or the best target
     among validations whose retention drops stay within `forgetting_budget` (needs `retention`)."""
     forgetting_budget: Any = None
-    """Largest allowed drop: one number for every measure, or {measure: number} (measures as in
-    forgetting.json: `bbc-news/topic`, `general-probe`, `text-perplexity`)."""
+    """Largest allowed relative drop, the share of the untrained model's score lost (0.05 = 5%): one
+    number for every measure, or {measure: number} (measures as in forgetting.json: `bbc-news/topic`,
+    `general-probe`, `text-perplexity`)."""
     budget_patience: int = 0
     """With `select: tradeoff`: stop after this many validations in a row over the budget; 0 = never."""
 

@@ -32,8 +32,7 @@ from tqdm import tqdm
 from instructune.errors import InstructuneError
 from instructune.training import checkpoint as ckpt
 from instructune.training.batching import collate, completion_loss_sum
-from instructune.training.retention import PREFIX as DROP
-from instructune.training.retention import over_budget
+from instructune.training.retention import is_drop, over_budget
 
 
 @dataclass
@@ -275,8 +274,9 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
     scores = validate(model)
     model.train()
     if accelerator.is_main_process:
-        # retention drops keep their own name (`drop/<measure>`) at a validation, as between validations
-        _log(log, tb, {"step": st.step, **{k if k.startswith(DROP) else f"val_{k}": v for k, v in scores.items()}})
+        # retention drops keep their own names (`drop/<measure>`, `drop_relative/<measure>`) at a validation,
+        # as between validations
+        _log(log, tb, {"step": st.step, **{k if is_drop(k) else f"val_{k}": v for k, v in scores.items()}})
     if observe is not None:
         observe(st.step, scores)
     over = over_budget(scores, s.forgetting_budget) if s.select == "tradeoff" else []

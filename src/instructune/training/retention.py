@@ -1,9 +1,12 @@
 """Forgetting watched while a run trains: the drop of every retention measure from the untrained model,
 and the budget a trade-off selection holds validations to.
 
-    drop = before - after        (accuracy: positive = forgot)
-    drop = after - before        (cross-entropy measures: positive = forgot)
+    drop          = before - after        (accuracy: positive = forgot)
+    drop          = after - before        (cross-entropy measures: positive = forgot)
+    relative drop = drop / |before|       (the share of the original score lost; what the budget bounds)
 
+The suite is built on the retention tasks' validation rows and the probe's validation prompts:
+it chooses (best/, an early stop), so it never reads the test rows a forgetting study reports on.
 Measurements are cheap by design: small fixed subsets, classification by likelihood, generation tasks
 by their reference's cross-entropy, the general probe by the cross-entropy of the original model's
 own answers (generated once, before training).
@@ -15,15 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructune.evaluation.metrics import higher_is_better
+from instructune.forgetting.measures import relative_drop
 from instructune.forgetting.suite import RetentionSuite
 
 PREFIX = "drop/"
-"""Scores keys that carry retention drops (`drop/bbc-news/topic`)."""
+"""Scores keys that carry retention drops in the measure's own units (`drop/bbc-news/topic`)."""
+RELATIVE = "drop_relative/"
+"""Scores keys that carry the same drops relative to the untrained model's score (`drop_relative/...`)."""
+
+
+def is_drop(key: str) -> bool:
+    """A retention key (raw or relative drop), logged under its own name rather than as a `val_` score."""
+    return key.startswith((PREFIX, RELATIVE))
 
 
 @dataclass
 class Monitor:
-    """A retention suite and the untrained model's scores on it."""
+    """A retention suite (built on validation rows) and the untrained model's scores on it."""
 
     suite: RetentionSuite
     before: dict[str, Any]
@@ -35,17 +46,20 @@ class Monitor:
         return cls(suite, suite.score(model, tok, probe_answers=None, cheap=True), tok)
 
     def drops(self, model: Any) -> dict[str, float]:
-        """`drop/<measure>`: mean drop of each measure since the start (positive = forgot)."""
+        """`drop/<measure>` and `drop_relative/<measure>` of each measure since the start (positive = forgot)."""
         after = self.suite.score(model, self.tok, probe_answers=self.before["probe_answers"], cheap=True)
         out = {}
         for key, b in self.before["measures"].items():
             diff = b["mean"] - after["measures"][key]["mean"]
-            out[f"{PREFIX}{key}"] = diff if higher_is_better(b["metric"]) else -diff
+            drop = diff if higher_is_better(b["metric"]) else -diff
+            out[f"{PREFIX}{key}"] = drop
+            out[f"{RELATIVE}{key}"] = relative_drop(drop, b["mean"])
         return out
 
 
 def over_budget(scores: dict[str, Any], budget: Any) -> list[str]:
-    """The measures whose drop in `scores` exceeds `budget` (one number for all, or {measure: number})."""
-    drops = {k[len(PREFIX):]: v for k, v in scores.items() if k.startswith(PREFIX)}
+    """The measures whose relative drop in `scores` exceeds `budget` (one number for all, or
+    {measure: number}; shares of the untrained model's score, 0.05 = lost 5% of it)."""
+    drops = {k[len(RELATIVE):]: v for k, v in scores.items() if k.startswith(RELATIVE)}
     limits = budget if isinstance(budget, dict) else dict.fromkeys(drops, budget)
     return [k for k, limit in limits.items() if limit is not None and drops.get(k, 0.0) > float(limit)]
