@@ -137,3 +137,11 @@ def test_write_results_records_provenance_and_the_tables_it_printed(tmp_path: Pa
     assert len(data["commit"]) >= 40 and data["date"].endswith("UTC")
     assert results.render_table(data, "main") == "| work | s |\n|---|---:|\n| one | 1.50 |\n"
     assert results.render_table(data, "t2") == "| x |\n|---|\n| y |\n"
+
+
+def test_an_indented_example_of_the_markers_is_left_alone(tmp_path: Path) -> None:
+    write_file(tmp_path)
+    doc = tmp_path / "README.md"
+    example = "Mark a table:\n\n    <!-- result: r.json#main -->\n    <!-- /result -->\n"
+    doc.write_text(example)
+    assert results.blocks(tmp_path) == [] and results.render(tmp_path) == [] and doc.read_text() == example

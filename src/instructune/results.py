@@ -43,7 +43,8 @@ REQUIRED = ("schema", "name", "command", "commit", "date", "machine", "tables")
 """Fields every result file carries."""
 MACHINE_FIELDS = ("cpu", "cpu_class", "flags", "fp32_gflops", "bf16_gflops", "torch")
 """What `machine` must say: the CPU class beside every number, and how fast its matmuls were."""
-BLOCK = re.compile(r"(<!-- result: (?P<ref>[^ #]+)#(?P<table>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /result -->)", re.S)
+BLOCK = re.compile(r"^(<!-- result: (?P<ref>[^ #]+)#(?P<table>[\w.-]+) -->\n)(?P<body>.*?)^(<!-- /result -->)", re.S | re.M)
+"""A marked block: the markers start their lines (an indented example of them is left alone)."""
 DOCS = ("README.md", "docs/*.md")
 """The files whose result blocks are rendered (globs, relative to the repository root)."""
 
