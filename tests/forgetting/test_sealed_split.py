@@ -138,8 +138,9 @@ def test_budget_early_stopping_never_reads_test_rows_of_retention_tasks(tmp_path
                                                                         toy_tasks: tuple[Path, Path, Path],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     canary = Canary(monkeypatch, test_allowed=lambda what: what == "reviews.jsonl")
-    # every measure here is a cross-entropy, which cannot fall by all of itself: a budget of -1 is always exceeded
-    cfg = run_config(tmp_path, tiny_model_dir, toy_tasks, forgetting_budget=-1.0, budget_patience=2)
+    # every validation is over the budget, forced (a budget below 0 is refused as a config problem)
+    monkeypatch.setattr("instructune.training.loop.over_budget", lambda scores, budget: ["forced"])
+    cfg = run_config(tmp_path, tiny_model_dir, toy_tasks, forgetting_budget=0.0, budget_patience=2)
     metrics = finetune(cfg, log=lambda *_: None).metrics
     assert metrics["stopped"] == "forgetting_budget" and metrics["steps"] == 4
     watched_on_validation(canary)

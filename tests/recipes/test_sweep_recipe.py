@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from instructune.cli import main
+from instructune.search.study import storage
 
 STUDY = "instructune-sweep"
 
@@ -37,8 +38,8 @@ def sweep_config(tmp_path: Path, model: Path, toy_tasks: tuple[Path, Path, Path]
 def trials(folder: Path) -> list[optuna.trial.FrozenTrial]:
     if not (folder / "study.db").exists():
         return []
-    try:
-        study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder / 'study.db'}")
+    try:  # opened as the sweep opens it: the lock keeps a reader from creating the tables beside the sweep
+        study = optuna.load_study(study_name=STUDY, storage=storage(None, folder))
     except KeyError:  # not created yet
         return []
     return study.get_trials(deepcopy=False)
@@ -150,7 +151,7 @@ def test_a_study_is_continued_only_by_its_own_config(tmp_path: Path, tiny_model_
 
 def test_the_first_trial_is_the_configs_own_values_where_they_lie_in_the_space(tmp_path: Path) -> None:
     from instructune.search import space
-    from instructune.search.study import open_study, storage
+    from instructune.search.study import open_study
     params, problems = space.parse({"optim.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "method.r": [8, 16],
                                     "method.alpha": [16, 64]})
     assert problems == []
@@ -165,3 +166,19 @@ def test_the_first_trial_is_the_configs_own_values_where_they_lie_in_the_space(t
     (tmp_path / "g").mkdir()
     other = open_study(storage(None, tmp_path / "g"), ["maximize"], grid, 0, "none", {"train": base}, False)
     assert other.get_trials(deepcopy=False) == []
+
+
+def test_the_sweep_command_leaves_optunas_per_trial_info_lines_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each trial prints our own line; Optuna's INFO line after it said the same again."""
+    from instructune.recipes import sweep as recipe
+
+    seen = []
+    monkeypatch.setattr(recipe, "load_sweep", lambda path, overrides: ({}, None))
+    monkeypatch.setattr(recipe, "sweep", lambda *a, **k: seen.append(optuna.logging.get_verbosity()))
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        assert main(["sweep", "configs/sweep-lora-rotten-tomatoes.yaml"]) == 0
+    finally:
+        optuna.logging.set_verbosity(before)
+    assert seen == [optuna.logging.WARNING]

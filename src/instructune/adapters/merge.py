@@ -19,7 +19,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from instructune.adapters.registry import adapter_base, check_base, describe, resolve_adapter, swap_in
 from instructune.data import chat
 from instructune.errors import InstructuneError
-from instructune.models import load_model
+from instructune.models import MODEL_PACKS, load_model, pack_dir
+from instructune.paths import refuse_overwrite
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str = "float32",
@@ -31,9 +32,12 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     """
     folder = resolve_adapter(adapter)
     out = Path(out).expanduser()
+    base = base or adapter_base(folder)[0]
+    base_dir = pack_dir(base) if base in MODEL_PACKS else base  # a pack is read from its folder in the cache
+    refuse_overwrite("--out", out, [out], {"adapter": folder, "--base": base_dir},
+                     "give --out a new folder, outside the adapter and the base model", whole=True)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InstructuneError(f"{out} already exists and is not empty; pick a new --out folder or pass --force.")
-    base = base or adapter_base(folder)[0]
     if not base:
         raise InstructuneError(f"{folder}/adapter_config.json names no base model; pass --base MODEL.")
     model, tok = load_model(base, dtype=dtype)

@@ -109,7 +109,8 @@ def build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from instructune.config import load_config, read_yaml
-    from instructune.data.build import BuildConfig, build, export, prepare
+    from instructune.data.build import BuildConfig, build, export, outputs, prepare
+    from instructune.paths import refuse_overwrite
 
     data = read_yaml(args.config) if args.config else {}
     flags = {k: getattr(args, k) for k in ("pack", "file", "templates", "templates_file", "fractions", "seed",
@@ -120,6 +121,11 @@ def build(args: argparse.Namespace) -> int:
     data.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(BuildConfig, data=data)
     source = cfg.pack or cfg.file
+    target = Path(cfg.out or f"{Path(source).stem}-{cfg.format}") if cfg.out or cfg.format else None
+    if target is not None:  # before the build: an export would overwrite a source it has already read
+        refuse_overwrite("--out", target, outputs(target, cfg.format), {
+            "--config": args.config, "--file": cfg.file, "--templates-file": cfg.templates_file},
+            "give --out a folder of its own")
     common = dict(seed=cfg.seed, fractions=cfg.fractions, template_file=cfg.templates_file,
                   tokenizer=cfg.tokenizer, skip_bad=cfg.skip_bad, limit=cfg.limit, fmt=cfg.input_format)
     if cfg.out and not cfg.format:
@@ -130,7 +136,6 @@ def build(args: argparse.Namespace) -> int:
         stats = json.loads((out / "stats.json").read_text())
     print_summary(stats, out)
     if cfg.format:
-        target = Path(cfg.out or f"{Path(source).stem}-{cfg.format}")
         counts = export(out, cfg.format, target)
         print(f"wrote {', '.join(f'{n} {s}' for s, n in counts.items())} records as {cfg.format} to "
               f"{target}/{{train,validation,test}}.{cfg.format}.jsonl")
@@ -144,6 +149,8 @@ def inspect(args: argparse.Namespace) -> int:
     from instructune.data import inspect as view
     from instructune.data.task import load_split
 
+    if args.html:
+        _refuse_html_over_inputs(args)
     task, split, model, d, run = _inspect_inputs(args)
     from instructune.data.build import load_tokenizer
     from instructune.data.chat import use_chat_format
@@ -174,6 +181,19 @@ def distill(args: argparse.Namespace) -> int:
     run(args.teacher, task, Path(args.out), split=args.split, fmt=args.format, limit=args.limit,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype)
     return 0
+
+
+def _refuse_html_over_inputs(args: argparse.Namespace) -> None:
+    """`--html` never overwrites what inspect reads: the source file (a folder's own files) or templates."""
+    from pathlib import Path
+
+    from instructune.paths import refuse_overwrite
+
+    source = Path(args.source)
+    reads = {f"SOURCE/{p.name}": p for p in source.iterdir() if p.is_file()} if source.is_dir() else {
+        "SOURCE": source}
+    refuse_overwrite("--html", args.html, [args.html], {**reads, "--templates-file": args.templates_file},
+                     "give --html a new file name")
 
 
 def _inspect_inputs(args: argparse.Namespace) -> tuple:

@@ -10,9 +10,10 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,6 +47,11 @@ LOAD_LIMIT = 0.25
 """A result is cached only where others' load before the probe is at most this per CPU: one other busy
 thread on a 2-CPU machine (0.5 per CPU) contends with a 2-thread matmul's threads, and is refused."""
 CACHE_FILE = "hardware.json"
+MAX_GFLOPS_PER_CPU = 10_000.0
+"""A cached speed above this per online CPU is not believed: AMX peaks near 4,000 bf16 GFLOP/s a core."""
+RATIO_RANGE = (0.001, 20.0)
+"""Plausible bf16/fp32 speed ratios: emulated bf16 runs ~40x slower, AMX ~5-10x faster; a cached ratio
+outside this range is a forged or broken entry, not a measurement."""
 Shape = tuple[int, int, int]
 
 
@@ -192,8 +198,8 @@ def probe(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=120):  # the first process measures, the others read
-            cache = _read_cache(path)
-            if not fresh and (hit := _cached(cache.get(digest))):
+            cache = _read_cache(path, log)
+            if not fresh and (hit := _cached(cache.get(digest), f"{path} entry {digest}", log)):
                 return hit
             result = _measure(shapes, measure)
             if result.error is None and not result.doubts():
@@ -278,20 +284,91 @@ def _process_age() -> float:
         return 0.0
 
 
-def _cached(entry: Any) -> Probe | None:
-    """The probe of a cache entry; None for an entry of another layout (it is measured again)."""
-    try:
-        return Probe(**{**entry["probe"], "cached": True})
-    except (TypeError, KeyError):
+def _cached(entry: Any, where: str, log: Callable[[str], None] | None) -> Probe | None:
+    """The probe of a cache entry; None for no entry, or for one that does not parse or fails a sanity
+    check (measured again, said in one warning line: on stderr where `log` is None, as a broken file is
+    never silent)."""
+    if entry is None:
         return None
+    why = _entry_problem(entry)
+    if why is None:
+        return Probe(**{**entry["probe"], "cached": True})
+    (log or _stderr)(f"warning: the probe cache {where} is not believed ({why}); measuring again.")
+    return None
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
+def _entry_problem(entry: Any) -> str | None:
+    """Why a cache entry is not believed (None: it parses and is plausible on this machine)."""
+    got = entry.get("probe") if isinstance(entry, dict) else None
+    if not isinstance(got, dict):
+        return f"not an object with a 'probe' object: {str(entry)[:80]}"
+    names = {f.name for f in fields(Probe)}
+    if unknown := sorted(set(got) - names):
+        return f"unknown field {unknown[0]!r}"
+    if missing := [n for n in ("fp32_gflops", "bf16_gflops", "threads", "shapes", "seconds") if n not in got]:
+        return f"missing field {missing[0]!r}"
+    if bad := [n for n, ok in _FIELD_CHECKS.items() if n in got and not ok(got[n])]:
+        return f"{bad[0]} is {str(got[bad[0]])[:80]}"
+    return _speed_problem(got)
+
+
+def _speed_problem(got: dict[str, Any]) -> str | None:
+    """Speeds finite, positive, below what this machine could do; bf16/fp32 plausible; medians of the runs."""
+    ceiling = MAX_GFLOPS_PER_CPU * (os.cpu_count() or 1)
+    runs = {"fp32": got.get("fp32_runs", []), "bf16": got.get("bf16_runs", [])}
+    if not all(isinstance(r, list) for r in runs.values()):
+        return "fp32_runs and bf16_runs must be lists of GFLOP/s"
+    speeds = [got["fp32_gflops"], got["bf16_gflops"], *runs["fp32"], *runs["bf16"]]
+    if bad := [v for v in speeds if not (_finite(v) and 0 < v <= ceiling)]:
+        return f"a speed of {str(bad[0])[:40]} GFLOP/s; believable speeds are finite, above 0 and at most {ceiling:.0f}"
+    ratio = got["bf16_gflops"] / got["fp32_gflops"]
+    if not RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]:
+        return f"bf16/fp32 {ratio:.4g}, outside the plausible {RATIO_RANGE[0]:g} to {RATIO_RANGE[1]:g}"
+    for side, values in runs.items():
+        if values and not math.isclose(statistics.median(values), got[f"{side}_gflops"], rel_tol=1e-9):
+            return f"{side}_gflops is not the median of {side}_runs"
+    return None
+
+
+def _finite(v: Any) -> bool:
+    """A real number (bool is not one) that is neither NaN nor infinite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "cpus": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "shapes": lambda v: isinstance(v, list) and all(
+        isinstance(s, list) and len(s) == 3 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                    for d in s) for s in v),
+    "load": lambda v: v is None or (_finite(v) and v >= 0),
+    "measured": lambda v: isinstance(v, str),
+    "cached": lambda v: isinstance(v, bool),
+    "error": lambda v: v is None,  # only clean results are cached
+    **{n: lambda v: _finite(v) and v >= 0 for n in ("seconds", "fp32_spread", "bf16_spread", "fp32_of_peak",
+                                                    "bf16_of_peak")},
+}
+"""Each field of a cached Probe besides the speeds, and what a believable value is."""
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _read_cache(path: Path, log: Callable[[str], None] | None) -> dict[str, Any]:
+    """The cache's entries by key hash; a file that is not a JSON object is said once and measured over."""
     try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        text = path.read_text()
+    except OSError:
         return {}
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict):
+        return data
+    (log or _stderr)(f"warning: the probe cache {path} is not a JSON object; measuring again.")
+    return {}
 
 
 def _write_cache(path: Path, cache: dict[str, Any]) -> None:

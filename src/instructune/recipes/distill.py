@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from instructune.data.formats import EXPORTS, export
-from instructune.data.packs import write_atomic
+from instructune.data.packs import PACKS, write_atomic
 from instructune.data.task import SplitSpec, TaskSpec, load_split, subset
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import build_prompts
 from instructune.evaluation.generate import generate
 from instructune.hardware import eval_dtype
 from instructune.models import load_model
+from instructune.paths import refuse_overwrite
 
 
 def distill(teacher: str, task: TaskSpec, out: Path, split: str = "train", fmt: str = "alpaca",
@@ -39,6 +40,9 @@ def distill(teacher: str, task: TaskSpec, out: Path, split: str = "train", fmt: 
         raise InstructuneError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
     if limit is not None and limit < 1:
         raise InstructuneError(f"--limit must be at least 1, got {limit}; leave it out for every prompt.")
+    refuse_overwrite("--out", out, [out], {"SOURCE": None if task.source in PACKS else task.source,
+                                           "--templates-file": task.template_file, "--teacher": teacher},
+                     "give --out a new file, outside the folders it reads")
     records = subset(load_split(task, SplitSpec(seed=seed), split), limit, seed)
     if not records:
         raise InstructuneError(f"the {split} split of {task.source} is empty; choose another --split or more data.")

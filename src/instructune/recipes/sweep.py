@@ -45,7 +45,7 @@ from instructune.report import plots
 from instructune.search import curve, space
 from instructune.search.forgetting import SECOND_OBJECTIVE, SweepForgetting
 from instructune.search.study import finished, open_study, pareto, storage
-from instructune.training.config import TrainConfig
+from instructune.training.config import TrainConfig, budget_problems
 
 
 @dataclass
@@ -89,6 +89,8 @@ class SweepSettings:
             out.append(f"objective {self.objective!r}: use val_loss or val_<metric> (val_accuracy, val_rougeL, ...)")
         if self.forgetting_budget is not None and not self.forgetting:
             out.append("forgetting_budget needs `forgetting:` (a retention suite to measure the drop on)")
+        if self.forgetting_budget is not None:
+            out += budget_problems(self.forgetting_budget)
         return out + self._sealed_problems()
 
     def _sealed_problems(self) -> list[str]:
@@ -153,9 +155,10 @@ def sweep(base: dict, s: SweepSettings, resume: bool = False, workers: int = 1, 
     def objective(trial: optuna.Trial) -> Any:
         return _trial(trial, base, s, params, out, base.get("threads") or threads, suite, before, log)
 
-    study.optimize(objective, catch=(InstructuneError,),
-                   callbacks=[optuna.study.MaxTrialsCallback(s.trials, states=(
-                       optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
+    if done < s.trials:  # optimize runs a trial before its callback can stop it: a study with its count runs none
+        study.optimize(objective, catch=(InstructuneError,),
+                       callbacks=[optuna.study.MaxTrialsCallback(s.trials, states=(
+                           optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
     if worker:
         return {}
     if join is not None:

@@ -8,15 +8,19 @@ continued by the config that created it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from optuna.pruners import HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import GridSampler, TPESampler
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from sqlalchemy.engine import make_url
 
 from instructune.errors import InstructuneError
 from instructune.search.space import Param, current, grid_only
@@ -28,18 +32,44 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 STUDY = "instructune-sweep"
 HEARTBEAT_S = 10
 """A running trial writes a heartbeat this often; one silent for twice as long is marked failed and retried."""
+SCHEMA_LOCK_S = 120
+"""The longest a process waits for another to finish creating a SQLite study's tables (a second or less)."""
 
 
 def storage(url: str | None, out: Path, heartbeat_s: int = HEARTBEAT_S) -> RDBStorage:
-    """The study's storage: `url`, or SQLite in the sweep folder."""
+    """The study's storage: `url`, or SQLite in the sweep folder. Opening creates the tables of a new
+    database; for a SQLite file that is done under a file lock, so processes opening one fresh file at
+    once (workers, a resumed sweep, a reader) do not both create them (`alembic_version` is unique)."""
     url = url or f"sqlite:///{(out / 'study.db').resolve()}"
     try:
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        with schema_lock(url):
+            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                              heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
     except Exception as e:  # sqlalchemy's errors: a bad URL, a database that cannot be reached
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise InstructuneError(f"the sweep storage {url} cannot be opened ({reason}); check the URL and that the "
-                               "database is reachable, or leave --storage out for SQLite in the sweep folder.") from None
+        raise InstructuneError(f"the sweep storage {redact(url)} cannot be opened ({redact(reason)}); check the URL "
+                               "and that the database is reachable, or leave --storage out for SQLite in the sweep "
+                               "folder.") from None
+
+
+def schema_lock(url: str) -> contextlib.AbstractContextManager:
+    """A file lock beside a SQLite database file (`study.db.lock`); no lock for other databases (their
+    workers start after the sweep's first process has created the study) or an in-memory SQLite."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return contextlib.nullcontext()
+    return FileLock(f"{database}.lock", timeout=SCHEMA_LOCK_S)
+
+
+_CREDENTIALS = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):\S*@")
+_PASSWORD_FIELD = re.compile(r"(?P<head>\bpassword\s*=\s*)[^\s&;]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced: `postgresql://user:***@host/db` (and libpq's
+    `password=...`), so an error message or a log line never shows a database password."""
+    return _PASSWORD_FIELD.sub(r"\g<head>***", _CREDENTIALS.sub(r"\g<head>:***@", text))
 
 
 def sampler(params: list[Param], seed: int) -> Any:
@@ -71,7 +101,8 @@ def open_study(store: RDBStorage, directions: list[str], params: list[Param], se
             study.enqueue_trial(first)
     elif saved != json.loads(json.dumps(key)):
         diff = sorted(differences(saved, json.loads(json.dumps(key))))
-        raise InstructuneError(f"the study in this folder was created by another config ({', '.join(diff)} differ); "
+        raise InstructuneError(f"the study in this folder was created by another config ({redact(', '.join(diff))} "
+                               "differ); "
                                "resume it with the config that created it, or choose another sweep output_dir.")
     return study
 

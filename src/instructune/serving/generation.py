@@ -1,8 +1,10 @@
-"""Generation behind the API: stop strings, the micro-batcher, streaming, and the concurrency gate.
+"""Generation behind the API: stop strings, the line to the model, streaming, cancellation, the concurrency gate.
 
-Non-streamed requests go through a micro-batcher: requests arriving within a few ms with the
-same adapter and sampling settings become one left-padded `generate` call. Streamed requests
-run `model.generate` in a thread feeding a `TextIteratorStreamer`.
+Every request waits in one line (the `Batcher`), first come, first served. Non-streamed requests
+arriving within a few ms with the same adapter and sampling settings become one left-padded
+`generate` call; a streamed one runs `model.generate` in a thread feeding a `TextIteratorStreamer`
+and keeps the model until it ends. A request cancelled while it waits (its client gone) leaves the
+line without touching the model.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from instructune.serving.hotswap import AdapterSet
+from instructune.serving.hotswap import AdapterSet, TokenStream
 from instructune.serving.protocol import APIError, Choice, Params
 
 
@@ -67,16 +69,50 @@ def finish(aset: AdapterSet, raw: str, params: Params) -> Choice:
     return Choice(text, "stop" if scan.hit or n < params.max_tokens else "length", n)
 
 
+class Cancel:
+    """A request's cancellation (its client has gone), set once from any thread without waiting.
+
+    What it reaches depends on where the request is: waiting in the batcher's line, it leaves the line
+    without touching the model; streaming, its generation stops at the next token; not yet queued, it
+    never is."""
+
+    def __init__(self) -> None:
+        self.lock, self.done, self.hooks = threading.Lock(), False, []
+
+    def set(self) -> None:
+        with self.lock:
+            self.done, hooks, self.hooks = True, self.hooks, []
+        for hook in hooks:
+            hook()
+
+    def is_set(self) -> bool:
+        return self.done
+
+    def on_set(self, hook: Callable[[], object]) -> None:
+        """Call `hook` when this is set (at once if it already is)."""
+        with self.lock:
+            if not self.done:
+                self.hooks.append(hook)
+                return
+        hook()
+
+
 @dataclass
 class _Job:
     text: str
     adapter: str | None
     params: Params
+    streamed: bool = False
+    """A stream runs alone and keeps the model until its generation ends; its future gets the TokenStream."""
     future: Future = field(default_factory=Future)
 
 
 class Batcher:
-    """Groups requests that arrive within `window_s` and share adapter and sampling into one generate call."""
+    """The one line to the model: requests wait here first come, first served.
+
+    Batched requests that arrive within `window_s` and share adapter and sampling become one generate
+    call; a stream runs alone. A request whose future is cancelled while it waits is dropped when its
+    turn comes, so a client that left never costs a prefill."""
 
     def __init__(self, aset: AdapterSet, window_s: float, max_batch: int) -> None:
         self.aset, self.window_s, self.max_batch = aset, window_s, max_batch
@@ -86,20 +122,39 @@ class Batcher:
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of the latest generate calls
 
     def submit(self, text: str, adapter: str | None, params: Params) -> Future:
+        """Queue one prompt; its future gets a Choice. Cancelling the future while the prompt waits (as
+        `asyncio.wrap_future` does when the awaiting task is cancelled) takes it out of the line."""
+        return self._put(_Job(text, adapter, params)).future
+
+    def stream(self, text: str, adapter: str | None, params: Params,
+               cancel: Cancel | None = None) -> Iterator[tuple[str, str | None, int | None]]:
+        """Queue one prompt to stream (in line from this call): iterate for (text delta, None, None) as
+        tokens arrive, then ("", finish_reason, completion tokens).
+
+        `cancel` ends it: still in line, it leaves untouched and the iterator is empty; generating, it
+        stops at the next token. A stop string, or closing the iterator, also stops it at the next token."""
+        cancel = cancel or Cancel()
+        if cancel.is_set():
+            return iter(())
+        job = self._put(_Job(text, adapter, params, streamed=True))
+        cancel.on_set(job.future.cancel)
+        return _follow(job, params, cancel)
+
+    def _put(self, job: _Job) -> _Job:
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._loop, name="instructune-batcher", daemon=True)
                 self.thread.start()
-        job = _Job(text, adapter, params)
         self.jobs.put(job)
-        return job.future
+        return job
 
     def stop(self) -> None:
         with self.lock:
             thread, self.thread = self.thread, None  # a later submit starts a new one
         if thread is not None:
             self.jobs.put(None)
-            thread.join(timeout=60)
+            if thread is not threading.current_thread():  # stopped from its own work, it ends after this batch
+                thread.join(timeout=60)
 
     def _collect(self) -> list[_Job] | None:
         first = self.jobs.get()
@@ -121,10 +176,15 @@ class Batcher:
         while (jobs := self._collect()) is not None:
             groups: dict[tuple[Any, ...], list[_Job]] = {}
             for job in jobs:
-                groups.setdefault((job.adapter, *job.params.key()), []).append(job)
+                key = ("stream", id(job)) if job.streamed else (job.adapter, *job.params.key())
+                groups.setdefault(key, []).append(job)
             for group in groups.values():
-                for i in range(0, len(group), self.max_batch):
-                    self._run(group[i:i + self.max_batch])
+                most = 1 if group[0].streamed else self.max_batch
+                while batch := _claim(group, most):
+                    if batch[0].streamed:
+                        self._run_stream(batch[0])
+                    else:
+                        self._run(batch)
 
     def alive(self) -> bool:
         """False once its thread has died (a new one starts with the next request)."""
@@ -145,16 +205,38 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(e)
 
+    def _run_stream(self, job: _Job) -> None:
+        """Start one stream's generation and keep the line until it ends (its reader may be slow, or gone)."""
+        p = job.params
+        seed = p.seed if p.seed is not None else random.randrange(2**31)
+        try:
+            tokens = self.aset.stream(job.text, job.adapter, max_new_tokens=p.max_tokens,
+                                      temperature=p.temperature, top_p=p.top_p, seed=seed)
+        except Exception as e:  # raised to the reader, which reports it in-band
+            job.future.set_exception(e)
+            return
+        job.future.set_result(tokens)
+        tokens.thread.join()
 
-def stream(aset: AdapterSet, text: str, adapter: str | None,
-           params: Params) -> Iterator[tuple[str, str | None, int | None]]:
-    """Yield (text delta, None, None) as tokens arrive, then ("", finish_reason, completion tokens).
 
-    A stop string, or the client going away (GeneratorExit at a yield), ends generation at the next token.
-    """
-    seed = params.seed if params.seed is not None else random.randrange(2**31)
-    tokens = aset.stream(text, adapter, max_new_tokens=params.max_tokens, temperature=params.temperature,
-                         top_p=params.top_p, seed=seed)
+def _claim(group: list[_Job], most: int) -> list[_Job]:
+    """Take up to `most` jobs off the front of `group`, dropping those cancelled while they waited; a taken
+    job can no longer be cancelled (its client leaving then stops a stream at its next token)."""
+    batch: list[_Job] = []
+    while group and len(batch) < most:
+        job = group.pop(0)
+        if job.future.set_running_or_notify_cancel():  # False: cancelled in line, never reaches the model
+            batch.append(job)
+    return batch
+
+
+def _follow(job: _Job, params: Params, cancel: Cancel) -> Iterator[tuple[str, str | None, int | None]]:
+    """A queued stream's pieces, once its turn comes; nothing if it was cancelled in line."""
+    try:
+        tokens: TokenStream = job.future.result()
+    except CancelledError:
+        return
+    cancel.on_set(tokens.cancelled.set)
     scan = StopScanner(params.stop)
     try:
         for piece in tokens:
@@ -165,7 +247,11 @@ def stream(aset: AdapterSet, text: str, adapter: str | None,
         if rest := scan.flush():
             yield rest, None, None
     finally:
-        tokens.close()
+        if threading.current_thread() is tokens.thread:
+            # closed by the garbage collector inside the generating thread, which cannot wait for itself
+            tokens.cancelled.set()
+        else:
+            tokens.close()  # stop at the next token and wait for it, so the count below is final
     done = scan.hit or tokens.eos or tokens.count < params.max_tokens
     yield "", "stop" if done else "length", tokens.count
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instructune.adapters.registry import NAME_RE as ADAPTER_NAME
+from instructune.config import quoted
 from instructune.data.mixture import MixtureConfig
 from instructune.data.task import SplitSpec, TaskSpec
 from instructune.forgetting.measures import probe_capacity
@@ -264,13 +265,30 @@ class TrainConfig:
             out.append(f"retention_every {self.retention_every} is larger than the run ({self.max_steps} steps); "
                        "measure more often or drop it")
         budget = self.forgetting_budget
-        if budget is not None and not isinstance(budget, (int, float, dict)):
-            out.append(f"forgetting_budget must be a number or {{measure: number}}, got {budget!r}")
-        elif isinstance(budget, dict) and self.retention is not None:
-            known = retention_measures(self.retention)
-            out += [f"forgetting_budget.{k}: not a measure of the retention suite (measures: {', '.join(known)})"
-                    for k in budget if k not in known]
+        if isinstance(budget, dict):
+            if not budget:
+                out.append("forgetting_budget {} bounds no measure; give one number, or {measure: number}")
+            out += [p for k, v in budget.items() for p in budget_problems(v, f"forgetting_budget.{k}")]
+            if self.retention is not None:
+                known = retention_measures(self.retention)
+                out += [f"forgetting_budget.{k}: not a measure of the retention suite (measures: {', '.join(known)})"
+                        for k in budget if k not in known]
+        elif budget is not None:
+            out += budget_problems(budget)
         return out
+
+
+def budget_problems(value: Any, name: str = "forgetting_budget") -> list[str]:
+    """A forgetting budget is a share of the original model's score that may be lost: a finite number, 0 or
+    more. A bool is not a number, and NaN is refused: no drop is ever over a NaN budget."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        forms = "" if "." in name else ", or {measure: number}"  # a measure's own budget is one number
+        hint = " (YAML 1.1 reads 5e-2 as text: write 0.05 or 5.0e-2)" if isinstance(value, str) else ""
+        return [f"{name} must be a number (a share of the original score: 0.05 = 5%){forms}, got "
+                f"{quoted(value)}{hint}"]
+    if not math.isfinite(value) or value < 0:
+        return [f"{name} must be a finite number, 0 or more (0.05: may lose 5% of the original score), got {value}"]
+    return []
 
 
 def retention_measures(r: RetentionConfig) -> list[str]:
