@@ -58,7 +58,8 @@ def weight(folder: Path | str, key: str = "model.layers.0.self_attn.q_proj.weigh
 def test_sequential_full_fine_tuning(tmp_path: Path, tiny_model_dir: Path, toy_tasks: tuple[Path, Path, Path]) -> None:
     import torch
 
-    from instructune.data.task import SplitSpec, load_split, subset, templates
+    from instructune.data.task import SplitSpec, load_split, templates
+    from instructune.evaluation.evaluate import select
     from instructune.forgetting.measures import task_scores
     from instructune.models import load_model
 
@@ -73,7 +74,7 @@ def test_sequential_full_fine_tuning(tmp_path: Path, tiny_model_dir: Path, toy_t
     model, tok = load_model(str(tiny_model_dir))
     for i, task in enumerate(cfg.tasks):
         split = SplitSpec(0, [0.8, 0.1, 0.1])
-        recs = subset(load_split(task.task_spec(), split, "test", task.template), task.limit, cfg.seed)
+        recs = select(load_split(task.task_spec(), split, "test", task.template), task.limit, cfg.seed)
         _, scores, _ = task_scores(model, tok, recs, templates(task.task_spec(), split)[task.template], task.mode)
         assert report["matrix"][0][i] == pytest.approx(sum(scores) / len(scores))
 

@@ -83,7 +83,10 @@ def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path: Path, t
     finished = [t for t in trials(tmp_path / "sweep") if t.state.name == "COMPLETE"]
     numbers = [t.number for t in finished]
     assert len(numbers) >= 6 and len(set(numbers)) == len(numbers)
-    assert len({t.user_attrs["pid"] for t in finished}) == 2  # both processes ran trials
+    # the worker shares the trials it joins in time for; one that loads after the first process has run them
+    # all (a busy machine) runs none, not one more than sweep.trials
+    ran = {t.user_attrs["pid"] for t in finished}
+    assert len(ran) == 2 or (len(ran) == 1 and len(numbers) == 6), (ran, numbers)
     report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert report["test"]["loss"] > 0 and "final/" in report["test_from"]  # the chosen one, trained once more
 
