@@ -80,6 +80,21 @@ def test_bad_override_and_non_mapping(tmp_path: Path) -> None:
         load_config(Cfg, f)
 
 
+def test_a_misspelt_override_gets_the_suggestion_a_misspelt_file_field_gets(tmp_path: Path) -> None:
+    """`optim.learning_rate` is no spelling of `lr`, but lr's docstring says "learning rate": suggested, from
+    a file and from the command line alike."""
+    f = tmp_path / "c.yaml"
+    f.write_text("model: tiny\noptim:\n  learning_rate: 0.1\n")
+    messages = []
+    for path, overrides in ((f, []), (None, ["model=tiny", "optim.learning_rate=0.1"])):
+        with pytest.raises(InstructuneError) as e:
+            load_config(Cfg, path, overrides)
+        messages.append(str(e.value))
+    assert all("optim.learning_rate: unknown field; did you mean 'optim.lr'?" in m for m in messages)
+    with pytest.raises(InstructuneError, match="optim.speed: unknown field; known fields: lr, schedule"):
+        load_config(Cfg, None, ["model=tiny", "optim.speed=2"])  # nothing close, nothing described so
+
+
 def test_field_docs() -> None:
     assert field_docs(Cfg)["steps"] == "Optimiser steps."
 

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -164,8 +165,8 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known fields: {', '.join(fields)}"
+            close = suggest(str(key), list(fields), docs)
+            hint = f"did you mean '{prefix}{close}'?" if close else f"known fields: {', '.join(fields)}"
             problems.append(f"{name}: unknown field; {hint}")
             continue
         seen = len(problems)
@@ -193,6 +194,17 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     if callable(check):
         problems.extend(f"{prefix}{p}" for p in check())
     return obj
+
+
+def suggest(key: str, fields: list[str], docs: dict[str, str]) -> str | None:
+    """The field a misspelt `key` most likely means: the closest spelling, else the one field whose docstring
+    holds every word of it, as a name from another tool does (`learning_rate` -> `lr`, "Peak learning rate")."""
+    close = difflib.get_close_matches(key, fields, n=1)
+    if close:
+        return close[0]
+    words = [w for w in re.split(r"[^a-z0-9]+", key.lower()) if len(w) > 1]
+    named = [f for f in fields if words and all(re.search(rf"\b{w}", docs.get(f, "").lower()) for w in words)]
+    return named[0] if len(named) == 1 else None
 
 
 def convert(tp: Any, value: Any, prefix: str, problems: list[str]) -> tuple[bool, Any]:

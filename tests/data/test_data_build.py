@@ -186,3 +186,14 @@ def test_read_split_errors(tmp_path: Path) -> None:
         read_split(tmp_path, "dev")
     with pytest.raises(InstructuneError, match="is not a built dataset"):
         read_split(tmp_path, "train")
+
+
+def test_the_template_file_flag_is_spelt_as_the_config_field() -> None:
+    """`--template-file` matches `data.template_file`; the old `--templates-file` still works, unlisted."""
+    from instructune.cli import build_parser
+
+    parser = build_parser()
+    for command in (["data", "build", "--file", "x.jsonl"], ["data", "inspect", "x.jsonl"],
+                    ["data", "distill", "x", "--teacher", "m", "--out", "o.jsonl"]):
+        assert parser.parse_args([*command, "--template-file", "t.yaml"]).templates_file == "t.yaml"
+        assert parser.parse_args([*command, "--templates-file", "t.yaml"]).templates_file == "t.yaml"

@@ -9,6 +9,7 @@ import pytest
 from instructune.data.templates import (
     RowError,
     Template,
+    check_fields,
     first_sentence,
     get_template,
     load_templates,
@@ -129,3 +130,26 @@ def test_filters() -> None:
     assert first_sentence("The U.S. economy grew 3%. Markets rose.") == "The U.S. economy grew 3%."
     assert first_sentence("No end here") == "No end here"
     assert or_list(["a"]) == "a" and or_list(["a", "b", "c"]) == "a, b or c"
+
+
+def test_a_missing_label_names_label_field_and_the_fix() -> None:
+    with pytest.raises(RowError) as e:
+        CLASSIFY.render({"review_body": "Great fun.", "sentiment": "pos"})
+    assert str(e.value) == ("field 'label' used by template 'classify-1' is missing; fields present: review_body, "
+                            "sentiment; the label is read from field 'label', the template's `label_field`: if "
+                            "your labels are in another column, set `label_field: COLUMN` in template 'classify-1'")
+
+
+def test_a_field_no_row_has_is_one_error_not_one_per_row() -> None:
+    rows = [{"review_body": f"review {i}", "sentiment": "pos"} for i in range(50)]
+    with pytest.raises(InstructuneError) as e:
+        check_fields([CLASSIFY], rows, "reviews.csv")
+    assert str(e.value) == (
+        "reviews.csv lacks fields its templates use (1 problem):\n  - field 'label' used by template 'classify-1' "
+        "is in no row; fields present: review_body, sentiment; the label is read from field 'label', the "
+        "template's `label_field`: if your labels are in another column, set `label_field: COLUMN` in template "
+        "'classify-1'")
+    check_fields([CLASSIFY], [*rows, {"review_body": "x", "label": "pos"}], "reviews.csv")  # one row has it: fine
+    relabelled = Template(**{**CLASSIFY.to_dict(), "label_field": "sentiment"})
+    check_fields([relabelled], rows, "reviews.csv")
+    assert relabelled.render(rows[0])[1] == "positive"

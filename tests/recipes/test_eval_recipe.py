@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,27 @@ def test_eval_scores_the_test_rows_a_run_held_out(tmp_path: Path, tiny_model_dir
     assert scored("--data", str(data), "--template-file", str(tpl), "--template", "mood", "--data-seed", "3") == run_ids
     # another split seed holds out other rows: the seed is what makes them the run's
     assert scored("--data", str(data), "--template-file", str(tpl), "--template", "mood") != run_ids
+
+
+def test_eval_and_generate_take_a_registered_adapter_by_name(tmp_path: Path, tiny_model_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from instructune import progress
+    from instructune.adapters.merge import random_lora
+    from instructune.adapters.registry import register_adapter
+
+    register_adapter("mood-lora", random_lora(tiny_model_dir, tmp_path / "adapter", seed=1, targets=("q_proj",)))
+    monkeypatch.setattr(progress, "STATUS_EVERY", 0.0)  # a status line at every batch: this run lasts a second
+    data, tpl = toy(tmp_path)
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", "mood-lora", "--data", str(data),
+                 "--template-file", str(tpl), "--template", "mood", "--limit", "4", "--out", str(out)]) == 0
+    settings = [r["setting"] for r in json.loads((out / "eval.json").read_text())["results"]]
+    assert settings == [str(tiny_model_dir), f"{tiny_model_dir} + mood-lora"]
+    err = capsys.readouterr().err  # outside a terminal, generation and scoring report progress in lines
+    assert re.search(r"generate: 4/4 examples, \d+ s\n", err) and "score: 4/4 examples" in err
+    assert main(["generate", "--model", str(tiny_model_dir), "--adapter", "mood-lora", "--max-new-tokens", "2",
+                 "hello"]) == 0
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", "nope-lora", "--data", str(data),
+                 "--template-file", str(tpl)]) == 2
+    assert "no adapter named 'nope-lora' in the registry (registered: mood-lora)" in capsys.readouterr().err

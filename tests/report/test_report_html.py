@@ -199,3 +199,24 @@ def test_a_generation_eval_shows_rouge_and_unmarked_answers(tmp_path: Path, page
     assert len(page.images) == 1
     text = paths["html"].read_text()
     assert text.count('class="example"') == 4 and "class=\"mark" not in text  # no right/wrong without labels
+
+
+def test_score_cards_and_the_test_table_say_which_examples(demo_dir: Path) -> None:
+    """An evaluation's best fine-tuned score (its own seeded subset) sits beside a run's own test score (its
+    test split): each says which examples it is on, so two numbers for one run are not a puzzle."""
+    from instructune.report.sections import highlight_cards, test_table
+
+    metrics = json.loads((demo_dir / "lora" / "metrics.json").read_text())
+    (demo_dir / "lora" / "metrics.json").write_text(json.dumps({**metrics, "test_examples": 300}))
+    runs = discover([demo_dir])
+    tested = [r for r in runs.trainings if r.metrics.get("test")]
+    tuned = next(c for c in highlight_cards(runs.evals, tested) if c.label == "accuracy \u00b7 best fine-tuned")
+    assert tuned.sub.endswith("; 6 test examples picked by the evaluation (eval/eval.json); a run's own test "
+                              "score uses its own subset")
+    table = test_table(tested)
+    n = {row[0].text: row[table.columns.index("n")].text for row in table.rows}
+    assert n == {"full": "\u2013", "lora": "300"}  # a run written before runs recorded it: a dash
+    assert "own seeded subset" in table.note
+    only_runs = highlight_cards([], tested)
+    assert {c.sub for c in only_runs} == {"full; the run's own test split",
+                                          "lora; the run's own test split (300 examples, metrics.json)"}

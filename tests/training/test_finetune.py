@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -324,3 +325,30 @@ def test_a_dataset_folder_without_stats_json_trains(tmp_path: Path, tiny_model_d
                  f"data.source={folder}", "data.val_limit=4", "data.test_limit=4", "max_steps=1", "eval_every=0",
                  "save_every=0", "keep_checkpoints=0", "eval_mode=likelihood"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 1
+
+
+def test_train_says_what_it_scores_and_registers(tmp_path: Path, tiny_model_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """No long phase is silent: each validation's scores, the test scoring and the registration are printed,
+    and scoring reports progress (outside a terminal, in status lines on stderr)."""
+    from instructune import progress
+
+    monkeypatch.setattr(progress, "STATUS_EVERY", 0.0)  # a status line at every batch: this run lasts seconds
+    data, tpl = toy_task(tmp_path)
+    empty = tmp_path / "none.yaml"
+    empty.write_text("")
+    run = tmp_path / "run"
+    assert main(["train", str(empty), f"model={tiny_model_dir}", f"output_dir={run}", f"data.source={data}",
+                 f"data.template_file={tpl}", "data.templates=[mood]", "data.val_limit=4", "data.test_limit=6",
+                 "max_steps=4", "eval_every=2", "save_every=0", "keep_checkpoints=0", "method.name=lora",
+                 "register_as=mood-lora"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"^validation, step 2: loss \d+\.\d{4}, accuracy \d\.\d{4}, f1 ", out, re.M)
+    assert re.search(r"^validation, step 4: loss ", out, re.M)
+    assert "scoring the best validated weights on 6 test examples" in out
+    assert re.search(rf"^registered adapter 'mood-lora' in .*adapters.mood-lora: use it by name, as in "
+                     rf"`instructune eval --run {re.escape(str(run))} --adapter mood-lora`", out, re.M)
+    assert re.search(r"validation loss: 4/4 examples, \d+ s\n", err) and "test loss: 6/6 examples" in err
+    assert re.search(r"generate: 6/6 examples, \d+ s\n", err)  # the test split, scored by generation
+    assert json.loads((run / "metrics.json").read_text())["test_examples"] == 6

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--file", help="a CSV, JSONL or Parquet file, or a hub dataset owner/name[:split]")
     b.add_argument("--template", action="append", dest="templates", metavar="ID",
                    help="template id; repeat for several (default: all templates)")
-    b.add_argument("--templates-file", help="YAML file of templates (required with --file)")
+    b.add_argument("--template-file", dest="templates_file", help="YAML file of templates (required with --file)")
+    b.add_argument("--templates-file", dest="templates_file", help=argparse.SUPPRESS)  # the old spelling
     b.add_argument("--fractions", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"),
                    help="split fractions (default 0.8 0.1 0.1)")
     b.add_argument("--seed", type=int, help="split and shuffle seed (default 0)")
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--model", help="whose tokenizer and chat template (default: the config's or run's model, "
                                    "else smollm2-135m-instruct)")
     i.add_argument("--template", action="append", dest="templates", metavar="ID", help="template id (repeatable)")
-    i.add_argument("--templates-file", help="YAML file of templates")
+    i.add_argument("--template-file", dest="templates_file", help="YAML file of templates")
+    i.add_argument("--templates-file", dest="templates_file", help=argparse.SUPPRESS)  # the old spelling
     i.add_argument("--input-format", choices=FORMATS, help="as for build (default auto)")
     i.add_argument("--split", default="train", choices=("train", "validation", "test"))
     i.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
@@ -68,7 +70,8 @@ def _distill_parser(verbs: argparse._SubParsersAction) -> None:
     d.add_argument("--teacher", required=True, metavar="MODEL", help="model pack, folder or hub id that answers")
     d.add_argument("source", help="data pack, file or built dataset folder whose prompts the teacher answers")
     d.add_argument("--template", action="append", dest="templates", metavar="ID", help="template id (repeatable)")
-    d.add_argument("--templates-file", help="YAML file of templates")
+    d.add_argument("--template-file", dest="templates_file", help="YAML file of templates")
+    d.add_argument("--templates-file", dest="templates_file", help=argparse.SUPPRESS)  # the old spelling
     d.add_argument("--input-format", choices=FORMATS, help="as for build (default auto)")
     d.add_argument("--split", default="train", choices=("train", "validation", "test"))
     d.add_argument("--limit", type=int, metavar="N", help="at most N prompts (a seeded sample)")
@@ -124,7 +127,7 @@ def build(args: argparse.Namespace) -> int:
     target = Path(cfg.out or f"{Path(source).stem}-{cfg.format}") if cfg.out or cfg.format else None
     if target is not None:  # before the build: an export would overwrite a source it has already read
         refuse_overwrite("--out", target, outputs(target, cfg.format), {
-            "--config": args.config, "--file": cfg.file, "--templates-file": cfg.templates_file},
+            "--config": args.config, "--file": cfg.file, "--template-file": cfg.templates_file},
             "give --out a folder of its own")
     common = dict(seed=cfg.seed, fractions=cfg.fractions, template_file=cfg.templates_file,
                   tokenizer=cfg.tokenizer, skip_bad=cfg.skip_bad, limit=cfg.limit, fmt=cfg.input_format)
@@ -162,7 +165,8 @@ def inspect(args: argparse.Namespace) -> int:
     records = load_split(task, split, args.split)
     max_length = args.max_length or getattr(d, "max_length", 256)
     train_on = args.train_on or getattr(d, "train_on", "all_assistant")
-    report = view.inspect(tok, records, max_length, train_on, args.n)
+    report = view.inspect(tok, records, max_length, train_on, args.n, source=f"{task.source} ({args.split})",
+                          special_tokens=getattr(d, "special_tokens_in_content", "text"))
     print(view.to_text(report, colour=sys.stdout.isatty()))
     if args.html:
         Path(args.html).write_text(view.page(report, f"{task.source} ({args.split}) as {model} trains on it"),
@@ -192,7 +196,7 @@ def _refuse_html_over_inputs(args: argparse.Namespace) -> None:
     source = Path(args.source)
     reads = {f"SOURCE/{p.name}": p for p in source.iterdir() if p.is_file()} if source.is_dir() else {
         "SOURCE": source}
-    refuse_overwrite("--html", args.html, [args.html], {**reads, "--templates-file": args.templates_file},
+    refuse_overwrite("--html", args.html, [args.html], {**reads, "--template-file": args.templates_file},
                      "give --html a new file name")
 
 
@@ -259,4 +263,8 @@ def print_summary(stats: dict, out) -> None:
         groups = f"{dup['groups']} group{'s' * (dup['groups'] > 1)}"
         console.print(f"{dup['rows_in_groups']} rows repeat another row's '{dup['field']}' (after normalising case, "
                       f"punctuation and spaces; {groups}); each group was kept in one split")
+    from instructune.data.formats import special_note
+
+    if note := special_note(stats.get("special_tokens") or {}):
+        console.print(note, markup=False)
     console.print(f"wrote {out}/{{train,validation,test}}.jsonl, templates.json, stats.json")

@@ -10,7 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate models, adapters and zero/few-shot prompting side by side")
     p.add_argument("--model", action="append", default=None,
                    help="model pack, folder or hub id (repeat to compare several; default smollm2-135m-instruct)")
-    p.add_argument("--adapter", action="append", default=[], help="peft adapter folder on the first model (repeat)")
+    p.add_argument("--adapter", action="append", default=[],
+                   help="an adapter on the first model (repeat): a registered name (`instructune adapters list`), "
+                        "an adapter folder, or a training run's folder")
     p.add_argument("--data", help="data pack, data file, or dataset folder from `data build`")
     p.add_argument("--template", help="template id (default: the data's only one, like alpaca or messages; with "
                                       "--run: the run's first)")

@@ -1,4 +1,4 @@
-"""`instructune generate --model NAME [--adapter PATH] "prompt"`."""
+"""`instructune generate --model NAME [--adapter NAME_OR_PATH] "prompt"`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="complete a prompt (chat template applied when the model has one)")
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--model", default="smollm2-135m-instruct", help="pack name, local folder or hub id")
-    p.add_argument("--adapter", help="a peft adapter folder to apply")
+    p.add_argument("--adapter", help="an adapter to apply: a registered name (`instructune adapters list`), an "
+                                     "adapter folder, or a training run's folder")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from instructune.adapters.registry import resolve_adapter
     from instructune.errors import InstructuneError
     from instructune.evaluation.generate import generate
     from instructune.hardware import eval_dtype, setup_threads
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--top-p must be in (0, 1], got {args.top_p}")
     if problems:
         raise InstructuneError("; ".join(problems))
+    adapter = str(resolve_adapter(args.adapter)) if args.adapter else None  # a name, a folder or a run
     # Imported before the clock starts: the load time printed is the model's alone.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     setup_threads(args.threads, log=note)
     dtype = eval_dtype(args.dtype, args.model, log=note)
     start = time.time()
-    model, tok = load_model(args.model, dtype=dtype, adapter=args.adapter,
+    model, tok = load_model(args.model, dtype=dtype, adapter=adapter,
                             trust_remote_code=args.trust_remote_code)
     load_s = time.time() - start
     text = prompt_text(tok, args.prompt, raw=args.raw)

@@ -22,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
+    import optuna
+
     from instructune.errors import InstructuneError
     from instructune.recipes.sweep import (  # deferred: optuna and torch load only to run
         load_sweep,
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise InstructuneError(f"--workers must be at least 1, got {args.workers}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial has our own line; Optuna's INFO repeats it
     overrides = list(args.overrides) + ([f"sweep.storage={args.storage}"] if args.storage else [])
     base, settings = load_sweep(args.config, overrides)
     procs, resume = [], args.resume or args.worker

@@ -32,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
         print_fields(TrainConfig)
         return 0
     cfg = load_config(TrainConfig, args.config, args.overrides)
+    from instructune.progress import say
     from instructune.recipes.finetune import finetune
     from instructune.training.setup import main_process
 
-    log = print if main_process() else (lambda *_: None)  # one copy of each line under torchrun
+    log = say if main_process() else (lambda *_: None)  # one copy under torchrun, above the train bar
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite, allow_data_change=args.allow_data_change,
                       log=log)
     stopped = str(result.metrics.get("stopped", ""))

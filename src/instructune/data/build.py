@@ -27,12 +27,20 @@ import numpy as np
 from rich.progress import track
 
 from instructune import hub
-from instructune.data import formats
+from instructune.data import chat, formats
 from instructune.data.packs import PACKS, get_pack, write_atomic
 from instructune.data.sources import Table, read_table
 from instructune.data.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, check_fractions, normalise
-from instructune.data.templates import CONTEXT_NAMES, RowError, Template, load_templates, variables
+from instructune.data.templates import (
+    CONTEXT_NAMES,
+    RowError,
+    Template,
+    check_fields,
+    load_templates,
+    variables,
+)
 from instructune.errors import InstructuneError
+from instructune.paths import refuse_overwrite
 
 FORMAT = 1
 """Bump when the files written change shape: cached dataset folders of another format are rebuilt."""
@@ -90,7 +98,7 @@ def select_templates(source: str, template_ids: Sequence[str], template_file: st
         if "/" not in source and not Path(source).exists():
             get_pack(source)  # a misspelt pack: the error lists the packs
         raise InstructuneError(f"{source} is not a data pack, so it has no built-in templates; give a templates "
-                               "file (--templates-file FILE.yaml, see src/instructune/templates/ for examples).")
+                               "file (--template-file FILE.yaml, see src/instructune/templates/ for examples).")
     origin = template_file or source
     available = load_templates(origin)
     unknown = [t for t in template_ids if t not in available]
@@ -151,10 +159,31 @@ def build(source: str, template_ids: Sequence[str], out: Path, seed: int = 0,
           fractions: Sequence[float] = DEFAULT_FRACTIONS, template_file: str | None = None, tokenizer: Any = None,
           skip_bad: bool = False, limit: int | None = None, progress: bool = False, fmt: str = "auto") -> dict:
     """Write train/validation/test.jsonl, templates.json and stats.json into `out`; returns the stats."""
+    inputs = {"--file": None if source in PACKS else source, "--template-file": template_file}
+    refuse_overwrite("--out", out, outputs(Path(out)), inputs, "give --out a folder of its own")
     table = read_table(source)
     templates = choose_templates(table, source, template_ids, template_file, fmt)
-    return build_table(table, templates, Path(out), seed=seed, fractions=fractions,
-                       tokenizer=tokenizer, skip_bad=skip_bad, limit=limit, progress=progress, source=source)
+    # a new (or empty) folder is built beside `out` and renamed: whole or absent, whatever stops the build
+    # (SIGTERM, an error); an existing build has its files replaced one by one, stats.json last
+    out = Path(out)
+    fresh = not (out.is_dir() and any(out.iterdir()))
+    target = out.with_name(f".{out.name}.staging-{os.getpid()}") if fresh else out
+    try:
+        stats = build_table(table, templates, target, seed=seed, fractions=fractions,
+                            tokenizer=tokenizer, skip_bad=skip_bad, limit=limit, progress=progress, source=source)
+        if fresh:
+            os.replace(target, out)
+    finally:
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+    return stats
+
+
+def outputs(out: Path, fmt: str | None = None) -> list[Path]:
+    """What a build writes in `out` (with `fmt`: what an export in that format writes), the folder first."""
+    if fmt:
+        return [out, *(out / f"{split}.{fmt}.jsonl" for split in SPLITS)]
+    return [out, *(out / f"{split}.jsonl" for split in SPLITS), out / "templates.json", out / "stats.json"]
 
 
 def export(folder: Path, fmt: str, out: Path) -> dict[str, int]:
@@ -181,6 +210,7 @@ def build_table(table: Table, templates: list[Template], out: Path, seed: int = 
     if limit is not None and limit < len(rows):
         keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
         rows, ids, where = [rows[i] for i in keep], [ids[i] for i in keep], [where[i] for i in keep]
+    check_fields(templates, rows, source or "the data")  # a field no row has: one error, not one per row
     rendered, bad = render_rows(rows, ids, where, templates, skip_bad, progress)
     good = [i for i in range(len(rows)) if rendered[i] is not None]
     if not good:
@@ -217,6 +247,7 @@ def build_table(table: Table, templates: list[Template], out: Path, seed: int = 
         "dropped": {"by_pack": table.dropped, "bad_rows": dict(sorted(bad.items())),
                     "bad_rows_total": sum(bad.values())},
         "tokens": token_stats(tok, records) if tok is not None else None,
+        "special_tokens": special_tokens(records, tok),
     }
     if tok is not None:
         stats["tokenizer"] = _tokenizer_name(tokenizer)
@@ -299,6 +330,18 @@ def token_stats(tok: Any, records: dict[str, list[dict]]) -> dict:
         lengths["total"] = lengths["prompt"] + lengths["completion"]
         out[split] = {part: {f"p{q}": int(np.percentile(v, q, method="nearest")) for q in (50, 90, 95, 99)}
                       | {"max": int(v.max())} for part, v in lengths.items()}
+    return out
+
+
+def special_tokens(records: dict[str, list[dict]], tok: Any = None) -> dict[str, dict[str, int]]:
+    """Special-token strings in the content of each split's file (the tokenizer's own, else any spelt
+    `<|...|>`), counted: training reads them as plain text (`formats.special_note` says so)."""
+    tokens = chat.control_tokens(tok) if tok is not None else None
+    out = {}
+    for split, recs in records.items():
+        found = formats.special_strings((text for r in recs for _, text in formats.contents(r)), tokens)
+        if found:
+            out[f"{split}.jsonl"] = dict(sorted(found.items()))
     return out
 
 

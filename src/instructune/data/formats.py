@@ -11,12 +11,16 @@ A conversation is a list of messages: an optional system message first, then use
 turns in turn, ending with an assistant turn (the reference a model is scored against). A row
 that breaks a rule is a RowError naming the field, so the data builder reports it with its file
 and line, or counts it with `--skip-bad`. `auto` recognises alpaca, messages and sharegpt by
-their fields, and says so.
+their fields, and says so. `special_strings` counts special-token strings (`<|im_start|>`) in
+content, which `data build` and `data inspect` report: training encodes them as plain text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from instructune.data.templates import RowError, Template
 
@@ -27,6 +31,10 @@ EXPORTS = ("alpaca", "messages")
 """Formats `instructune data build --format` writes."""
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+SPECIAL_LIKE = re.compile(r"<\|[^|<>\s]{1,64}\|>")
+"""How most chat vocabularies spell a special token (`<|im_start|>`, `<|eot_id|>`): what is counted in content
+when no tokenizer says which strings are special."""
 
 _FIELDS = {"alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
            "text": ("text",)}
@@ -162,3 +170,33 @@ def export(record: dict, fmt: str) -> dict:
         return {"id": record["id"], "instruction": plain(messages[:-1]), "input": "",
                 "output": messages[-1]["content"]}
     return {"id": record["id"], "instruction": messages[0]["content"], "input": "", "output": messages[1]["content"]}
+
+
+def contents(record: dict) -> list[tuple[str, str]]:
+    """(field, text) of what a built record's model reads and writes: each message, else prompt and completion."""
+    if "messages" in record:
+        return [(f"messages[{n}].content", m["content"]) for n, m in enumerate(record["messages"])]
+    return [(name, record[name]) for name in ("prompt", "completion") if isinstance(record.get(name), str)]
+
+
+def special_strings(texts: Iterable[str], tokens: Sequence[str] | None = None) -> Counter:
+    """How often each special-token string occurs in `texts`: a tokenizer's own (`tokens`), or anything
+    spelt like one (`SPECIAL_LIKE`)."""
+    if tokens is not None and not tokens:
+        return Counter()
+    pattern = _any_of(tuple(tokens)) if tokens else SPECIAL_LIKE
+    return Counter(m.group() for text in texts for m in pattern.finditer(text))
+
+
+def special_note(counts: dict[str, dict[str, int]]) -> str | None:
+    """A line for `data build` and `data inspect` on the special-token strings found, per file (None: none)."""
+    if not counts:
+        return None
+    found = "; ".join(f"{file}: " + ", ".join(f"{s} x{n}" for s, n in c.items()) for file, c in counts.items())
+    return (f"warning: content holds special-token strings ({found}); training reads them as the plain text they "
+            "are, never as control tokens (data.special_tokens_in_content: refuse stops at them instead)")
+
+
+@lru_cache(maxsize=16)
+def _any_of(strings: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(map(re.escape, sorted(strings, key=len, reverse=True))))

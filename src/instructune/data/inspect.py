@@ -4,7 +4,8 @@ Every record of a split is encoded exactly as training encodes it (`tokenize.enc
 chat template, `train_on`, `max_length`), so the counts are the run's own: tokens, trained tokens,
 examples cut after their last fitting turn, examples dropped. The first `n` examples are shown
 token by token, trained tokens highlighted (colour in a terminal, [[ ]] markers when piped, a
-highlighted span in HTML).
+highlighted span in HTML). Special-token strings in the records' content are counted and reported:
+training reads them as plain text, which the tokens shown make visible.
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from instructune.data import chat, formats
 from instructune.data.tokenize import IGNORE_INDEX, encode_records
 
 GREEN, GREY, RESET = "\x1b[30;42m", "\x1b[2m", "\x1b[0m"
 
 
-def inspect(tok: Any, records: list[dict], max_length: int, train_on: str = "all_assistant",
-            n: int = 3) -> dict[str, Any]:
-    """Counts over every record, and the first `n` examples as (token text, trained) pairs."""
-    examples, dropped = encode_records(records, tok, max_length, train_on)
-    return of_examples(tok, examples, dropped, n, records=len(records))
+def inspect(tok: Any, records: list[dict], max_length: int, train_on: str = "all_assistant", n: int = 3,
+            source: str = "the records", special_tokens: str = "text") -> dict[str, Any]:
+    """Counts over every record, and the first `n` examples as (token text, trained) pairs; special-token
+    strings found in the content of `source` (a file), counted."""
+    examples, dropped = encode_records(records, tok, max_length, train_on, special_tokens)
+    report = of_examples(tok, examples, dropped, n, records=len(records))
+    found = formats.special_strings((text for r in records for _, text in formats.contents(r)),
+                                    chat.control_tokens(tok))
+    report["special_tokens"] = {source: dict(sorted(found.items()))} if found else {}
+    return report
 
 
 def of_examples(tok: Any, examples: list[dict], dropped: int, n: int = 3, records: int | None = None) -> dict[str, Any]:
@@ -58,7 +65,8 @@ def to_text(report: dict[str, Any], colour: bool) -> str:
         lines.append(f"--- {e['id']}: {len(e['tokens'])} tokens, {n_trained} trained" + (" (cut)" if e["cut"] else ""))
         lines.append(_coloured(e["tokens"]) if colour else _marked(e["tokens"]))
     lines.append(summary(report["totals"]))
-    return "\n".join(lines)
+    note = formats.special_note(report.get("special_tokens") or {})
+    return "\n".join(lines + ([note] if note else []))
 
 
 def _coloured(tokens: list[list]) -> str:
@@ -83,6 +91,8 @@ def to_html(report: dict[str, Any]) -> str:
     """The examples as an HTML fragment: each token a span, trained ones highlighted; a title on each
     token gives its position."""
     parts = [f"<p class='inspect-summary'>{html.escape(summary(report['totals']))}</p>"]
+    if note := formats.special_note(report.get("special_tokens") or {}):
+        parts.append(f"<p class='inspect-warning'>{html.escape(note)}</p>")
     for e in report["examples"]:
         spans = "".join(f"<span class='tok{' trained' if t else ''}' title='{k}'>{html.escape(text)}</span>"
                         for k, (text, t) in enumerate(e["tokens"]))

@@ -244,7 +244,7 @@ def task_names(sources: Sequence[str]) -> list[str]:
 
 def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int, data_seed: int,
                   fractions: Sequence[float], train_limit: int | None = None,
-                  train_on: str = "all_assistant") -> Mixture:
+                  train_on: str = "all_assistant", special_tokens: str = "text") -> Mixture:
     """Load, split and encode every task, and a sampler over their train examples.
 
     `data_seed` seeds each task's train/validation/test split; `seed` seeds the draws and the subset
@@ -261,7 +261,7 @@ def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int
                   for s in ("train", "validation", "test")}
         pool: dict[str, list[int]] = {tid: [] for tid in templates}
         encoded, mix.dropped[name] = encode_records(subset(splits["train"], train_limit, seed), tokenizer, max_length,
-                                                    train_on)
+                                                    train_on, special_tokens)
         for e in encoded:
             pool[e["template"]].append(len(examples))
             examples.append({**e, "task": name})

@@ -86,6 +86,13 @@ class Template:
             used.add(self.label_field)
         return sorted(used - CONTEXT_NAMES)
 
+    def label_hint(self) -> str:
+        """Where a classification template reads its label, and how to point it at another column."""
+        if self.task != "classification":
+            return ""
+        return (f"; the label is read from field '{self.label_field}', the template's `label_field`: if your "
+                f"labels are in another column, set `label_field: COLUMN` in template '{self.id}'")
+
     def label_of(self, row: dict) -> str | None:
         """The row's class label as a string (keys of `choices` are strings), or None."""
         if self.task != "classification" or row.get(self.label_field) is None:
@@ -99,7 +106,8 @@ class Template:
             if bad:  # a null would render as the word "None": as wrong as a missing field
                 names = ", ".join(f"'{f}'" for f in bad)
                 raise RowError(f"field{'s' * (len(bad) > 1)} {names} used by template '{self.id}' "
-                               f"{'are' if len(bad) > 1 else 'is'} {what}; fields present: {', '.join(row)}",
+                               f"{'are' if len(bad) > 1 else 'is'} {what}; fields present: {', '.join(row)}"
+                               f"{self.label_hint() if self.label_field in bad else ''}",
                                kind=f"{what} field {names} (template {self.id})")
         context = {**row, "choices": self.choices or {}}
         if self.task == "classification":
@@ -137,6 +145,24 @@ class Template:
         if self.format == "template":
             del out["format"]  # templated datasets keep the cache keys they had before formats existed
         return out
+
+
+def check_fields(templates: list[Template], rows: list[dict], source: str) -> None:
+    """Refuse, once, a field that templates use and no row has: a column the source names otherwise
+    (labels in a `sentiment` column, say), which would fail every row alike. A field only some rows
+    lack stays a per-row error (`Template.render`, which `--skip-bad` can count)."""
+    present = dict.fromkeys(k for row in rows for k in row)  # in the source's order (a CSV's header)
+    problems = []
+    for t in templates:
+        if t.format != "template":
+            continue
+        absent = [f for f in t.fields() if f not in present]
+        if absent:
+            names = ", ".join(f"'{f}'" for f in absent)
+            problems.append(f"field{'s' * (len(absent) > 1)} {names} used by template '{t.id}' "
+                            f"{'are' if len(absent) > 1 else 'is'} in no row; fields present: "
+                            f"{', '.join(present)}{t.label_hint() if t.label_field in absent else ''}")
+    collect(problems, f"{source} lacks fields its templates use")
 
 
 # --- Jinja environment: sandboxed, strict, with a few text filters -------------------------------

@@ -10,15 +10,15 @@ running to `max_new_tokens` and cutting afterwards.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
+
+from instructune.progress import Progress
 
 MAX_BATCH_TOKENS = 8192
 """Padded tokens one scoring or generation batch may hold: a batch of long conversations is split
@@ -28,11 +28,10 @@ MAX_BATCH_TOKENS = 8192
 def batches(items: list[Any], size: int, desc: str | None = None, lengths: list[int] | None = None,
             max_tokens: int | None = None) -> Iterator[list[Any]]:
     """`items` in slices of at most `size`, and with `lengths` (one per item) of at most `max_tokens`
-    padded tokens; with `desc`, a progress bar on stderr (examples, rate, ETA) that shows only in a
-    terminal and only when the work lasts (a bar for a second's work never appears)."""
+    padded tokens; with `desc`, its progress: a bar in a terminal once the work lasts 2 s, a status
+    line elsewhere whenever nothing was printed for a few seconds (`instructune.progress`)."""
     max_tokens = max_tokens or MAX_BATCH_TOKENS
-    with tqdm(total=len(items), desc=desc, unit="ex", disable=None if desc else True, leave=False,
-              mininterval=1.0, delay=2.0, file=sys.stderr, dynamic_ncols=True) as bar:
+    with Progress(len(items), desc) if desc else contextlib.nullcontext() as bar:
         i = 0
         while i < len(items):
             n = min(size, len(items) - i)
@@ -41,7 +40,8 @@ def batches(items: list[Any], size: int, desc: str | None = None, lengths: list[
                 while n < size and i + n < len(items) and (n + 1) * max(width, lengths[i + n]) <= max_tokens:
                     width, n = max(width, lengths[i + n]), n + 1
             yield items[i:i + n]
-            bar.update(n)
+            if bar is not None:
+                bar.update(n)
             i += n
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from instructune.adapters.registry import adapters_root, resolve_adapter
 from instructune.data.formats import CONVERSATIONS
 from instructune.data.task import DEFAULT_FRACTIONS, SplitSpec, TaskSpec, dataset, load_split
 from instructune.data.task import templates as task_templates
@@ -38,6 +39,7 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str | 
     and the templates its dataset was built with (`built_with`, default this template alone, since
     the templates decide the stratifying label), so the test rows are the ones that run held out.
     Without `template`, the dataset's only one (a data format's, like `alpaca`) is scored."""
+    folders = [resolve_adapter(a) for a in adapters]  # a name, a folder or a run: a typo fails at once
     # --- data and template
     if template in CONVERSATIONS or template == "text":  # a format named as its template
         data_format, template = template, None
@@ -63,7 +65,7 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str | 
 
     # --- every setting on the same examples
     results = []
-    for label, model, tok in _settings(models, adapters):
+    for label, model, tok in _settings(models, folders):
         for k in shots:
             log(f"evaluating {label}, {k}-shot, {min(limit or len(records), len(records))} examples")
             res = evaluate_records(model(), tok, records, task=t.task, choices=t.choices, metrics=t.metrics,
@@ -79,25 +81,29 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str | 
     return report
 
 
-def _settings(models: list[str], adapters: list[str]) -> Any:
-    """(label, model getter, tokenizer) per model, then per adapter on the first model (base loaded once)."""
+def _settings(models: list[str], adapters: list[Path]) -> Any:
+    """(label, model getter, tokenizer) per model, then per adapter folder on the first model (base loaded
+    once)."""
     for i, name in enumerate(models):
         model, tok = load_model(name)
         if i > 0 or not adapters:
             yield name, (lambda m=model: m), tok
             continue
-        names = []
-        for j, path in enumerate(adapters):
+        for j, folder in enumerate(adapters):
             if j == 0:
-                model = attach_adapter(model, path, name=f"a{j}")
+                model = attach_adapter(model, str(folder), name=f"a{j}")
             else:
-                model.load_adapter(path, adapter_name=f"a{j}")
-            names.append(f"a{j}")
+                model.load_adapter(str(folder), adapter_name=f"a{j}")
         with model.disable_adapter():  # the base itself, no second copy in memory
             yield name, (lambda m=model: m), tok
-        for j, path in enumerate(adapters):
-            model.set_adapter(names[j])
-            yield f"{name} + {Path(path).parent.name}/{Path(path).name}", (lambda m=model: m), tok
+        for j, folder in enumerate(adapters):
+            model.set_adapter(f"a{j}")
+            yield f"{name} + {_adapter_label(folder)}", (lambda m=model: m), tok
+
+
+def _adapter_label(folder: Path) -> str:
+    """A registered adapter by its name; a folder by its last two parts (`lora/adapter`)."""
+    return folder.name if folder.parent == adapters_root() else f"{folder.parent.name}/{folder.name}"
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:

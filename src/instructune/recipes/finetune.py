@@ -21,6 +21,7 @@ from instructune.adapters.registry import register_adapter
 from instructune.config import to_dict
 from instructune.data import chat
 from instructune.errors import InstructuneError
+from instructune.evaluation.metrics import HEADLINE
 from instructune.forgetting.suite import RetentionSuite
 from instructune.methods import METHODS, count_parameters
 from instructune.models import load_model, resolve_model
@@ -104,7 +105,7 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
     try:
         state, reason = train_loop(model, optimizer, scheduler, engine, data.train, tok.pad_token_id,
                                    _loop_settings(cfg, total_steps, data.sha256), out, validate, data.plan,
-                                   regularizers, data.replay, state, observe,
+                                   regularizers, data.replay, state, _shown(observe, log),
                                    monitor and (lambda m: _measured(monitor, m, engine)))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         raise _out_of_memory(e, cfg, precision.precision) from None
@@ -117,8 +118,7 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
 
     # --- the best weights on the test split; save
     validation = _best_weights(model, out, state, validate)
-    with engine.autocast():
-        test = data.test_scores(model)
+    test = _tested(data, model, engine, log)
     metrics = {"method": cfg.method.name, "model": cfg.model, "stopped": reason, "steps": state.step,
                "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
                "validation": validation, "test": test, "attention": kernel, "precision": precision.as_dict(),
@@ -126,12 +126,38 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
                "selection": _selection(cfg, validation, state)}
     run_dir.save_output(model, tok, out, cfg.method.peft)
     if engine.is_main_process:
-        run_dir.write_json(out / "metrics.json", metrics)
-        if cfg.register_as and cfg.method.peft:
-            register_adapter(cfg.register_as, out / "adapter", task=", ".join(data.tasks))
-        log(f"done: {out} (test {json.dumps({k: round(v, 4) for k, v in test.items() if isinstance(v, float)})})")
+        _publish(cfg, out, metrics, data.tasks, log)
     engine.end_training()
     return TrainResult(metrics, model, tok)
+
+
+def _tested(data: RunData, model: Any, engine: Any, log: Any) -> dict[str, Any]:
+    """The test scores of `model`, after a line saying what is scored (it takes a while)."""
+    if data.test_examples:
+        log(f"scoring the best validated weights on {data.test_examples} test examples")
+    with engine.autocast():
+        return data.test_scores(model)
+
+
+def _publish(cfg: TrainConfig, out: Path, metrics: dict[str, Any], tasks: list[str], log: Any) -> None:
+    """Write metrics.json, register the adapter when asked (saying so), and print the test scores."""
+    run_dir.write_json(out / "metrics.json", metrics)
+    if cfg.register_as and cfg.method.peft:
+        folder = register_adapter(cfg.register_as, out / "adapter", task=", ".join(tasks))
+        log(f"registered adapter '{cfg.register_as}' in {folder}: use it by name, as in `instructune eval --run "
+            f"{out} --adapter {cfg.register_as}` or `instructune serve --adapters {cfg.register_as}`")
+    test = {k: round(v, 4) for k, v in metrics["test"].items() if isinstance(v, float)}
+    log(f"done: {out} (test {json.dumps(test)})")
+
+
+def _shown(observe: Any, log: Any) -> Any:
+    """`observe(step, scores)` (a search's pruning hook, or None) behind a line printing each validation."""
+    def seen(step: int, scores: dict[str, Any]) -> None:
+        shown = [k for k in ("loss", *HEADLINE) if isinstance(scores.get(k), (int, float))]
+        log(f"validation, step {step}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in shown))
+        if observe is not None:
+            observe(step, scores)
+    return seen
 
 
 def _model_and_method(cfg: TrainConfig, device: str, log: Any) -> tuple[Any, Any, str]:

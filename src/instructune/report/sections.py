@@ -173,18 +173,20 @@ def _setting_label(r: dict[str, Any]) -> str:
 
 def test_table(runs: list[TrainingRun]) -> Table:
     keys = score_keys([r.metrics["test"] for r in runs], extra=("loss",))
-    cols = ["run", "method", "model", "steps", *keys]
+    cols = ["run", "method", "model", "steps", "n", *keys]
     rows = [[Cell(r.label), Cell(str(r.metrics.get("method", ""))), Cell(str(r.metrics.get("model", ""))),
-             Cell(num(r.metrics.get("steps"))), *[Cell(num(r.metrics["test"].get(k))) for k in keys]]
-            for r in runs]
+             Cell(num(r.metrics.get("steps"))), Cell(num(r.metrics.get("test_examples"))),
+             *[Cell(num(r.metrics["test"].get(k))) for k in keys]] for r in runs]
     return Table(cols, [c not in ("run", "method", "model") for c in cols], rows,
                  title="Fine-tuned runs: test split (metrics.json)",
-                 note="Scored by the training run on its own test subset (the best-validation weights); "
-                      "a mean over templates when a run has several.")
+                 note="Scored by the training run on its own test subset of n examples (the best-validation "
+                      "weights; a mean over templates when a run has several). An evaluation's table above "
+                      "scores its own seeded subset, so the two numbers for one run can differ.")
 
 
 def highlight_cards(evals: list[EvalRun], tested: list[TrainingRun]) -> list[Card]:
-    """The headline score of the base model at zero shots, its best few-shot, and the best tuned setting."""
+    """The headline score of the base model at zero shots, its best few-shot, and the best tuned setting,
+    each saying which examples it is on (an evaluation's subset is not a run's own test split)."""
     cards: list[Card] = []
     for ev in evals[:2]:
         results = ev.data["results"]
@@ -200,13 +202,28 @@ def highlight_cards(evals: list[EvalRun], tested: list[TrainingRun]) -> list[Car
                             ("tuned", "best fine-tuned")):
             if kind in by_kind:
                 best = max(by_kind[kind], key=lambda r: r["metrics"][key])
-                cards.append(Card(f"{key} \u00b7 {label}", num(best["metrics"][key]), _setting_label(best), kind))
+                cards.append(Card(f"{key} \u00b7 {label}", num(best["metrics"][key]),
+                                  f"{_setting_label(best)}; {_examples_of(ev, best)}", kind))
     if not cards:
         for r in tested[:4]:
             keys = score_keys([r.metrics["test"]], extra=("loss",))
             if keys:
-                cards.append(Card(f"test {keys[0]}", num(r.metrics["test"][keys[0]]), r.label, "tuned"))
+                cards.append(Card(f"test {keys[0]}", num(r.metrics["test"][keys[0]]),
+                                  f"{r.label}; {_run_test_examples(r)}", "tuned"))
     return cards[:6]
+
+
+def _examples_of(ev: EvalRun, result: dict[str, Any]) -> str:
+    """Which examples an evaluation's score is on: its own seeded subset of a split."""
+    n, split = (result.get("settings") or {}).get("n"), ev.data.get("split", "test")
+    return (f"{num(n)} {split} examples picked by the evaluation ({ev.label}/eval.json); a run's own test score "
+            "uses its own subset")
+
+
+def _run_test_examples(run: TrainingRun) -> str:
+    """Which examples a run's own test score is on."""
+    n = run.metrics.get("test_examples")
+    return f"the run's own test split ({num(n)} examples, metrics.json)" if n else "the run's own test split"
 
 
 # ----------------------------------------------------------------------------- loss curves

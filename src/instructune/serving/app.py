@@ -11,6 +11,10 @@ run `model.generate` in a thread feeding a `TextIteratorStreamer`, sent as serve
 events in OpenAI's chunk format and closed by `data: [DONE]`. Errors use OpenAI's body,
 `{"error": {"message", "type", "param", "code"}}`: an unknown model is a 404, a request
 over the limits or malformed a 400, too many at once a 429.
+
+A chat request is rendered with its model's own chat template (an adapter's saved one, else the
+base's); a role must be one that template knows (400 naming `messages[i].role` otherwise), and
+message content is text: a special-token string in it is never a control token.
 """
 
 from __future__ import annotations
@@ -19,18 +23,19 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
-from instructune.serving.generation import Batcher, Gate, stream
+from instructune.serving.generation import Batcher, Cancel, Gate
 from instructune.serving.hotswap import AdapterSet
 from instructune.serving.protocol import (
     APIError,
@@ -40,6 +45,7 @@ from instructune.serving.protocol import (
     Message,
     Params,
     RequestBase,
+    chat_roles,
 )
 
 
@@ -91,7 +97,8 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
     async def chat(req: ChatRequest) -> Any:
         adapter = _adapter_for(ctx, req.model)
         _check_chars(ctx, sum(len(m.text()) for m in req.messages), "messages")
-        text = await asyncio.to_thread(_chat_prompt, ctx, req.messages)  # templating and tokenizing: off the loop
+        # templating and tokenizing: off the loop
+        text = await asyncio.to_thread(_chat_prompt, ctx, req.messages, adapter)
         return await _respond(ctx, req, [text], adapter, req.max_completion_tokens or req.max_tokens, chat=True)
 
     @app.post("/v1/completions")
@@ -176,14 +183,20 @@ def _adapter_for(ctx: _Context, model: str) -> str | None:
                         "(GET /v1/models).", code="model_not_found", param="model")
 
 
-def _chat_prompt(ctx: _Context, messages: list[Message]) -> str:
-    tok = ctx.aset.tokenizer
-    if not getattr(tok, "chat_template", None):
-        raise APIError(400, f"the model '{ctx.aset.base_name}' has no chat template; use POST /v1/completions "
-                            "with a raw prompt instead.", code="no_chat_template", param="messages")
+def _chat_prompt(ctx: _Context, messages: list[Message], adapter: str | None) -> str:
+    """The prompt as `adapter` reads it (its own saved chat template, else the base's); every role is one the
+    template knows, and content stays text (`AdapterSet.chat_prompt`)."""
+    template = ctx.aset.chat_template(adapter)
+    if not template:
+        raise APIError(400, f"the model '{adapter or ctx.aset.base_name}' has no chat template; use POST "
+                            "/v1/completions with a raw prompt instead.", code="no_chat_template", param="messages")
+    roles = chat_roles(template)
+    for i, m in enumerate(messages):
+        if m.role not in roles:
+            raise APIError(400, f"messages[{i}].role is {m.role!r}; a role is one of {', '.join(roles)}: send one "
+                                "of them (the text goes in content).", code="invalid_role", param=f"messages[{i}].role")
     try:
-        return tok.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages], tokenize=False,
-                                       add_generation_prompt=True)
+        return ctx.aset.chat_prompt([{"role": m.role, "content": m.text()} for m in messages], adapter)
     except Exception as e:  # the template's own checks (roles, order) raise jinja errors
         raise APIError(400, f"the chat template rejected these messages: {e}", param="messages") from None
 
@@ -196,7 +209,7 @@ def _params(ctx: _Context, req: RequestBase, texts: list[str], max_tokens: int |
         raise APIError(400, f"max_tokens {max_tokens} is over this server's limit of {lim.max_tokens}; ask for at "
                             f"most {lim.max_tokens} (or start the server with a higher --max-tokens).",
                        code="max_tokens_exceeded", param="max_tokens")
-    counts = [len(ids) for ids in ctx.aset.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    counts = [len(ids) for ids in ctx.aset.encode(texts)]
     context = getattr(ctx.aset.base_model.config, "max_position_embeddings", None) or 10**9
     for n in counts:
         if n > lim.max_prompt_tokens or n + max_tokens > context:
@@ -222,8 +235,10 @@ async def _respond(ctx: _Context, req: RequestBase, texts: list[str], adapter: s
             "model": req.model}
     if req.stream:
         # released by the stream's end, or after the response if the stream never started
-        events = _sse(ctx, req, head, texts, adapter, params, sum(counts), chat, release)
-        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(release))
+        cancel = Cancel()  # set when the client goes: a prompt still in line leaves it, a running one stops
+        events = _sse(ctx, req, head, texts, adapter, params, sum(counts), chat, release, cancel)
+        return StreamingResponse(_until_gone(events, cancel), media_type="text/event-stream",
+                                 background=BackgroundTask(release))
     try:
         futures = [ctx.batcher.submit(text, adapter, params) for text in texts]
         choices = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
@@ -242,7 +257,7 @@ async def _respond(ctx: _Context, req: RequestBase, texts: list[str], adapter: s
 
 
 def _sse(ctx: _Context, req: RequestBase, head: dict[str, Any], texts: list[str], adapter: str | None, params: Params,
-         prompt_tokens: int, chat: bool, release: Callable[[], None]) -> Iterator[str]:
+         prompt_tokens: int, chat: bool, release: Callable[[], None], cancel: Cancel) -> Iterator[str]:
     """Server-sent events: one chunk per text delta, a last chunk with finish_reason per prompt, then [DONE]."""
     head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
 
@@ -259,7 +274,7 @@ def _sse(ctx: _Context, req: RequestBase, head: dict[str, Any], texts: list[str]
         for i, text in enumerate(texts):
             if chat:
                 yield chunk(i, None, None, role=True)
-            for delta, reason, n in stream(ctx.aset, text, adapter, params):
+            for delta, reason, n in ctx.batcher.stream(text, adapter, params, cancel):
                 if delta or reason:
                     yield chunk(i, delta, reason)
                 completion_tokens += n or 0
@@ -270,6 +285,17 @@ def _sse(ctx: _Context, req: RequestBase, head: dict[str, Any], texts: list[str]
     finally:
         release()
     yield "data: [DONE]\n\n"
+
+
+async def _until_gone(events: Iterator[str], cancel: Cancel) -> AsyncIterator[str]:
+    """`events`, each read in a worker thread. When the client goes, starlette cancels this at once (the read
+    in flight is left to finish in its thread, not awaited) and `cancel` is set: a prompt still waiting for
+    the model leaves the line without a prefill, a running one stops at its next token."""
+    try:
+        while (event := await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)) is not None:
+            yield event
+    finally:
+        cancel.set()
 
 
 def _event(obj: dict[str, Any]) -> str:

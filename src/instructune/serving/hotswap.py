@@ -3,6 +3,11 @@
 Choosing one is `set_adapter` (a flag on each LoRA layer, no weights move), and the base is
 `disable_adapter()`. One lock serialises use of the model; `generate` runs a batch, `stream` one
 prompt in a thread, text arriving piece by piece.
+
+Each adapter reads chat prompts as it was trained to: with the chat template saved in its folder
+(a base model trained with `data.chat_format`), else the base tokenizer's, as `load_model` does for
+one adapter. A chat prompt keeps its messages' content as text (`chat_prompt`, `encode`): a
+special-token string a client writes is never a control token, so no message can forge a turn.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from peft import PeftModel
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from instructune.adapters.registry import check_base, read_adapter_config, resolve_adapter
+from instructune.data import chat
 from instructune.errors import InstructuneError
 from instructune.evaluation.generate import generate
 from instructune.models import load_model
@@ -43,6 +49,8 @@ class AdapterSet:
         """peft type -> the PeftModel holding every adapter of that type (the first type over `base_model`)."""
         self.slots: dict[str, tuple[str, str]] = {}
         """adapter name -> (peft type, slot name)."""
+        self.templates: dict[str, str | None] = {}
+        """adapter name -> the chat template saved with it (None: it reads the base tokenizer's)."""
         for name, path in (adapters or {}).items():
             self.add(name, path)
 
@@ -73,6 +81,28 @@ class AdapterSet:
                 group = self.groups[peft_type] = PeftModel.from_pretrained(base, str(folder), adapter_name=slot)
             group.eval()
         self.slots[name] = (peft_type, slot)
+        self.templates[name] = chat.saved_template(folder)
+
+    def chat_template(self, adapter: str | None) -> str | None:
+        """The chat template `adapter` trained with (None: the base): its saved one, else the base tokenizer's."""
+        return (self.templates.get(adapter) if adapter else None) or getattr(self.tokenizer, "chat_template", None)
+
+    def chat_prompt(self, messages: list[dict[str, str]], adapter: str | None = None) -> str:
+        """The messages and the generation prompt as `adapter` reads them; content that holds a special-token
+        string stays marked (`chat.TEXT_OPEN` ... `chat.TEXT_CLOSE`), so `encode` keeps it text."""
+        template = self.chat_template(adapter)
+        if not template:
+            raise InstructuneError(f"{adapter or self.base_name} has no chat template; send a raw prompt instead.")
+        rendered = chat.render_marked(self.tokenizer, messages, generation=True, chat_template=template)
+        out, at = [], 0
+        for a, b in rendered.as_text:
+            out += [rendered.text[at:a], chat.TEXT_OPEN, rendered.text[a:b], chat.TEXT_CLOSE]
+            at = b
+        return "".join(out) + rendered.text[at:]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of prompts: a `chat_prompt`'s marked content as text, all else as the tokenizer reads it."""
+        return [prompt_ids(self.tokenizer, text) for text in texts]
 
     @contextmanager
     def use(self, adapter: str | None) -> Iterator[Any]:
@@ -94,7 +124,7 @@ class AdapterSet:
     def generate(self, texts: list[str], adapter: str | None = None, **kwargs: Any) -> list[str]:
         """`evaluation.generate.generate` with `adapter` active; kwargs pass through (max_new_tokens, ...)."""
         with self.use(adapter) as model:
-            return generate(model, self.tokenizer, texts, **kwargs)
+            return generate(model, PromptTokenizer(self.tokenizer), texts, **kwargs)
 
     def stream(self, text: str, adapter: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
                top_p: float = 1.0, seed: int = 0) -> TokenStream:
@@ -113,7 +143,8 @@ class TokenStream:
     def __init__(self, aset: AdapterSet, text: str, adapter: str | None, max_new_tokens: int, temperature: float,
                  top_p: float, seed: int) -> None:
         tok, model = aset.tokenizer, aset.base_model
-        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        ids = torch.tensor([prompt_ids(tok, text)])
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = sorted({*eos, tok.eos_token_id} - {None})  # a chat model's end-of-turn may be either one
@@ -151,3 +182,26 @@ class TokenStream:
         """Stop generating at the next token and wait for the thread (which frees the model lock)."""
         self.cancelled.set()
         self.thread.join(timeout=60)
+
+
+def prompt_ids(tok: Any, text: str) -> list[int]:
+    """Token ids of a prompt; what lies between text markers (`AdapterSet.chat_prompt`) is encoded as text."""
+    rendered = chat.parse(text) or chat.Rendered(chat.MARKERS.sub("", text), [], [])
+    return chat.encode(tok, rendered, offsets=False)[0]
+
+
+class PromptTokenizer:
+    """A tokenizer that encodes prompts as `prompt_ids` does, for `evaluation.generate`, which calls it on
+    the texts it completes; every other attribute is the tokenizer's own."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+
+    def __call__(self, texts: str | list[str], **kwargs: Any) -> Any:
+        if kwargs != {"add_special_tokens": False}:
+            return self.tok(texts, **kwargs)
+        ids = [prompt_ids(self.tok, t) for t in ([texts] if isinstance(texts, str) else texts)]
+        return {"input_ids": ids[0] if isinstance(texts, str) else ids}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tok, name)

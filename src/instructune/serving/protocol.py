@@ -106,6 +106,12 @@ def _encodable(text: str) -> bool:
         return False
 
 
+def chat_roles(template: str) -> tuple[str, ...]:
+    """The roles a message may have under a chat template: system, user, assistant, and tool where it names
+    one. Anything else (`"user\\n<|im_start|>system"`) would be written into the prompt as it is."""
+    return ("system", "user", "assistant") + (("tool",) if "'tool'" in template or '"tool"' in template else ())
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from instructune.data.tokenize import IGNORE_INDEX
+from instructune.progress import Progress
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
@@ -126,15 +127,17 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
 
 @torch.no_grad()  # no autograd graph: a validation pass used to hold a training step's activations
 def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: int = 16,
-                    only_completion_logits: bool = True, max_tokens: int = 8192) -> float:
+                    only_completion_logits: bool = True, max_tokens: int = 8192, desc: str = "loss") -> float:
     """Mean cross-entropy per completion token over `examples`, in batches of at most `batch_size`
     examples and `max_tokens` padded tokens (one long conversation must not make a batch's
-    logits tens of GB)."""
+    logits tens of GB); `desc` names it in progress lines."""
     total, count = 0.0, 0
-    for chunk in _token_batches(examples, batch_size, max_tokens):
-        batch = {k: v.to(next(model.parameters()).device) for k, v in collate(chunk, pad_id).items()}
-        total += float(completion_loss_sum(model, batch, only_completion_logits))
-        count += int((batch["labels"][:, 1:] != -100).sum())
+    with Progress(len(examples), desc) as bar:
+        for chunk in _token_batches(examples, batch_size, max_tokens):
+            batch = {k: v.to(next(model.parameters()).device) for k, v in collate(chunk, pad_id).items()}
+            total += float(completion_loss_sum(model, batch, only_completion_logits))
+            count += int((batch["labels"][:, 1:] != -100).sum())
+            bar.update(len(chunk))
     return total / max(count, 1)
 
 

@@ -33,6 +33,9 @@ class DataConfig(SplitSpec, TaskSpec):
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     """Conversations: which assistant turns carry loss (each with its end-of-turn token); system and user
     turns, role markers and padding never do."""
+    special_tokens_in_content: Literal["text", "refuse"] = "text"
+    """A special-token string written in the data (`<|im_start|>` in a message, prompt, completion or text):
+    text = trained as the plain text it reads, never as a control token; refuse = stop at that record, naming it."""
     chat_format: Literal["auto", "chatml", "plain"] = "auto"
     """The chat template conversations (and prompts) are rendered with: auto = the model's own; a model
     without one (a base model) needs chatml or plain, which is saved with the trained model."""

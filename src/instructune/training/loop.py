@@ -136,7 +136,8 @@ class _Run:
         t0 = time.perf_counter()
         batches = [_rank_share(collate(_with_replay(self.train, idx, self.replay, s, pos), self.pad_id), acc)
                    for pos, (epoch, idx) in window]
-        n_tokens = acc.reduce(torch.tensor(sum(int((b["labels"] != -100).sum()) for b in batches),
+        # the tokens the loss predicts: a row's first label never is (plain text trains its first token's label)
+        n_tokens = acc.reduce(torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
                                            device=acc.device), "sum").item()
         loss_sum = _accumulate(self.model, batches, acc, n_tokens, self.regularizers, s)
         if not self._apply(loss_sum):

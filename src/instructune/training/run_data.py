@@ -55,6 +55,8 @@ class RunData:
     """The single task's source as it is named in results (a pack's name, a file's stem)."""
     train_on: str = "all_assistant"
     """Conversations: which assistant turns carry loss (validation loss counts the same ones)."""
+    special_tokens: str = "text"
+    """Special-token strings in the data: text, or refuse (`data.special_tokens_in_content`)."""
     packed_from: int = 0
     """With packing: how many examples the rows of `train` hold."""
     max_length: int = 256
@@ -106,11 +108,12 @@ class RunData:
         keep = []
         for k in cfg.keep:
             rows = subset(load_split(k.task_spec(), d.split_spec(), "train"), k.limit, cfg.seed)
-            keep += encode_records(rows, tok, d.max_length, d.train_on)[0]
+            keep += encode_records(rows, tok, d.max_length, d.train_on, d.special_tokens_in_content)[0]
         return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.batch_size, plan=plan,
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
                    replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
-                   source_name=task_names([d.source])[0], train_on=d.train_on, packed_from=packed_from,
+                   source_name=task_names([d.source])[0], train_on=d.train_on,
+                   special_tokens=d.special_tokens_in_content, packed_from=packed_from,
                    max_length=d.max_length, view=view)
 
     @property
@@ -134,8 +137,8 @@ class RunData:
     def summary(self) -> dict[str, Any]:
         """What metrics.json records about the data."""
         return {"train_examples": self.packed_from or len(self.train), "dropped_examples": self.dropped,
-                "padding_fraction": self.padding, "templates": self.template_ids, "task": self.task,
-                "tasks": self.tasks, "packed_rows": len(self.train) if self.packed_from else None,
+                "test_examples": self.test_examples, "padding_fraction": self.padding, "templates": self.template_ids,
+                "task": self.task, "tasks": self.tasks, "packed_rows": len(self.train) if self.packed_from else None,
                 "chat_template_sha256": chat.template_sha256(self.tok) if self.conversations else None,
                 "train_on": self.train_on if self.conversations else None,
                 "mixture_epoch0": self.realised(0) if self.realised else None}
@@ -147,18 +150,25 @@ class RunData:
 
     def validate(self, model: Any) -> dict[str, Any]:
         """Validation loss and every task's metric on the fixed validation subsets."""
-        return self._scores(model, [(e, e.val) for e in self.evals])
+        return self._scores(model, [(e, e.val) for e in self.evals], "validation")
+
+    @property
+    def test_examples(self) -> int:
+        """Records `test_scores` scores, over every task."""
+        return sum(len(e.test) for e in self.evals)
 
     def test_scores(self, model: Any) -> dict[str, Any]:
         sets = [(e, e.test) for e in self.evals if e.test]
-        return self._scores(model, sets) if sets else {}
+        return self._scores(model, sets, "test") if sets else {}
 
-    def _scores(self, model: Any, sets: list[tuple[EvalSet, list[dict]]]) -> dict[str, Any]:
+    def _scores(self, model: Any, sets: list[tuple[EvalSet, list[dict]]], split: str) -> dict[str, Any]:
         """Loss over all records; each set's own metrics; their macro average at the top level."""
         records = [r for _, recs in sets for r in recs]
         # conversations are cut as in training (one can run to thousands of tokens); a template's prompt is whole
-        enc, _ = encode_records(records, self.tok, self.max_length if self.conversations else 10**6, self.train_on)
-        out: dict[str, Any] = {"loss": validation_loss(model, enc, self.tok.pad_token_id, self.batch_size)}
+        enc, _ = encode_records(records, self.tok, self.max_length if self.conversations else 10**6, self.train_on,
+                                self.special_tokens)
+        out: dict[str, Any] = {"loss": validation_loss(model, enc, self.tok.pad_token_id, self.batch_size,
+                                                       desc=f"{split} loss")}
         per: dict[str, dict[str, float]] = {}
         for e, recs in sets:
             t = e.template
@@ -199,7 +209,8 @@ def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
         if not splits[name]:
             raise InstructuneError(f"the {name} split of {d.source} is empty; use more data or change "
                                    "data.fractions.")
-    train, dropped = encode_records(subset(splits["train"], d.train_limit, cfg.seed), tok, d.max_length, d.train_on)
+    train, dropped = encode_records(subset(splits["train"], d.train_limit, cfg.seed), tok, d.max_length, d.train_on,
+                                    d.special_tokens_in_content)
     if not train:
         raise InstructuneError(f"no training example fits data.max_length={d.max_length}; raise it.")
     val, test = subset(splits["validation"], d.val_limit, cfg.seed), subset(splits["test"], d.test_limit, cfg.seed)
@@ -210,7 +221,8 @@ def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
 
 def _mixture(cfg: Any, tok: Any) -> tuple:
     d = cfg.data
-    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions, d.train_limit, d.train_on)
+    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions, d.train_limit, d.train_on,
+                        d.special_tokens_in_content)
     lengths = [len(e["input_ids"]) for e in mix.examples]
 
     def plan(epoch: int) -> list[list[int]]:
