@@ -42,6 +42,25 @@ def tiny_plain_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama with its own output layer, so it answers with text (a tied one only ever repeats the
+    last token: a newline): a distillation teacher."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from instructune.testing import tiny_tokenizer
+
+    tok, folder = tiny_tokenizer(True), tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                     ).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def real_home() -> Path:
     REAL_HOME.mkdir(parents=True, exist_ok=True)
     return REAL_HOME

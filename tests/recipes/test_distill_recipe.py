@@ -10,24 +10,6 @@ import pytest
 from instructune.cli import main
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random llama with its own output layer (a tied one only ever repeats the last token: a newline)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from instructune.testing import tiny_tokenizer
-
-    tok, folder = tiny_tokenizer(True), tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(1)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-                     ).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_the_teachers_answers_replace_the_references_and_the_file_trains(tmp_path: Path, tiny_model_dir: Path,
                                                                          teacher: Path,
                                                                          toy_tasks: tuple[Path, Path, Path]) -> None:

@@ -19,24 +19,6 @@ from instructune.cli import main
 CONVERSATIONS = 50
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny llama with its own output layer, so it answers with text (a tied one answers newlines only)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from instructune.testing import tiny_tokenizer
-
-    tok, folder = tiny_tokenizer(True), tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(1)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-                     ).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def conversations(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say a colour. ({i})"},
