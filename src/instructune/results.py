@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from instructune.data.packs import write_atomic
 from instructune.errors import InstructuneError
 
 SCHEMA = 1
@@ -120,8 +121,8 @@ def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, c
     full = {**head, **{k: v for k, v in result.items() if k not in head or v is not None},
             "tables": {**(parse_tables(markdown) if markdown_tables else {}), **result.get("tables", {})}}
     check(full, f"{stem}.json")
-    _atomic_write(out / f"{stem}.json", json.dumps(full, indent=2) + "\n")
-    _atomic_write(out / f"{stem}.md", markdown.rstrip("\n") + "\n")
+    write_atomic(out / f"{stem}.json", [json.dumps(full, indent=2) + "\n"])
+    write_atomic(out / f"{stem}.md", [markdown.rstrip("\n") + "\n"])
     print(markdown.rstrip("\n"))
     return out / f"{stem}.md"
 
@@ -129,12 +130,6 @@ def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, c
 def results_stem(stem: str, machine: dict[str, Any]) -> str:
     """A result's file name for the CPU class it ran on: `train_throughput_avx2`."""
     return f"{stem}_{machine['cpu_class'].lower()}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # --- reading and checking
@@ -237,7 +232,7 @@ def render(root: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
         new = render_doc(text, root, str(path.relative_to(root)))
         if new != text:
-            _atomic_write(path, new)
+            write_atomic(path, [new])
             changed.append(str(path.relative_to(root)))
     return changed
 

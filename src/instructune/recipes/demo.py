@@ -30,7 +30,13 @@ from instructune.data.templates import load_templates
 from instructune.hardware import cpu_model, machine_summary, resolve_precision, setup_threads, shapes_of
 from instructune.models import MODEL_PACKS, pack_dir, pull_model, resolve_model
 from instructune.recipes.evaluate import evaluate, print_table, write_outputs
-from instructune.recipes.forgetting import ForgettingConfig, forgetting, markdown_table, run_configs
+from instructune.recipes.forgetting import (
+    ForgettingConfig,
+    drop_cell,
+    forgetting,
+    markdown_table,
+    run_configs,
+)
 from instructune.report import build_report
 from instructune.results import machine_line, render_table, table, write_results
 from instructune.search.curve import bootstrap_interval
@@ -114,8 +120,7 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
 
     # --- side by side: base zero- and few-shot, then the tuned models, on one set of reviews
     log("[4/5] base and tuned models side by side")
-    runs = Path(fcfg.output_dir)
-    base_eval, tuned_eval = study_evaluations(cfg, fcfg, runs, few_eval)
+    base_eval, tuned_eval = study_evaluations(cfg, fcfg, result, few_eval)
     write_outputs(out / "eval-base", base_eval)
     write_outputs(out / "eval-tuned", tuned_eval)
     print_table({**base_eval, "results": base_eval["results"] + tuned_eval["results"][1:]})
@@ -132,20 +137,19 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     return paths["html"]
 
 
-def study_evaluations(cfg: DemoConfig, fcfg: ForgettingConfig, runs: Path,
+def study_evaluations(cfg: DemoConfig, fcfg: ForgettingConfig, study: dict[str, Any],
                       few_eval: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """eval.json reports of the base model (0-shot from the study's own scoring of the original, then
     few-shot) and of the tuned models (the study's scoring after each run): one set of reviews, scored once."""
     def row(setting: str, scores: dict[str, Any]) -> dict[str, Any]:
         return {"setting": setting, "shots": 0, **scores["target"]["evaluation"]}
 
-    original = json.loads((runs / "scores" / "original.json").read_text())["scores"]
+    original, runs = study["before"], Path(fcfg.output_dir)
     head = {"data": cfg.target, "dataset": str(_study_folders(fcfg)[0]), "template": cfg.template, "split": "test",
             "seed": cfg.seed, "mode": cfg.eval_mode, "dtype": original["target"]["evaluation"]["settings"]["dtype"]}
     base = {**head, "results": [row(cfg.model, original), *(few_eval["results"] if few_eval else [])]}
     tuned = [row(cfg.model, original)]  # the base kept beside them: answers side by side
-    for name in _cure_names(fcfg):
-        scores = json.loads((runs / "scores" / f"{name}.json").read_text())["scores"]
+    for name, scores in study["after"].items():
         adapter = runs / name / "adapter"
         label = f"{cfg.model} + {name}/adapter" if adapter.exists() else str(runs / name / "model")
         tuned.append(row(label, scores))
@@ -173,7 +177,7 @@ def write_demo_result(folder: Path, cfg: DemoConfig, study: dict[str, Any], base
               "tables": {"timing": timing, "phases": table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in phases.items()], "lr"),
                          "methods": _methods_table(study["cures"], base_eval["results"][0]["settings"]["n"]),
                          "evaluation": _evaluation_table(base_eval["results"] + tuned_eval["results"][1:]),
-                         "answers": _answers_table(study.get("answers") or _answers(cfg))}}
+                         "answers": _answers_table(study["answers"])}}
     command = "instructune demo" + (" --quick" if quick else "") + "".join(f" {o}" for o in overrides)
     lines = [f"# The demo ({machine_line({'machine': machine})})", ""]
     for name, t in result["tables"].items():
@@ -191,14 +195,10 @@ def _interval(mean: float, n: int) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _drop(m: dict[str, Any]) -> str:
-    return f"{m['drop']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
-
-
 def _methods_table(cures: list[dict[str, Any]], n: int) -> dict[str, Any]:
     keys = list(cures[0]["retention"]) if cures else []
     rows = [[c["cure"], f"{_interval(c['target_after'], n)} ({c['gain']:+.3f})",
-             *[_drop(c["retention"][k]) for k in keys],
+             *[drop_cell(c["retention"][k]) for k in keys],
              f"{c['mean_relative_drop']:+.1%}" if isinstance(c.get("mean_relative_drop"), (int, float)) else "",
              f"{c['wall_seconds']:.0f}" if c.get("wall_seconds") else "",
              f"{c['peak_memory_mb']:.0f}" if c.get("peak_memory_mb") else ""] for c in cures]
@@ -219,11 +219,6 @@ def _answers_table(answers: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     clip = lambda text: " ".join(str(text).split())[:90].replace("|", "\\|")  # noqa: E731
     return table(["reference", *[f"{n} model" if n == "original" else n for n in names]],
                  [[clip(r["reference"]), *[clip(r["answers"].get(n, "")) for n in names]] for r in rows])
-
-
-def _answers(cfg: DemoConfig) -> dict[str, Any]:
-    path = Path(cfg.output_dir) / "forgetting" / "forgetting.json"
-    return json.loads(path.read_text()).get("answers", {}) if path.exists() else {}
 
 
 def _cure_names(fcfg: ForgettingConfig) -> list[str]:

@@ -122,7 +122,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
         rows.append(_row(name, before, after, metrics, cfg))
         afters[name] = after
         _write(out, cfg, before, rows, answer_rows(before, afters))  # a crash later keeps what is done
-    return {"before": before, "cures": rows}
+    return {"before": before, "after": afters, "cures": rows, "answers": answer_rows(before, afters)}
 
 
 def run_configs(cfg: ForgettingConfig, out: Path | None = None) -> dict[str, TrainConfig]:
@@ -204,6 +204,11 @@ def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict], ans
     (out / "forgetting.md").write_text(markdown_table(rows))
 
 
+def drop_cell(m: dict[str, Any]) -> str:
+    """A drop with its 95% interval: `+0.197 [+0.146, +0.248]`."""
+    return f"{m['drop']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Rows = cures; columns = target gain, each retention drop with its interval, cost, and the drops'
     mean relative to the original's scores."""
@@ -215,8 +220,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["cure"], f"{r['target_after']:.3f} ({r['gain']:+.3f})"]
-        cells += [f"{r['retention'][k]['drop']:+.3f} [{r['retention'][k]['low']:+.3f}, {r['retention'][k]['high']:+.3f}]"
-                  for k in keys]
+        cells += [drop_cell(r["retention"][k]) for k in keys]
         cells += [f"{r['trainable_pct']:.2f}%" if r["trainable_pct"] is not None else "",
                   f"{r['wall_seconds']:.0f}" if r["wall_seconds"] else "",
                   f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] else ""]
