@@ -1,4 +1,4 @@
-"""The README's five-minute tour, every command as written, at tiny sizes.
+"""The README's five-minute tour and its chat, instruction and search block: every command as written, at tiny sizes.
 
 The default model pack is the tiny test model here (installed in a private cache as a pulled pack would
 be), and a command that would run for minutes gets overrides appended after the README's own arguments
@@ -30,18 +30,27 @@ TINY = {  # first word of the command -> what makes it quick (one thread: tiny m
                    "{source: bbc-news, templates: [topic], limit: 2}]",
                    "train.retention.tasks=[{source: news-headlines, template: headline, limit: 2}]"],
     "serve": ["--threads", "1"],
+    "sweep": ["sweep.trials=2", "max_steps=2", "batch_size=2", "eval_every=2", "threads=1", "data.train_limit=16",
+              "data.val_limit=4", "data.test_limit=4"],
+    "data build": ["--limit", "40"],
 }
 
 
-def tour_block() -> str:
+def tiny(argv: list[str]) -> list[str]:
+    """The quick-run overrides for one command (`data build` is keyed by its first two words)."""
+    return TINY.get(" ".join(argv[:2]), TINY.get(argv[0], []))
+
+
+def tour_block(which: int = 0) -> str:
+    """The tour's command blocks: 0 the five-minute tour, 1 chat, instruction data and search."""
     text = (REPO / "README.md").read_text()
     section = text[text.index("## A five-minute tour"):]
-    return re.search(r"\n\n((?:    .*\n)+)", section).group(1)
+    return re.findall(r"\n\n((?:    .*\n)+)", section)[which]
 
 
-def tour() -> list[list[str]]:
-    """The `instructune ...` lines of the tour's first command block, split as a shell splits them."""
-    return [shlex.split(line, comments=True)[1:] for line in tour_block().splitlines()
+def tour(which: int = 0) -> list[list[str]]:
+    """The `instructune ...` lines of one tour block, split as a shell splits them."""
+    return [shlex.split(line, comments=True)[1:] for line in tour_block(which).splitlines()
             if line.strip().startswith("instructune ")]
 
 
@@ -83,8 +92,26 @@ def test_every_tour_command_runs_as_written(fresh_clone: Path, monkeypatch: pyte
     served: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))  # built, not started
     for argv in tour():
-        assert main(argv + TINY.get(argv[0], [])) == 0, " ".join(argv)
+        assert main(argv + tiny(argv)) == 0, " ".join(argv)
     assert served["app"] is not None and (served["host"], served["port"]) == ("127.0.0.1", 8000)
     run = fresh_clone / "runs" / "lora-rotten-tomatoes"
     assert (run / "eval" / "eval.json").is_file() and (run / "report" / "report.html").is_file()
     assert (fresh_clone / "runs" / "forgetting-rotten-tomatoes" / "forgetting.json").is_file()
+
+
+def test_the_second_block_is_the_one_described() -> None:
+    assert [argv[:2] for argv in tour(1)] == [["data", "inspect"], ["train", "configs/lora-chitchat.yaml"],
+                                              ["data", "build"], ["train", "configs/lora-alpaca-eval.yaml"],
+                                              ["sweep", "configs/sweep-lora-rotten-tomatoes.yaml"]]
+
+
+@pytest.mark.slow
+def test_every_chat_instruction_and_search_command_runs_as_written(fresh_clone: Path) -> None:
+    for argv in tour(1):
+        assert main(argv + tiny(argv)) == 0, " ".join(argv)
+    runs = fresh_clone / "runs"
+    assert (fresh_clone / "my_data" / "train.alpaca.jsonl").is_file()  # the user's own file the next line trains on
+    for run in ("lora-chitchat", "lora-alpaca-eval"):
+        assert (runs / run / "adapter" / "adapter_config.json").is_file(), run
+    sweep = runs / "sweep-lora-rotten-tomatoes"
+    assert (sweep / "best.yaml").is_file() and (sweep / "sweep.json").is_file()
