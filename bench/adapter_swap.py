@@ -25,8 +25,9 @@ import torch
 import transformers
 
 from instructune.adapters.merge import random_lora
+from instructune.data.prompt import prompt_text
 from instructune.hardware import describe_machine, machine_summary, shapes_of
-from instructune.models import DEFAULT_MODEL, prompt_text, pull_model
+from instructune.models import DEFAULT_MODEL, pull_model
 from instructune.results import write_results
 from instructune.serving.hotswap import AdapterSet
 

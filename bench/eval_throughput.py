@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from instructune.data.prompt import prompt_text
 from instructune.evaluation.evaluate import select
 from instructune.evaluation.generate import generate_batch
-from instructune.evaluation.metrics import accuracy, map_to_label
 from instructune.evaluation.scoring import classify_by_likelihood
 from instructune.hardware import describe_machine, machine_summary, shapes_of
-from instructune.models import load_model, prompt_text
+from instructune.metrics import accuracy, map_to_label
+from instructune.models import load_model
 from instructune.results import write_results
 
 CHOICES = {"fresh": "positive", "rotten": "negative"}

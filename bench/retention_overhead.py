@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from instructune.data.build import prepare, read_split
+from instructune.data.prompt import prompt_text
 from instructune.data.task import SplitSpec
-from instructune.forgetting.suite import RetentionSuite, RetentionTask
+from instructune.forgetting.monitor import Monitor
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, SuiteSpec
 from instructune.hardware import describe_machine, machine_summary, shapes_of
-from instructune.models import DEFAULT_MODEL, load_model, prompt_text, pull_model
+from instructune.models import DEFAULT_MODEL, load_model, pull_model
 from instructune.results import write_results
-from instructune.training.retention import Monitor
 
 OUT = Path(__file__).parent / "results"
 SUITES = {
@@ -74,9 +75,8 @@ def main() -> int:
     rows = []
     for name, s in SUITES.items():
         tasks = [RetentionTask(source=src, template=tpl, mode=mode, limit=n) for src, tpl, mode, n in s["tasks"]]
-        suite = RetentionSuite.build(None, "", "", 0, tasks, SplitSpec(), s["probe"], 32,
-                                     "news-headlines" if s["texts"] else None, s["texts"], 120, 0,
-                                     held_out="validation")  # the monitor watches validation rows
+        spec = SuiteSpec(tasks, s["probe"], 32, "news-headlines" if s["texts"] else None, s["texts"])
+        suite = RetentionSuite.build(spec, SplitSpec(), 0, held_out="validation")  # the monitor watches validation rows
         model.eval()
         start = time.perf_counter()
         monitor = Monitor.start(suite, model, tok)

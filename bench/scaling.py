@@ -6,7 +6,7 @@
 (a) data: build the rotten-tomatoes `sentiment` dataset from N rows (render, split, write:
     `build_table`), then encode its records for training (`encode_records`: chat template, tokens,
     labels) with --model's tokenizer (only its tokenizer is loaded);
-(b) training: one epoch of instructune's loop (`finetune`: full fine-tuning, fp32, batch 8) of the
+(b) training: one epoch of instructune's loop (`train`: full fine-tuning, fp32, batch 8) of the
     tiny 2-layer, 64-dim llama (`instructune.testing.save_tiny`), on N examples at max_length 128 and
     on 4000 examples at each max_length.
 Each measurement is a fresh process (`--child`), so its peak RSS is its own. Read the time per
@@ -66,12 +66,12 @@ def measure_data(model: str, rows: int, work: Path) -> dict[str, Any]:
 
 
 def measure_epoch(tiny: Path, pool: Path, examples: int, max_length: int, work: Path) -> dict[str, Any]:
-    """One epoch of `finetune` on the first `examples` records of the pool, at `max_length`."""
+    """One epoch of `train` on the first `examples` records of the pool, at `max_length`."""
     from instructune.config import load_config
     from instructune.data.build import SPLITS, read_split
-    from instructune.recipes.finetune import finetune
     from instructune.training.checkpoint import latest_checkpoint
     from instructune.training.config import TrainConfig
+    from instructune.training.trainer import train
 
     records = [r for s in SPLITS for r in read_split(pool, s)]
     data = work / "data"
@@ -84,7 +84,7 @@ def measure_epoch(tiny: Path, pool: Path, examples: int, max_length: int, work: 
         "data": {"source": str(data), "templates": [TEMPLATE], "max_length": max_length, "val_limit": 8,
                  "test_limit": None}, "batch_size": 8, "epochs": 1, "eval_every": 0, "save_every": 0,
         "eval_mode": "likelihood", "log_every": 100})
-    result = finetune(cfg, log=lambda *_: None)
+    result = train(cfg, log=lambda *_: None)
     state = json.loads((latest_checkpoint(work / "run") / "trainer_state.json").read_text())
     m = result.metrics
     return {"examples": examples, "max_length": max_length, "trained": m["train_examples"],

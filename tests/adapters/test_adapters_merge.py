@@ -63,8 +63,9 @@ def test_merge_refuses_a_non_empty_out(tiny_model_dir: Path, tmp_path: Path,
 def test_merged_model_keeps_the_chat_template_the_adapter_trained_with(tiny_model_dir: Path, tmp_path: Path) -> None:
     # a base model trained with data.chat_format saves that template with its adapter; merging used to write the
     # base's tokenizer, so the merged model rendered prompts differently from how it was trained
-    from instructune.data.chat import FALLBACKS, saved_template
-    from instructune.models import load_model, prompt_text
+    from instructune.data.chat_template import FALLBACKS, saved_template
+    from instructune.data.prompt import prompt_text
+    from instructune.models import load_model
 
     adapter = random_lora(tiny_model_dir, tmp_path / "adapter", seed=3)
     (adapter / "chat_template.jinja").write_text(FALLBACKS["plain"], encoding="utf-8")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from instructune.data import chat, formats
+from instructune.data import chat, chat_template, formats
 from instructune.data.build import build, read_split
 from instructune.data.templates import RowError
 from instructune.data.tokenize import IGNORE_INDEX, encode_records
@@ -63,7 +63,7 @@ def test_a_model_without_a_chat_template_uses_the_named_fallback() -> None:
     tok = tiny_tokenizer(chat_template=False)
     with pytest.raises(InstructuneError, match="no chat template.*data.chat_format"):
         chat.encode_conversation(tok, CONVERSATION, 400)
-    chat.use_chat_format(tok, "plain")
+    chat_template.use_chat_format(tok, "plain")
     [example], _ = chat.encode_conversation(tok, CONVERSATION, 400)
     assert trained_runs(tok, example) == [f"{a}{tok.eos_token}" for a in ANSWERS]
     assert "### User:" in tok.decode(example["input_ids"]) and "### User:" not in "".join(trained_runs(tok, example))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from instructune.data import chat, inspect
+from instructune.data import chat, chat_template, inspect
 from instructune.data.build import build
 from instructune.data.tokenize import IGNORE_INDEX, encode, encode_records
 from instructune.errors import InstructuneError
@@ -114,7 +114,7 @@ def test_the_one_pass_spans_equal_rendering_turn_by_turn(monkeypatch: pytest.Mon
                      [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": f"  {FORGED} "}]]
     for name in ("chatml", "plain"):
         tok = tiny_tokenizer(chat_template=False)
-        chat.use_chat_format(tok, name)
+        chat_template.use_chat_format(tok, name)
         for messages in conversations:
             for train_on in chat.TRAIN_ON:
                 fast = chat.encode_conversation(tok, messages, 400, train_on)

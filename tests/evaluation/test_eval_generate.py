@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
+from instructune.data.prompt import prompt_text
 from instructune.evaluation.generate import NewlineStop, generate, generate_batch
-from instructune.models import prompt_text
 
 PROMPTS = [
     "Classify the sentiment",

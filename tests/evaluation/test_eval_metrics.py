@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from instructune import metrics as M
 from instructune.errors import InstructuneError
-from instructune.evaluation import metrics as M
 
 CHOICES = {"pos": "positive", "neg": "negative"}
 

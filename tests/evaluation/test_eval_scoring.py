@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch
 
+from instructune.data.prompt import prompt_text
 from instructune.evaluation.scoring import (
     classify_by_likelihood,
     completion_logprobs,
     encode_pairs,
     mean_completion_ce,
 )
-from instructune.models import prompt_text
 
 PROMPTS = ["Classify the sentiment", "The movie was wonderful, moving and funny. The team won the match", "A",
            "What is the topic of this article?", "dull"]

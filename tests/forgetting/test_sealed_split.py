@@ -16,8 +16,8 @@ from instructune.config import load_config
 from instructune.data import task as task_module
 from instructune.forgetting import suite as suite_module
 from instructune.recipes import sweep as sweep_module
-from instructune.recipes.finetune import finetune
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import train
 
 
 class Canary:
@@ -129,7 +129,7 @@ def test_tradeoff_selection_never_reads_test_rows_of_retention_tasks(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     canary = Canary(monkeypatch, test_allowed=lambda what: what == "reviews.jsonl")
     cfg = run_config(tmp_path, tiny_model_dir, toy_tasks, forgetting_budget=0.5)
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     assert metrics["selection"]["select"] == "tradeoff"
     watched_on_validation(canary)
 
@@ -141,6 +141,6 @@ def test_budget_early_stopping_never_reads_test_rows_of_retention_tasks(tmp_path
     # every validation is over the budget, forced (a budget below 0 is refused as a config problem)
     monkeypatch.setattr("instructune.training.loop.over_budget", lambda scores, budget: ["forced"])
     cfg = run_config(tmp_path, tiny_model_dir, toy_tasks, forgetting_budget=0.0, budget_patience=2)
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     assert metrics["stopped"] == "forgetting_budget" and metrics["steps"] == 4
     watched_on_validation(canary)

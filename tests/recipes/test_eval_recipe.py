@@ -57,9 +57,10 @@ def test_eval_base_and_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
     adapter = tmp_path / "ad"
     model.save_pretrained(adapter)
     data, tpl = toy(tmp_path)
+    from instructune.evaluation.settings import EvalSettings
     from instructune.recipes.evaluate import evaluate
-    report = evaluate([str(tiny_model_dir)], [str(adapter)], str(data), "mood", template_file=str(tpl), limit=4,
-                      mode="likelihood", log=lambda *_: None)
+    settings = EvalSettings.of(str(data), "mood", template_file=str(tpl), limit=4, mode="likelihood")
+    report = evaluate([str(tiny_model_dir)], [str(adapter)], settings, log=lambda *_: None)
     base, tuned = report["results"]
     assert base["setting"] == str(tiny_model_dir) and "ad" in tuned["setting"]
     # the adapter changes the model: reference cross-entropy differs from the base's

@@ -19,12 +19,12 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_config_loads(tmp_path: Path) -> None:
     cfg = load_config(SequentialConfig, REPO / "configs" / "sequential-news.yaml")
     runs = stage_configs(cfg, tmp_path)
-    assert [r.data.source for r in runs] == ["rotten-tomatoes", "bbc-news", "news-headlines"]
+    assert [r.data.task.source for r in runs] == ["rotten-tomatoes", "bbc-news", "news-headlines"]
     assert [r.eval_mode for r in runs] == ["likelihood", "likelihood", "generate"]
     assert runs[0].model == "smollm2-135m-instruct"
     assert runs[1].model == str(tmp_path / "stage-1-rotten-tomatoes-sentiment" / "merged")  # LoRA: merged start
     assert runs[2].model == str(tmp_path / "stage-2-bbc-news-topic" / "merged")
-    assert {(r.method.name, r.method.r, r.optim.lr, r.max_steps, r.precision) for r in runs} == {
+    assert {(r.method.name, r.method.options.r, r.optim.lr, r.max_steps, r.precision) for r in runs} == {
         ("lora", 16, 5e-4, 30, "auto")}
 
 

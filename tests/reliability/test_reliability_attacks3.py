@@ -383,7 +383,7 @@ def test_a_sweep_worker_killed_mid_trial_then_resumed_ends_with_its_trials_and_b
 PROBING_TRAIN = r'''
 import os, sys, time
 from pathlib import Path
-import instructune.commands.train, instructune.recipes.finetune  # noqa: F401 (imported before the barrier)
+import instructune.commands.train, instructune.training.trainer  # noqa: F401 (imported before the barrier)
 from instructune.hardware import matmul, precision
 
 def measure(shapes, bf16=False):

@@ -64,7 +64,7 @@ from pathlib import Path
 from types import SimpleNamespace
 import torch, transformers, peft, accelerate, safetensors.torch, torch.utils.tensorboard  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
-import instructune.cli, instructune.recipes.finetune, instructune.training.run_data, instructune.methods  # noqa
+import instructune.cli, instructune.training.trainer, instructune.training.run_data, instructune.methods  # noqa
 from instructune.training import checkpoint
 
 

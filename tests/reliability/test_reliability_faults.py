@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.recipes.finetune import finetune
 from instructune.training import checkpoint as ckpt
 from instructune.training import loop
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import train
 
 TEMPLATES = """
 templates:
@@ -106,7 +106,7 @@ def test_nan_stops_with_step_and_batch_ids_and_keeps_the_last_good_checkpoint(
     cfg = config(tmp_path, tiny_model_dir)
     batches = poison(monkeypatch, at={5}, how=how)
     with pytest.raises(InstructuneError) as err:
-        finetune(cfg, log=quiet)
+        train(cfg, log=quiet)
     message = str(err.value)
     assert "non-finite loss or gradient at step 5" in message and "skip_bad_batches=true" in message
     assert str(batches[4][:8]) in message and len(batches[4]) == 8  # the 5th micro-batch's example ids
@@ -121,7 +121,7 @@ def test_huge_learning_rate_really_diverges_and_is_caught(tmp_path: Path, tiny_m
     cfg = config(tmp_path, tiny_model_dir, **{"optim.lr": 1e10, "optim.warmup_steps": 0, "method.name": "full",
                                               "optim.max_grad_norm": 0})
     with pytest.raises(InstructuneError, match=r"non-finite loss or gradient at step (\d+)") as err:
-        finetune(cfg, log=quiet)
+        train(cfg, log=quiet)
     step = int(err.value.args[0].split("at step ")[1].split()[0])
     assert 2 <= step <= 12
     kept = checkpoints(cfg.output_dir)
@@ -131,7 +131,7 @@ def test_huge_learning_rate_really_diverges_and_is_caught(tmp_path: Path, tiny_m
 def test_skip_bad_batches_counts_them(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config(tmp_path, tiny_model_dir, skip_bad_batches="true", save_every=0)
     poison(monkeypatch, at={3, 7})
-    metrics = finetune(cfg, log=quiet).metrics
+    metrics = train(cfg, log=quiet).metrics
     saved = json.loads((cfg.output_dir / "metrics.json").read_text())
     assert saved["skipped_batches"] == metrics["skipped_batches"] == 2
     assert saved["steps"] == 12 and math.isfinite(saved["validation"]["loss"])
@@ -163,7 +163,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one(tmp_path: Path, ti
     else:
         monkeypatch.setattr(torch, "save", full_disk_on_call(6, torch.save, partial=True))
     with pytest.raises(InstructuneError) as err:
-        finetune(cfg, log=quiet)
+        train(cfg, log=quiet)
     message, run = str(err.value), cfg.output_dir
     assert f"could not write checkpoint {run / 'checkpoint-00000006'} (No space left on device)" in message
     assert "the previous checkpoint checkpoint-00000005 is intact" in message and "--resume" in message
@@ -171,7 +171,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one(tmp_path: Path, ti
     before = assert_loadable(run / "checkpoint-00000005")
     # space is back: resuming continues from step 5 and reaches the end
     monkeypatch.undo()
-    finetune(cfg, resume=True, log=quiet)
+    train(cfg, resume=True, log=quiet)
     assert json.loads((run / "metrics.json").read_text())["steps"] == 12
     after = assert_loadable(run / "checkpoint-00000012")
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -185,7 +185,7 @@ def test_full_disk_while_saving_best_weights(tmp_path: Path, tiny_model_dir: Pat
     # best/ is written whenever validation improves (checked every 2 steps); the disk fills at its second write
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk_on_call(2, safetensors.torch.save_file))
     with pytest.raises(InstructuneError, match=r"could not write the best weights .*No space left on device") as err:
-        finetune(cfg, log=quiet)
+        train(cfg, log=quiet)
     kept = json.loads((cfg.output_dir / "best" / "scores.json").read_text())["step"]
     assert f"best/ (step {kept}) is intact" in str(err.value) and "--resume" in str(err.value)
     assert load_file(str(cfg.output_dir / "best" / "trainable.safetensors"))
@@ -212,7 +212,7 @@ def test_out_of_memory_names_the_knobs(tmp_path: Path, tiny_model_dir: Path, mon
         return real(*args)
     monkeypatch.setattr(loop, "completion_loss_sum", loss)
     with pytest.raises(InstructuneError) as err:
-        finetune(cfg, log=quiet)
+        train(cfg, log=quiet)
     message = str(err.value)
     assert message.startswith("out of memory")
     for knob in ("batch_size=4 grad_accum=2", "gradient_checkpointing=true", "method.name=lora", "precision=bf16",
@@ -229,7 +229,7 @@ def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path: Path, tiny_
         raise RuntimeError("shape mismatch")
     monkeypatch.setattr(loop, "completion_loss_sum", loss)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        finetune(cfg, log=quiet)
+        train(cfg, log=quiet)
 
 
 # --- unreadable checkpoints -----------------------------------------------------------------------
@@ -247,7 +247,7 @@ class Payload:
 def test_unreadable_checkpoint_is_refused_clearly(tmp_path: Path, tiny_model_dir: Path, damage: str) -> None:
     """--resume from a damaged or malicious checkpoint: a clear error naming it, and no pickled code runs."""
     cfg = config(tmp_path, tiny_model_dir, max_steps=2)
-    finetune(cfg, log=quiet)
+    train(cfg, log=quiet)
     last, marker = cfg.output_dir / "checkpoint-00000002", tmp_path / "pwned"
     if damage == "trojan optim.pt":
         (last / "optim.pt").write_bytes(pickle.dumps({"optimizer": Payload(marker)}))
@@ -257,5 +257,5 @@ def test_unreadable_checkpoint_is_refused_clearly(tmp_path: Path, tiny_model_dir
     else:
         (last / "trainer_state.json").write_text('{"step": 2, ')
     with pytest.raises(InstructuneError, match=r"checkpoint-00000002 cannot be read .*delete that folder"):
-        finetune(cfg, resume=True, log=quiet)
+        train(cfg, resume=True, log=quiet)
     assert not marker.exists()

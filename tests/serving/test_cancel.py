@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from instructune.models import prompt_text
+from instructune.data.prompt import prompt_text
 from instructune.serving.generation import Batcher, Cancel
 from instructune.serving.hotswap import AdapterSet
 from instructune.serving.protocol import Params

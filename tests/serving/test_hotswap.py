@@ -7,9 +7,10 @@ import pytest
 
 from instructune.adapters.merge import random_lora
 from instructune.adapters.registry import register_adapter
+from instructune.data.prompt import prompt_text
 from instructune.errors import InstructuneError
 from instructune.evaluation.generate import generate
-from instructune.models import load_model, prompt_text
+from instructune.models import load_model
 from instructune.serving.hotswap import AdapterSet
 from instructune.testing import tiny_model, tiny_tokenizer
 

@@ -12,8 +12,9 @@ import uvicorn
 from openai import OpenAI
 
 from instructune.adapters.merge import random_lora
+from instructune.data.prompt import prompt_text
 from instructune.evaluation.generate import generate
-from instructune.models import load_model, prompt_text
+from instructune.models import load_model
 from instructune.serving.app import create_app
 from instructune.serving.generation import Batcher
 from instructune.serving.hotswap import AdapterSet

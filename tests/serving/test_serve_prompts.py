@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from instructune.adapters.attach import load_adapted
 from instructune.adapters.merge import random_lora
-from instructune.data import chat
+from instructune.data import chat_template
 from instructune.evaluation.generate import generate
-from instructune.models import load_model
 from instructune.serving.app import create_app
 from instructune.serving.hotswap import AdapterSet, PromptTokenizer
 from instructune.serving.protocol import Limits
@@ -43,7 +43,7 @@ def formats_served(tiny_plain_model_dir: Path, tmp_path_factory: pytest.TempPath
     for name, seed in (("plain", 1), ("chatml", 2)):
         folder = random_lora(tiny_plain_model_dir, root / name, seed=seed, targets=TARGETS)
         tok = tiny_tokenizer(chat_template=False)
-        chat.use_chat_format(tok, name)
+        chat_template.use_chat_format(tok, name)
         tok.save_pretrained(folder)  # as a training run saves its tokenizer with the adapter
         adapters[name] = folder
     aset = AdapterSet(str(tiny_plain_model_dir), adapters, served_name="base")
@@ -59,7 +59,7 @@ def post(url: str, model: str, messages: list[dict]) -> httpx.Response:
 def test_each_adapter_is_prompted_with_its_own_chat_template(formats_served: tuple, tiny_plain_model_dir: Path) -> None:
     url, aset, adapters = formats_served
     for name in ("plain", "chatml", "plain"):
-        model, tok = load_model(str(tiny_plain_model_dir), adapter=str(adapters[name]))  # as `generate --adapter`
+        model, tok = load_adapted(str(tiny_plain_model_dir), str(adapters[name]))  # as `generate --adapter`
         text = tok.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
         reply = post(url, name, HELLO).json()
         assert reply["usage"]["prompt_tokens"] == len(tok(text, add_special_tokens=False)["input_ids"])

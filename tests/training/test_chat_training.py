@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from instructune.adapters.attach import load_adapted
 from instructune.cli import main
 from instructune.config import load_config
-from instructune.data import chat
-from instructune.models import load_model
-from instructune.recipes.finetune import finetune
+from instructune.data import chat_template
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import train
 
 COLOURS = ["red", "green", "blue", "black", "white"]
 
@@ -62,18 +62,18 @@ def val_losses(run: Path) -> list[float]:
 def test_lora_on_alpaca_and_chat_records_lowers_the_validation_loss(tmp_path: Path, tiny_model_dir: Path,
                                                                      rows) -> None:
     source = write(tmp_path / "data.jsonl", rows(160))
-    result = finetune(run_config(tmp_path, tiny_model_dir, source), log=lambda *_: None)
+    result = train(run_config(tmp_path, tiny_model_dir, source), log=lambda *_: None)
     first, *_, last = val_losses(tmp_path / "run")
     assert last < first
     m = result.metrics
     assert m["templates"] == [rows.__name__.split("_")[0].replace("chat", "messages")]
-    assert m["chat_template_sha256"] == chat.template_sha256(result.tokenizer) and m["train_on"] == "all_assistant"
+    assert m["chat_template_sha256"] == chat_template.template_sha256(result.tokenizer) and m["train_on"] == "all_assistant"
     assert {"rouge1", "bleu"} <= set(m["test"])  # the last assistant turn is the reference
 
 
 def test_packing_trains_on_the_same_examples_in_fewer_rows(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = write(tmp_path / "data.jsonl", chat_rows(160))
-    metrics = finetune(run_config(tmp_path, tiny_model_dir, source, max_length=512, packing=True, max_steps=6,
+    metrics = train(run_config(tmp_path, tiny_model_dir, source, max_length=512, packing=True, max_steps=6,
                                   eval_every=0),
                        log=lambda *_: None).metrics
     assert metrics["packed_rows"] < metrics["train_examples"] / 2
@@ -86,15 +86,15 @@ def test_a_base_model_trains_with_a_named_chat_format_that_inference_reuses(tmp_
     source = write(tmp_path / "data.jsonl", chat_rows(80))
     cfg = run_config(tmp_path, tiny_plain_model_dir, source, max_steps=2, eval_every=0)
     with pytest.raises(Exception, match="no chat template.*data.chat_format"):
-        finetune(cfg, log=lambda *_: None)
+        train(cfg, log=lambda *_: None)
     cfg.data.chat_format = "plain"
-    finetune(cfg, log=lambda *_: None, overwrite=True)
-    _, tok = load_model(str(tiny_plain_model_dir), adapter=str(tmp_path / "run" / "adapter"))
-    assert tok.chat_template == chat.FALLBACKS["plain"]
+    train(cfg, log=lambda *_: None, overwrite=True)
+    _, tok = load_adapted(str(tiny_plain_model_dir), str(tmp_path / "run" / "adapter"))
+    assert tok.chat_template == chat_template.FALLBACKS["plain"]
     assert main(["data", "inspect", str(tmp_path / "run"), "-n", "1"]) == 0
     out = capsys.readouterr().out
     assert "is the one the run trained with" in out and "[[" in out and "### Assistant:" in out
-    (tmp_path / "run" / "adapter" / "chat_template.jinja").write_text(chat.FALLBACKS["chatml"])
+    (tmp_path / "run" / "adapter" / "chat_template.jinja").write_text(chat_template.FALLBACKS["chatml"])
     assert main(["data", "inspect", str(tmp_path / "run")]) == 2
     assert "is not the one" in capsys.readouterr().err
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from instructune.cli import main
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.recipes.finetune import finetune
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import train
 
 TEMPLATES = """
 templates:
@@ -63,7 +63,7 @@ def losses(run: Path) -> list[float]:
 
 def test_lora_run_writes_adapter_metrics_and_logs(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir)
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     run = cfg.output_dir
     assert (run / "adapter" / "adapter_config.json").exists()
     assert list((run / "tensorboard").iterdir())
@@ -92,7 +92,7 @@ def test_lora_run_writes_adapter_metrics_and_logs(tmp_path: Path, tiny_model_dir
 
 def test_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir)
-    finetune(cfg, log=lambda *_: None)
+    train(cfg, log=lambda *_: None)
     run = cfg.output_dir
     final = load_file(str(run / "checkpoint-00000012" / "trainable.safetensors"))
     # simulate a crash after step 8: drop what came later, then resume
@@ -102,7 +102,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> No
         shutil.rmtree(resumed / p, ignore_errors=True) if (resumed / p).is_dir() else (resumed / p).unlink()
     (resumed / "config.yaml").write_text((resumed / "config.yaml").read_text().replace(str(run), str(resumed)))
     cfg2 = config(tmp_path, tiny_model_dir, output_dir=resumed)
-    finetune(cfg2, resume=True, log=lambda *_: None)
+    train(cfg2, resume=True, log=lambda *_: None)
     again = load_file(str(resumed / "checkpoint-00000012" / "trainable.safetensors"))
     assert again.keys() == final.keys()
     for k in final:
@@ -110,10 +110,10 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> No
 
 
 def test_keep_no_checkpoints_writes_none_and_trains_the_same(tmp_path: Path, tiny_model_dir: Path) -> None:
-    kept = finetune(config(tmp_path, tiny_model_dir, max_steps=6, eval_every=3), log=lambda *_: None).metrics
+    kept = train(config(tmp_path, tiny_model_dir, max_steps=6, eval_every=3), log=lambda *_: None).metrics
     cfg = config(tmp_path, tiny_model_dir, max_steps=6, eval_every=3, keep_checkpoints=0,
                  output_dir=tmp_path / "none")
-    none = finetune(cfg, log=lambda *_: None).metrics
+    none = train(cfg, log=lambda *_: None).metrics
     run = cfg.output_dir
     assert not list(run.glob("checkpoint-*")) and not (run / "best").exists()
     assert (run / "adapter" / "adapter_model.safetensors").exists()
@@ -128,17 +128,17 @@ def test_keep_no_checkpoints_writes_none_and_trains_the_same(tmp_path: Path, tin
 
 def test_resume_with_changed_config_names_fields(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir, max_steps=4)
-    finetune(cfg, log=lambda *_: None)
+    train(cfg, log=lambda *_: None)
     changed = config(tmp_path, tiny_model_dir, max_steps=4, **{"optim.lr": 0.5})
     with pytest.raises(InstructuneError, match=r"optim.lr \(0.01 -> 0.5\)"):
-        finetune(changed, resume=True, log=lambda *_: None)
+        train(changed, resume=True, log=lambda *_: None)
     with pytest.raises(InstructuneError, match="already holds a run; pass --resume"):
-        finetune(cfg, log=lambda *_: None)
+        train(cfg, log=lambda *_: None)
 
 
 def test_full_finetune_saves_plain_transformers_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir, **{"method.name": "full", "optim.lr": 1e-3, "max_steps": 4})
-    finetune(cfg, log=lambda *_: None)
+    train(cfg, log=lambda *_: None)
     from transformers import AutoModelForCausalLM
     tuned = AutoModelForCausalLM.from_pretrained(cfg.output_dir / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -189,7 +189,7 @@ def test_mixture_training_reports_each_task_and_macro(tmp_path: Path, tiny_model
     cfg.mixture = load_config(TrainConfig, None, [
         f"mixture.tasks=[{{source: {data}, template_file: {tpl}}}, {{source: {other}, template_file: {tpl}}}]",
         "mixture.strategy=proportional"]).mixture
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     per = metrics["test"]["per_task"]
     assert set(per) == {"reviews/mood", "other/mood"}
     macro = (per["reviews/mood"]["accuracy"] + per["other/mood"]["accuracy"]) / 2
@@ -250,7 +250,7 @@ def test_bf16_lora_stores_frozen_linears_in_bf16_with_equal_results(tmp_path: Pa
                  keep="[{source: " + str(tmp_path / "reviews.jsonl") + ", template_file: "
                  + str(tmp_path / "templates.yaml") + ", templates: [mood]}]",
                  regularizers="[{name: ewc, lam: 1.0, options: {samples: 4}}]")
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     assert metrics["test"]["loss"] > 0 and metrics["train_tokens"] > 0 and metrics["train_seconds"] > 0
     saved = load_file(str(cfg.output_dir / "adapter" / "adapter_model.safetensors"))
     assert all(t.dtype == torch.float32 for t in saved.values())
@@ -260,8 +260,8 @@ def test_attention_kernels_train_alike_and_auto_picks_by_method_and_kept_weights
                                                                                  tiny_model_dir: Path) -> None:
     from instructune.training.attention import choose
 
-    def _attention(cfg: TrainConfig, model: object, device: str) -> str:  # the run's settings, as finetune passes them
-        length = cfg.data.max_length + (cfg.method.num_virtual_tokens if cfg.method.prompt_learning else 0)
+    def _attention(cfg: TrainConfig, model: object, device: str) -> str:  # the run's settings, as the trainer passes them
+        length = cfg.data.max_length + cfg.method.virtual_tokens
         c = model.config  # type: ignore[attr-defined]
         return choose(cfg.attention, device, cfg.method.prompt_learning, cfg.batch_size, length,
                       c.num_attention_heads, c.num_hidden_layers)
@@ -270,7 +270,7 @@ def test_attention_kernels_train_alike_and_auto_picks_by_method_and_kept_weights
     for kernel in ("recompute", "eager", "sdpa"):
         cfg = config(tmp_path, tiny_model_dir, max_steps=4, keep_checkpoints=0, attention=kernel,
                      output_dir=tmp_path / kernel, **{"method.dropout": 0.0})
-        runs[kernel] = finetune(cfg, log=lambda *_: None).metrics
+        runs[kernel] = train(cfg, log=lambda *_: None).metrics
         assert runs[kernel]["attention"] == kernel
     # the same maths by another kernel: the same training, up to float rounding
     for kernel in ("recompute", "sdpa"):
@@ -299,7 +299,7 @@ def test_metrics_record_the_measured_precision_and_threads(tmp_path: Path, tiny_
     threads = torch.get_num_threads()
     try:
         cfg = config(tmp_path, tiny_model_dir, max_steps=2, threads=1)
-        metrics = finetune(cfg, log=lines.append).metrics
+        metrics = train(cfg, log=lines.append).metrics
     finally:
         torch.set_num_threads(threads)
     assert metrics["precision"]["requested"] == "auto" and metrics["precision"]["precision"] == "fp32"

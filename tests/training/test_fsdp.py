@@ -1,7 +1,7 @@
 """FSDP2 on CPU: the engine's checkpoints and saved model under real torch sharding, 2 gloo processes.
 
 Accelerate 1.15 turns FSDP on for GPU-like devices only: on CPU an FSDP launch config runs DDP
-(`finetune` says so). So this test shards the tiny model itself with torch's `fully_shard`
+(the trainer says so). So this test shards the tiny model itself with torch's `fully_shard`
 (each decoder layer, then the root, as Accelerate's FSDP2 does) and runs the engine on it: the
 real `train_loop` (with an `Accelerator(cpu=True)` for its reductions; the model is not passed to
 `accelerator.prepare`, which would wrap it in DDP), `restore` from a checkpoint into a freshly

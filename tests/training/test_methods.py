@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from instructune.errors import InstructuneError
-from instructune.methods import METHODS, count_parameters
+from instructune.methods import METHODS, MethodConfig, count_parameters, lora, prompt_tuning
+from instructune.methods.options import MethodOptions, PromptLearningOptions
 from instructune.testing import tiny_model
 from instructune.training.batching import collate, completion_loss_sum
 
@@ -104,7 +105,7 @@ def test_an_option_meant_for_another_method_is_refused() -> None:
         METHODS["full"](tiny_model(vocab_size=64), r=16)
     # the chosen method's own options: read flat, written back flat
     cfg = load_config(TrainConfig, data={"method": {"name": "prompt_tuning", "num_virtual_tokens": 4}})
-    assert cfg.method.num_virtual_tokens == 4 and cfg.method.init_text is None
+    assert cfg.method.options.num_virtual_tokens == 4 and cfg.method.options.init_text is None
     assert to_dict(cfg)["method"] == {"name": "prompt_tuning", "num_virtual_tokens": 4, "init_text": None}
     with pytest.raises(InstructuneError, match="dropout must be in \\[0, 1\\)"):
         load_config(TrainConfig, data={"method": {"name": "lora", "dropout": 1.5}})
@@ -114,3 +115,16 @@ def test_registry_reads_each_method_from_its_module() -> None:
     assert {n for n, m in METHODS.items() if m.peft} == {"lora", "prompt_tuning", "ia3", "prefix_tuning"}
     assert {n for n, m in METHODS.items() if m.prompt_learning} == PROMPT_LEARNING
     assert METHODS["lora"].option_names() == ["r", "alpha", "dropout", "targets", "dora"]
+    assert all(issubclass(m.options, MethodOptions) for m in METHODS.values())
+    # the flag and the options agree: a prompt-learning method's options say how many tokens it prepends
+    assert {n for n, m in METHODS.items() if issubclass(m.options, PromptLearningOptions)} == PROMPT_LEARNING
+
+
+def test_method_config_holds_the_chosen_methods_options() -> None:
+    assert isinstance(MethodConfig().options, lora.Options)  # left out: the method's defaults
+    assert isinstance(MethodConfig("full").options, METHODS["full"].options)
+    assert MethodConfig("prompt_tuning", prompt_tuning.Options(num_virtual_tokens=7)).virtual_tokens == 7
+    assert MethodConfig("lora").virtual_tokens == 0
+    assert not hasattr(MethodConfig("lora"), "r")  # options are read as method.options.r, never forwarded
+    with pytest.raises(InstructuneError, match="method full takes instructune.methods.full.Options"):
+        MethodConfig("full", lora.Options())

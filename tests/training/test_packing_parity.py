@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from instructune.config import load_config
-from instructune.recipes.finetune import finetune
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import train
 
 STEPS = 4
 FIRST_STEP_REL = 1e-5  # fp32 sums of ~1k terms in another order: ~1e-7 relative; 100x margin
@@ -51,7 +51,7 @@ def run(tmp_path: Path, model: Path, data: dict, packing: bool) -> dict[str, lis
         "log_every": 1, "eval_mode": "likelihood", "method": {"name": "full"},
         "optim": {"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"},
         "data": {"max_length": 256, "train_limit": 24, "val_limit": 8, "test_limit": 4, **data}})
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     assert metrics["train_examples"] <= 64  # one batch holds them all: both runs step on the same examples
     if packing:
         assert metrics["packed_rows"] < metrics["train_examples"] / 2  # really packed, several per row

@@ -1,1 +1,2 @@
-"""Adapters: the registry (`registry`) and merging into a full model (`merge`)."""
+"""Adapters: the registry (`registry`), putting one on a model (`attach`) and merging into a full model
+(`merge`)."""

@@ -11,20 +11,20 @@ import json
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from instructune.adapters.registry import adapter_base, check_base, describe, resolve_adapter, swap_in
-from instructune.data import chat
+from instructune.data import chat_template
 from instructune.errors import InstructuneError
 from instructune.models import MODEL_PACKS, load_model, pack_dir
 from instructune.paths import refuse_overwrite
+from instructune.types import JSON, Model
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str = "float32",
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False) -> JSON:
     """Write base + adapter as one full model folder (safetensors + tokenizer) that plain transformers loads.
 
     The merged logits are checked against the unmerged adapter's on a probe sequence before
@@ -42,7 +42,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
         raise InstructuneError(f"{folder}/adapter_config.json names no base model; pass --base MODEL.")
     model, tok = load_model(base, dtype=dtype)
     check_base(folder, model.config, base)
-    chat.use_saved_template(tok, folder)  # the merged model renders prompts as the adapter trained
+    chat_template.use_saved_template(tok, folder)  # the merged model renders prompts as the adapter trained
     tied = _untie(model)
     peft_model = PeftModel.from_pretrained(model, str(folder)).eval()
     probe = torch.arange(3, 3 + min(32, model.config.vocab_size - 3)).unsqueeze(0)  # (1, T), ids past the specials
@@ -70,7 +70,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     return {**info, "path": str(out)}
 
 
-def _untie(model: Any) -> bool:
+def _untie(model: Model) -> bool:
     """Give lm_head its own copy of a tied embedding matrix; True if the pair was tied.
 
     peft applies an lm_head delta on the output path only; merged into a shared matrix it
@@ -84,7 +84,7 @@ def _untie(model: Any) -> bool:
     return True
 
 
-def _retie(model: Any) -> None:
+def _retie(model: Model) -> None:
     model.get_output_embeddings().weight = model.get_input_embeddings().weight
     model.config.tie_word_embeddings = True
 

@@ -16,14 +16,18 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
 from safetensors import safe_open
 
 from instructune import hub
 from instructune.errors import InstructuneError
-from instructune.models import MODEL_PACKS, fingerprint, fingerprint_of, pack_dir, resolve_model
+from instructune.models import MODEL_PACKS, pack_dir, resolve_model
+from instructune.types import JSON
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PretrainedConfig
 
 RECORD = "instructune-adapter.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -69,14 +73,32 @@ def _pack_name(base: str) -> str:
     return base
 
 
+def fingerprint(config: PretrainedConfig) -> str:
+    """A model's architecture in one line: type, layers, hidden size, vocabulary."""
+    return (f"{config.model_type}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+            f"vocab {config.vocab_size}")
+
+
+def fingerprint_of(base: str | None) -> str | None:
+    """`fingerprint` of a local base folder; None when it cannot be read here."""
+    if not base:
+        return None
+    cfg = Path(base) / "config.json"
+    if not cfg.exists():
+        return None
+    from transformers import AutoConfig  # deferred: training configs import this module for NAME_RE alone
+
+    return fingerprint(AutoConfig.from_pretrained(str(cfg.parent)))
+
+
 def basefingerprint(base: str | None) -> str | None:
-    """`models.fingerprint` of a base named by pack name or folder; None when it cannot be read here."""
+    """`fingerprint` of a base named by pack name or folder; None when it cannot be read here."""
     if base in MODEL_PACKS:
         base = str(pack_dir(base))
     return fingerprint_of(base)
 
 
-def read_metrics(folder: Path) -> dict[str, Any]:
+def read_metrics(folder: Path) -> JSON:
     """A training run's metrics.json, in the adapter folder or next to it; {} when there is none."""
     for path in (folder / "metrics.json", folder.parent / "metrics.json"):
         if path.is_file():
@@ -88,7 +110,7 @@ def read_metrics(folder: Path) -> dict[str, Any]:
     return {}
 
 
-def describe(folder: Path) -> dict[str, Any]:
+def describe(folder: Path) -> JSON:
     """What an adapter folder holds: base, method, parameter count and size, read from its files."""
     config = read_adapter_config(folder)
     try:
@@ -104,7 +126,7 @@ def describe(folder: Path) -> dict[str, Any]:
             "config": {k: config[k] for k in ("r", "lora_alpha", "target_modules", "task_type") if k in config}}
 
 
-def read_adapter_config(folder: Path) -> dict[str, Any]:
+def read_adapter_config(folder: Path) -> JSON:
     """An adapter's adapter_config.json, which must be a JSON object."""
     path = folder / "adapter_config.json"
     try:
@@ -159,7 +181,7 @@ def register_adapter(name: str, path: str | Path, task: str | None = None, base:
     return final
 
 
-def _copy_in(source: Path, final: Path, name: str, info: dict[str, Any], metrics: dict[str, Any],
+def _copy_in(source: Path, final: Path, name: str, info: JSON, metrics: JSON,
              task: str | None) -> None:
     """Copy the adapter's files into a temporary folder and rename it into place, whole or not at all."""
     tmp = final.parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
@@ -189,7 +211,7 @@ def swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def list_adapters() -> list[dict[str, Any]]:
+def list_adapters() -> list[JSON]:
     """Every registry record, by name (folders left by an interrupted copy start with '.' and are skipped)."""
     root = adapters_root()
     if not root.exists():
@@ -197,7 +219,7 @@ def list_adapters() -> list[dict[str, Any]]:
     return [get_adapter(p.name) for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.is_dir()]
 
 
-def get_adapter(name: str) -> dict[str, Any]:
+def get_adapter(name: str) -> JSON:
     """The record of a registered adapter, with its folder as `path`."""
     folder = adapters_root() / validate_name(name)
     if not (folder / RECORD).is_file():
@@ -243,7 +265,7 @@ def adapter_base(folder: Path) -> tuple[str, str | None]:
     return info["base"], info["base_fingerprint"]
 
 
-def check_base(folder: Path, model_config: Any, model_name: str) -> None:
+def check_base(folder: Path, model_config: PretrainedConfig, model_name: str) -> None:
     """Refuse an adapter made for a different base architecture, naming the base each side expects."""
     base, expected = adapter_base(folder)
     have = fingerprint(model_config)

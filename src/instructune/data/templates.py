@@ -29,11 +29,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from jinja2 import meta
@@ -42,7 +42,8 @@ from instructune.config import load_yaml_file
 from instructune.data import sandbox
 from instructune.data.packs import PACKS
 from instructune.errors import InstructuneError, collect
-from instructune.evaluation.metrics import TEMPLATE_METRICS  # a template may name the metrics that exist
+from instructune.metrics import TEMPLATE_METRICS  # a template may name the metrics that exist
+from instructune.types import JSON
 
 TASKS = ("classification", "generation", "summarization", "qa", "extraction", "translation")
 DEFAULT_METRICS = {"classification": ["accuracy", "f1"], "qa": ["exact_match", "f1"]}
@@ -139,7 +140,7 @@ class Template:
                            "the completion one line", kind=f"multi-line completion (template {self.id})")
         return prompt, completion
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSON:
         """Everything that defines the template (hashed into dataset cache keys)."""
         out = dataclasses.asdict(self)
         if self.format == "template":
@@ -196,7 +197,7 @@ def drop_first_sentence(text: str) -> str:
     return text[_sentence_end(text):].strip()
 
 
-def or_list(values: Any, conjunction: str = "or") -> str:
+def or_list(values: Iterable[object], conjunction: str = "or") -> str:
     """['a', 'b', 'c'] -> 'a, b or c': choice lists in prompts."""
     items = [str(v) for v in values]
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
@@ -264,7 +265,7 @@ def parse_templates(path: Path, default_pack: str | None = None) -> dict[str, Te
     return out
 
 
-def _template(entry: Any, where: str, path: Path, pack: str | None, problems: list[str]) -> Template | None:
+def _template(entry: object, where: str, path: Path, pack: str | None, problems: list[str]) -> Template | None:
     """Build one Template from its YAML mapping, appending problems instead of raising."""
     if not isinstance(entry, dict) or not entry.get("id"):
         problems.append(f"{where}: each template is a mapping with at least `id`, `task` and `prompt`")
@@ -314,7 +315,7 @@ def _template(entry: Any, where: str, path: Path, pack: str | None, problems: li
                     label_field=str(entry.get("label_field", "label")))
 
 
-def _choices(choices: Any, where: str, problems: list[str]) -> dict[str, str] | None:
+def _choices(choices: object, where: str, problems: list[str]) -> dict[str, str] | None:
     """Classification answers: a non-empty mapping label -> distinct one-line answer text."""
     if not isinstance(choices, dict) or not choices:
         problems.append(f"{where}: a classification template needs `choices`, a mapping label -> answer "

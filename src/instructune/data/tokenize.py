@@ -18,10 +18,9 @@ written in the data) is encoded as the text it reads, never as the control token
 
 from __future__ import annotations
 
-from typing import Any
-
 from instructune.data import chat, formats
 from instructune.errors import InstructuneError
+from instructune.types import Record, Tokenizer
 
 IGNORE_INDEX = -100
 MIN_PROMPT_TOKENS = 8  # below this a truncated prompt says nothing: drop the example instead
@@ -29,14 +28,14 @@ SPECIAL_TOKENS = ("text", "refuse")
 """What becomes of a special-token string in training content: encoded as text, or refused."""
 
 
-def completion_text(tokenizer: Any, prompt: str, completion: str) -> str:
+def completion_text(tokenizer: Tokenizer, prompt: str, completion: str) -> str:
     """What follows the formatted prompt: the completion, with a space when plain text would glue words."""
     if getattr(tokenizer, "chat_template", None) or not prompt or prompt[-1].isspace() or completion[:1].isspace():
         return completion
     return " " + completion
 
 
-def encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> dict[str, list[int]] | None:
+def encode(tokenizer: Tokenizer, prompt: str, completion: str, max_length: int) -> dict[str, list[int]] | None:
     """Token ids and labels for one example, or None when even a truncated prompt cannot fit."""
     c_ids = chat.encode_text(tokenizer, completion_text(tokenizer, prompt, completion))
     c_ids = c_ids + [tokenizer.eos_token_id]
@@ -51,7 +50,7 @@ def encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> dic
     return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
 
 
-def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+def _prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The prompt as the chat template's user turn plus generation prompt (as it is without a template)."""
     if not getattr(tokenizer, "chat_template", None):
         return chat.encode_text(tokenizer, prompt)
@@ -59,7 +58,7 @@ def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return chat.encode(tokenizer, rendered, offsets=False)[0]
 
 
-def _truncated_prompt_ids(tokenizer: Any, prompt: str, budget: int) -> list[int] | None:
+def _truncated_prompt_ids(tokenizer: Tokenizer, prompt: str, budget: int) -> list[int] | None:
     """Cut tokens from the middle of the prompt content until the formatted prompt fits in `budget`."""
     content = chat.encode_text(tokenizer, prompt)
     overhead = len(_prompt_ids(tokenizer, "")) if getattr(tokenizer, "chat_template", None) else 0
@@ -76,15 +75,15 @@ def _truncated_prompt_ids(tokenizer: Any, prompt: str, budget: int) -> list[int]
     return None
 
 
-def encode_text(tokenizer: Any, text: str, max_length: int) -> list[dict[str, list[int]]]:
+def encode_text(tokenizer: Tokenizer, text: str, max_length: int) -> list[dict[str, list[int]]]:
     """Plain text (`data.format: text`): every token trains; a long text becomes consecutive chunks."""
     ids = chat.encode_text(tokenizer, text) + [tokenizer.eos_token_id]
     return [{"input_ids": ids[i:i + max_length], "labels": ids[i:i + max_length]}
             for i in range(0, len(ids), max_length) if len(ids[i:i + max_length]) > 1]
 
 
-def encode_record(tok: Any, record: dict, max_length: int, train_on: str = "all_assistant",
-                  special_tokens: str = "text") -> tuple[list[dict[str, Any]], int]:
+def encode_record(tok: Tokenizer, record: Record, max_length: int, train_on: str = "all_assistant",
+                  special_tokens: str = "text") -> tuple[list[dict[str, list[int]]], int]:
     """A record's training examples (a conversation may make several, a text several chunks) and how
     many were dropped because they do not fit."""
     if special_tokens == "refuse":
@@ -97,7 +96,7 @@ def encode_record(tok: Any, record: dict, max_length: int, train_on: str = "all_
     return ([e], 0) if e is not None else ([], 1)
 
 
-def encode_records(records: list[dict], tok: Any, max_length: int, train_on: str = "all_assistant",
+def encode_records(records: list[Record], tok: Tokenizer, max_length: int, train_on: str = "all_assistant",
                    special_tokens: str = "text") -> tuple[list[dict], int]:
     """Every record's examples (keeping its id and template); and how many were dropped as too long."""
     if special_tokens not in SPECIAL_TOKENS:
@@ -112,7 +111,7 @@ def encode_records(records: list[dict], tok: Any, max_length: int, train_on: str
     return out, dropped
 
 
-def refuse_special_tokens(tok: Any, record: dict) -> None:
+def refuse_special_tokens(tok: Tokenizer, record: Record) -> None:
     """Stop at a record whose content holds one of the tokenizer's special-token strings, naming the field."""
     tokens = chat.control_tokens(tok)
     for where, text in formats.contents(record):

@@ -20,12 +20,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from instructune.data import chat
+from instructune.data import chat, chat_template
 from instructune.errors import InstructuneError, collect
 from instructune.evaluation.fewshot import format_prompt, pick_exemplars
 from instructune.evaluation.generate import encode_prompts, generate_batch
-from instructune.evaluation.metrics import INVALID, TEMPLATE_METRICS, compute, cross_entropy, map_to_label
 from instructune.evaluation.scoring import NORMALIZE, choice_logprobs, mean_completion_ce, pick_choices
+from instructune.metrics import INVALID, TEMPLATE_METRICS, compute, cross_entropy, map_to_label
+from instructune.types import Model, Tokenizer
 
 MODES = ("generate", "likelihood")
 STOPS = ("newline", "eos")
@@ -95,12 +96,12 @@ def select(records: list[dict], limit: int | None, seed: int) -> list[dict]:
     return [by_id[i] for i in sorted(random.Random(seed).sample(sorted(by_id), limit))]
 
 
-def build_prompts(tokenizer: Any, records: list[dict], shots: int, train_records: list[dict] | None,
+def build_prompts(tokenizer: Tokenizer, records: list[dict], shots: int, train_records: list[dict] | None,
                   seed: int, raw: bool) -> list[str]:
     """Each record's model input; exemplars are drawn per record (seeded by its id) from the train split."""
     texts = []
     # conversations need a chat template: a model without one (or `raw`) reads them in the plain chat format
-    fallback = None if getattr(tokenizer, "chat_template", None) and not raw else chat.FALLBACKS["plain"]
+    fallback = None if getattr(tokenizer, "chat_template", None) and not raw else chat_template.FALLBACKS["plain"]
     for r in records:
         exemplars = pick_exemplars(train_records or [], shots, seed=f"{seed}:{r['id']}", exclude_id=r["id"])
         if "messages" in r:  # few-shot exemplars are earlier conversations
@@ -128,7 +129,7 @@ def nest(flat: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def predict(model: Any, tokenizer: Any, texts: list[str], *, task: str, choices: dict | None, stop: str,
+def predict(model: Model, tokenizer: Tokenizer, texts: list[str], *, task: str, choices: dict | None, stop: str,
             mode: str, batch_size: int, max_new_tokens: int, dtype: str,
             normalize: str) -> tuple[list[str], list[str] | None, int, list[list[tuple[float, int]]] | None]:
     """(answer texts, predicted labels or None, prompts truncated to fit the context, and in likelihood
@@ -157,7 +158,7 @@ def _gold_ce(records: list[dict], choices: dict | None, rows: list | None) -> tu
     return ce["cross_entropy"], ce["perplexity"]
 
 
-def evaluate_records(model: Any, tokenizer: Any, records: list[dict], *, task: str, choices: dict | None,
+def evaluate_records(model: Model, tokenizer: Tokenizer, records: list[dict], *, task: str, choices: dict | None,
                      metrics: list[str], stop: str = "newline", mode: str = "generate", shots: int = 0,
                      train_records: list[dict] | None = None, limit: int | None = None, seed: int = 0,
                      batch_size: int = 16, max_new_tokens: int = 64, raw: bool = False,

@@ -10,8 +10,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from instructune.data.prompt import prompt_text
 from instructune.errors import InstructuneError
-from instructune.models import prompt_text
+from instructune.types import Tokenizer
 
 
 def pick_exemplars(train_records: Sequence[dict[str, Any]], k: int, seed: int | str,
@@ -68,7 +69,8 @@ def fewshot_messages(prompt: str, exemplars: Sequence[tuple[str, str]]) -> list[
     return [*messages, {"role": "user", "content": prompt}]
 
 
-def format_prompt(tokenizer: Any, prompt: str, exemplars: Sequence[tuple[str, str]] = (), raw: bool = False) -> str:
+def format_prompt(tokenizer: Tokenizer, prompt: str, exemplars: Sequence[tuple[str, str]] = (),
+                  raw: bool = False) -> str:
     """The text the model sees: chat turns when the tokenizer has a chat template (and not `raw`), text blocks otherwise."""
     if not exemplars:
         return prompt_text(tokenizer, prompt, raw)

@@ -19,6 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from instructune.progress import Progress
+from instructune.types import Model, Tokenizer
 
 MAX_BATCH_TOKENS = 8192
 """Padded tokens one scoring or generation batch may hold: a batch of long conversations is split
@@ -69,7 +70,7 @@ class NewlineStop(StoppingCriteria):
     costs microseconds next to a forward pass.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.pieces: dict[int, str] = {}
         self.started: list[bool] = []
@@ -94,7 +95,8 @@ class NewlineStop(StoppingCriteria):
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
-def encode_prompts(tokenizer: Any, texts: list[str], max_prompt_tokens: int | None) -> tuple[list[list[int]], int]:
+def encode_prompts(tokenizer: Tokenizer, texts: list[str],
+                   max_prompt_tokens: int | None) -> tuple[list[list[int]], int]:
     """Token ids of each already-formatted text, keeping the last `max_prompt_tokens`; and how many were cut."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     if max_prompt_tokens is None:
@@ -103,7 +105,7 @@ def encode_prompts(tokenizer: Any, texts: list[str], max_prompt_tokens: int | No
     return [x[-max_prompt_tokens:] for x in ids], cut
 
 
-def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Model, tokenizer: Tokenizer) -> list[int]:
     """EOS ids of the generation config and of the tokenizer (a chat model's end-of-turn may be only one)."""
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
@@ -112,7 +114,7 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def autocast(model: Any, dtype: str) -> Any:
+def autocast(model: Model, dtype: str) -> Any:
     """bf16 autocast on the model's device when asked and the weights are fp32; otherwise a no-op that
     leaves an enclosing autocast (a bf16 training run's validation) in force."""
     if dtype == "bfloat16" and next(model.parameters()).dtype == torch.float32:
@@ -121,7 +123,7 @@ def autocast(model: Any, dtype: str) -> Any:
 
 
 @torch.inference_mode()
-def generate_batch(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
+def generate_batch(model: Model, tokenizer: Tokenizer, texts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop_at_newline: bool = False,
                    max_prompt_tokens: int | None = None, dtype: str = "float32") -> Generation:
     """Complete each already-formatted text (greedy when temperature is 0); report truncation and speed.
@@ -154,7 +156,7 @@ def generate_batch(model: Any, tokenizer: Any, texts: list[str], max_new_tokens:
     return Generation(out, truncated, new_tokens, time.perf_counter() - start)
 
 
-def generate(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
+def generate(model: Model, tokenizer: Tokenizer, texts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop_at_newline: bool = False,
              max_prompt_tokens: int | None = None, dtype: str = "float32") -> list[str]:
     """Complete each already-formatted text; greedy when temperature is 0. See `generate_batch`."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from instructune.evaluation.generate import autocast, batches
-from instructune.evaluation.metrics import cross_entropy
+from instructune.metrics import cross_entropy
+from instructune.types import Model, Tokenizer
 
 NORMALIZE = ("none", "tokens", "chars")
 
@@ -28,7 +28,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
+def encode_pairs(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str],
                  max_length: int | None = None) -> list[tuple[list[int], int]]:
     """(ids of prompt + completion, number of completion tokens at its end) for each pair.
 
@@ -53,13 +53,13 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[s
     return out
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
+def _accepts_logits_to_keep(model: Model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 @torch.inference_mode()
-def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
+def completion_logprobs(model: Model, tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str],
                         batch_size: int = 16, max_length: int | None = None,
                         dtype: str = "float32") -> list[tuple[float, int]]:
     """Summed log-probability (nats) and token count of each completion given its prompt.
@@ -96,7 +96,7 @@ def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], comp
     return out
 
 
-def classify_by_likelihood(model: Any, tokenizer: Any, prompts: Sequence[str], choices: dict[str, str],
+def classify_by_likelihood(model: Model, tokenizer: Tokenizer, prompts: Sequence[str], choices: dict[str, str],
                            batch_size: int = 16, normalize: str = "none", max_length: int | None = None,
                            dtype: str = "float32") -> list[str]:
     """The label whose answer text is most likely after each prompt.
@@ -127,7 +127,7 @@ def pick_choices(rows: Sequence[Sequence[tuple[float, int]]], choices: dict[str,
     return picked
 
 
-def choice_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
+def choice_logprobs(model: Model, tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str],
                     batch_size: int = 16, max_length: int | None = None,
                     dtype: str = "float32") -> list[list[tuple[float, int]]]:
     """(summed log-probability, token count) of every answer after every prompt, prompt read once.
@@ -164,13 +164,13 @@ def _shared_len(row: list[tuple[list[int], int]]) -> int:
     return n
 
 
-def _prompt_learning(model: Any) -> bool:
+def _prompt_learning(model: Model) -> bool:
     config = getattr(model, "active_peft_config", None)
     return config is not None and getattr(config, "is_prompt_learning", False)
 
 
 @torch.inference_mode()
-def _shared_prompt_batch(model: Any, tokenizer: Any, rows: list[list[tuple[list[int], int]]], shared: list[int],
+def _shared_prompt_batch(model: Model, tokenizer: Tokenizer, rows: list[list[tuple[list[int], int]]], shared: list[int],
                          dtype: str) -> list[list[tuple[float, int]]]:
     n_ans, width = len(rows[0]), max(shared)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -210,7 +210,7 @@ def _shared_prompt_batch(model: Any, tokenizer: Any, rows: list[list[tuple[list[
     return out
 
 
-def mean_completion_ce(model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
+def mean_completion_ce(model: Model, tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str],
                        batch_size: int = 16, max_length: int | None = None,
                        dtype: str = "float32") -> tuple[float, float]:
     """Mean cross-entropy per completion token (nats, pooled over all tokens) and its perplexity."""

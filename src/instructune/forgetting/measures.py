@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
+from instructune.data.prompt import prompt_text
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
 from instructune.evaluation.generate import generate
-from instructune.evaluation.metrics import rouge
 from instructune.evaluation.scoring import completion_logprobs
-from instructune.models import prompt_text
+from instructune.metrics import rouge
+from instructune.types import Model, Tokenizer
 
 HeldOut = Literal["validation", "test"]
 """The split a retention suite reads: validation for what chooses or watches, test for what reports."""
@@ -53,13 +54,18 @@ class Measure:
         return sum(self.scores) / len(self.scores) if self.scores else float("nan")
 
 
+def drop(before: float, after: float, higher_is_better: bool) -> float:
+    """How much of a score was lost (positive = forgot): before - after, or after - before for a measure where
+    lower is better (cross-entropy)."""
+    return before - after if higher_is_better else after - before
+
+
 def bootstrap_drop(before: list[float], after: list[float], higher_is_better: bool, samples: int = 2000,
                    seed: int = 0) -> dict[str, float]:
     """Mean paired drop (positive = forgot) with a percentile bootstrap 95% interval over examples."""
     if len(before) != len(after) or not before:
         raise ValueError(f"paired scores needed, got {len(before)} before and {len(after)} after")
-    sign = 1.0 if higher_is_better else -1.0
-    diffs = [sign * (b - a) for b, a in zip(before, after)]
+    diffs = [drop(b, a, higher_is_better) for b, a in zip(before, after)]
     rng = random.Random(seed)
     n = len(diffs)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
@@ -108,14 +114,14 @@ def probe_prompts(held_out: HeldOut, limit: int | None = None) -> list[str]:
     return part[:limit] if limit else part
 
 
-def per_example_ce(model: Any, tok: Any, prompts: list[str], completions: list[str],
+def per_example_ce(model: Model, tok: Tokenizer, prompts: list[str], completions: list[str],
                    batch_size: int = 16, dtype: str = "float32") -> list[float]:
     """Cross-entropy per token of each completion given its (already formatted) prompt."""
     scores = completion_logprobs(model, tok, prompts, completions, batch_size, dtype=dtype)
     return [-lp / max(n, 1) for lp, n in scores]
 
 
-def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: str, batch_size: int = 16,
+def task_scores(model: Model, tok: Tokenizer, records: list[dict], template: Any, mode: str, batch_size: int = 16,
                 max_new_tokens: int | None = None, dtype: str = "float32") -> tuple[str, list[float], dict[str, Any]]:
     """(metric name, per-example scores, the evaluation: metrics, per-example predictions, settings,
     timings) of one task on fixed records (the references' perplexity, which no score here uses, is not
@@ -131,7 +137,7 @@ def task_scores(model: Any, tok: Any, records: list[dict], template: Any, mode: 
     return "rougeL", scores, res
 
 
-def general_probe(model: Any, tok: Any, prompts: list[str], answers: list[str] | None, batch_size: int = 16,
+def general_probe(model: Model, tok: Tokenizer, prompts: list[str], answers: list[str] | None, batch_size: int = 16,
                   max_new_tokens: int = 48, dtype: str = "float32") -> tuple[list[str], list[float]]:
     """(the original's answers, their per-example CE under `model`); answers are generated when None."""
     texts = [prompt_text(tok, p) for p in prompts]
@@ -141,7 +147,8 @@ def general_probe(model: Any, tok: Any, prompts: list[str], answers: list[str] |
     return answers, per_example_ce(model, tok, texts, answers, batch_size, dtype)
 
 
-def text_probe(model: Any, tok: Any, texts: list[str], batch_size: int = 8, dtype: str = "float32") -> list[float]:
+def text_probe(model: Model, tok: Tokenizer, texts: list[str], batch_size: int = 8,
+               dtype: str = "float32") -> list[float]:
     """Per-text cross-entropy of plain held-out text (no chat template): perplexity = exp(mean)."""
     return per_example_ce(model, tok, [""] * len(texts), texts, batch_size, dtype)
 

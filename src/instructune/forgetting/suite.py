@@ -4,8 +4,8 @@ It holds (task, template) retention tasks scored per example, a general-behaviou
 original model's own answers to held-out general prompts, see `measures.general_probe`) and a
 plain-text perplexity probe, every one of them from the split the suite is built for:
 
-    RetentionSuite.build(..., held_out="validation")   # what chooses or watches: trials, select, budget
-    RetentionSuite.build(..., held_out="test")         # what reports: a study's table, a sweep's final score
+    RetentionSuite.build(spec, split, seed, held_out="validation")   # what chooses or watches: trials, select, budget
+    RetentionSuite.build(spec, split, seed, held_out="test")         # what reports: a study's table, a sweep's final score
 
 so nothing that chooses reads a test row. `score` gives every per-example score of one model;
 `drops` compares two such scorings measure by measure, raw and relative to the original's score.
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from instructune.data.packs import PACKS
+from instructune.data.prompt import prompt_text
 from instructune.data.sources import read_table
 from instructune.data.splits import assign_splits
 from instructune.data.task import SplitSpec, TaskSpec, load_split, subset, templates
 from instructune.data.templates import load_templates
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import select
-from instructune.evaluation.metrics import higher_is_better
 from instructune.forgetting.measures import (
     HeldOut,
     bootstrap_drop,
@@ -34,7 +34,8 @@ from instructune.forgetting.measures import (
     task_scores,
     text_probe,
 )
-from instructune.models import prompt_text
+from instructune.metrics import higher_is_better
+from instructune.types import Model, Tokenizer
 
 
 @dataclass
@@ -74,6 +75,39 @@ def fixed_examples(task: TaskSpec, template: str, split: SplitSpec, limit: int, 
 
 
 @dataclass
+class TargetTask:
+    """The task a study tuned for, scored beside what it keeps."""
+
+    task: TaskSpec
+    template: str
+    """Its template id (one)."""
+    mode: Literal["generate", "likelihood"]
+    limit: int
+    """Held-out examples scored."""
+
+
+@dataclass
+class SuiteSpec:
+    """What a retention suite measures: the fields every config section naming one shares (training's
+    `retention:`, the forgetting study, a sweep's `forgetting:`), passed whole to `RetentionSuite.build`."""
+
+    tasks: list[RetentionTask]
+    """Tasks to keep, each scored on `limit` rows of the held-out split."""
+    probe_prompts: int
+    """General-behaviour probe prompts (0 = off)."""
+    probe_tokens: int
+    """Longest original answer generated for the probe."""
+    text_source: str | None
+    """Plain-text perplexity probe source (None = off)."""
+    text_limit: int
+    """Texts in the perplexity probe."""
+    text_words: int = 120
+    """Each probe text is cut to this many words."""
+    target: TargetTask | None = None
+    """None for a suite that only watches what a run keeps (its target is validated apart)."""
+
+
+@dataclass
 class RetentionSuite:
     """Fixed examples of the target and of every retention measure."""
 
@@ -86,23 +120,21 @@ class RetentionSuite:
     dtype: str = "float32"
 
     @classmethod
-    def build(cls, target: TaskSpec | None, target_template: str, target_mode: str, target_limit: int,
-              retention: list[RetentionTask], split: SplitSpec, probe_count: int, probe_tokens: int,
-              text_source: str | None, text_limit: int, text_words: int, seed: int,
-              dtype: str = "float32", *, held_out: HeldOut) -> RetentionSuite:
+    def build(cls, spec: SuiteSpec, split: SplitSpec, seed: int, dtype: str = "float32", *,
+              held_out: HeldOut) -> RetentionSuite:
         """Every measure's fixed examples from the `held_out` split under `split` (never trained on):
         each task's rows of that split, that half of the general prompts, that split's plain texts."""
-        fixed = ((*fixed_examples(target, target_template, split, target_limit, seed, held_out=held_out),
-                  target_mode) if target else None)
+        t = spec.target
+        fixed = (*fixed_examples(t.task, t.template, split, t.limit, seed, held_out=held_out), t.mode) if t else None
         tasks = {f"{task.source}/{task.template}": (*fixed_examples(task.task_spec(), task.template, split,
                                                                      task.limit, seed, held_out=held_out), task.mode)
-                 for task in retention}
-        texts = (held_out_texts(text_source, split, text_limit, text_words, seed, held_out=held_out)
-                 if text_source else [])
-        probe = probe_prompts(held_out, probe_count) if probe_count else []
-        return cls(fixed, tasks, probe, texts, probe_tokens, dtype)
+                 for task in spec.tasks}
+        texts = (held_out_texts(spec.text_source, split, spec.text_limit, spec.text_words, seed, held_out=held_out)
+                 if spec.text_source else [])
+        probe = probe_prompts(held_out, spec.probe_prompts) if spec.probe_prompts else []
+        return cls(fixed, tasks, probe, texts, spec.probe_tokens, dtype)
 
-    def score(self, model: Any, tok: Any, probe_answers: list[str] | None, log: Any = None,
+    def score(self, model: Model, tok: Tokenizer, probe_answers: list[str] | None, log: Any = None,
               cheap: bool = False) -> dict[str, Any]:
         """Every per-example score of `model`; the probe scores the original's answers (generated when None).
         Each measure is announced on `log` as it starts (a suite takes minutes on a CPU). `cheap` scores

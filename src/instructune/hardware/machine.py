@@ -4,7 +4,6 @@ fp32 and bf16-autocast matmul speed at the model's shapes, with the load it was 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 
@@ -18,9 +17,10 @@ from instructune.hardware.cpu import (
     usable_cpus,
 )
 from instructune.hardware.matmul import DEFAULT_SHAPES, Shape, probe
+from instructune.types import JSON
 
 
-def machine_summary(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool = True) -> dict[str, Any]:
+def machine_summary(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fresh: bool = True) -> JSON:
     """The CPU class a speed figure was measured on, for result files: CPU, class, threads, and
     fp32 and bf16-autocast matmul speed at `shapes` (measured afresh by default), with the load and
     spread of that measurement."""
@@ -35,7 +35,7 @@ def machine_summary(shapes: tuple[Shape, ...] | list[Shape] = DEFAULT_SHAPES, fr
             "auto_precision": p.precision}
 
 
-def describe_machine(m: dict[str, Any]) -> str:
+def describe_machine(m: JSON) -> str:
     """One line for a results file: `AMD EPYC, CPU class AVX2, 2 threads; matmul at the model's shapes
     fp32 157 GFLOP/s, bf16 autocast 20 (auto picks fp32)`."""
     isa = "".join(f", {k}={v}" for k, v in m.get("isa_env", {}).items())

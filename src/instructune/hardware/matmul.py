@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
 
 from instructune.errors import InstructuneError
+from instructune.files import write_text_atomic
 from instructune.hardware.cpu import (
     BF16_FLAGS,
     ISA_ENV,
@@ -30,6 +30,7 @@ from instructune.hardware.cpu import (
     cpu_model,
 )
 from instructune.models import resolve_model
+from instructune.types import JSON
 
 BF16_MARGIN = 1.15
 """bf16 must beat fp32 by this factor to be chosen: a near-tie is not worth bf16's rounding."""
@@ -143,7 +144,7 @@ def matmul_gflops(shapes: tuple[Shape, ...] | list[Shape], bf16: bool, budget_s:
     return flops / seconds / 1e9
 
 
-def model_shapes(config: Any) -> tuple[Shape, ...]:
+def model_shapes(config: object) -> tuple[Shape, ...]:
     """The probe's shapes for a model config: its attention projection and its MLP up-projection."""
     hidden = getattr(config, "hidden_size", None)
     mlp = getattr(config, "intermediate_size", None) or (4 * hidden if hidden else None)
@@ -163,7 +164,7 @@ def shapes_of(model: str) -> tuple[Shape, ...]:
     return DEFAULT_SHAPES
 
 
-def machine_key(threads: int, shapes: tuple[Shape, ...] | list[Shape]) -> dict[str, Any]:
+def machine_key(threads: int, shapes: tuple[Shape, ...] | list[Shape]) -> JSON:
     """What a probe result depends on; its hash names the cache entry."""
     flags = cpu_flags()
     return {"cpu": cpu_model(), "flags": sorted(f for f in BF16_FLAGS if f in flags), "capability": capability(),
@@ -172,7 +173,7 @@ def machine_key(threads: int, shapes: tuple[Shape, ...] | list[Shape]) -> dict[s
             "probe": PROBE_VERSION}
 
 
-def key_hash(key: dict[str, Any]) -> str:
+def key_hash(key: JSON) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -284,7 +285,7 @@ def _process_age() -> float:
         return 0.0
 
 
-def _cached(entry: Any, where: str, log: Callable[[str], None] | None) -> Probe | None:
+def _cached(entry: object, where: str, log: Callable[[str], None] | None) -> Probe | None:
     """The probe of a cache entry; None for no entry, or for one that does not parse or fails a sanity
     check (measured again, said in one warning line: on stderr where `log` is None, as a broken file is
     never silent)."""
@@ -297,7 +298,7 @@ def _cached(entry: Any, where: str, log: Callable[[str], None] | None) -> Probe 
     return None
 
 
-def _entry_problem(entry: Any) -> str | None:
+def _entry_problem(entry: object) -> str | None:
     """Why a cache entry is not believed (None: it parses and is plausible on this machine)."""
     got = entry.get("probe") if isinstance(entry, dict) else None
     if not isinstance(got, dict):
@@ -312,7 +313,7 @@ def _entry_problem(entry: Any) -> str | None:
     return _speed_problem(got)
 
 
-def _speed_problem(got: dict[str, Any]) -> str | None:
+def _speed_problem(got: JSON) -> str | None:
     """Speeds finite, positive, below what this machine could do; bf16/fp32 plausible; medians of the runs."""
     ceiling = MAX_GFLOPS_PER_CPU * (os.cpu_count() or 1)
     runs = {"fp32": got.get("fp32_runs", []), "bf16": got.get("bf16_runs", [])}
@@ -330,12 +331,12 @@ def _speed_problem(got: dict[str, Any]) -> str | None:
     return None
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: object) -> bool:
     """A real number (bool is not one) that is neither NaN nor infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+_FIELD_CHECKS: dict[str, Callable[[object], bool]] = {
     "threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
     "cpus": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "shapes": lambda v: isinstance(v, list) and all(
@@ -355,7 +356,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _read_cache(path: Path, log: Callable[[str], None] | None) -> dict[str, Any]:
+def _read_cache(path: Path, log: Callable[[str], None] | None) -> JSON:
     """The cache's entries by key hash; a file that is not a JSON object is said once and measured over."""
     try:
         text = path.read_text()
@@ -371,10 +372,8 @@ def _read_cache(path: Path, log: Callable[[str], None] | None) -> dict[str, Any]
     return {}
 
 
-def _write_cache(path: Path, cache: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    tmp.replace(path)
+def _write_cache(path: Path, cache: JSON) -> None:
+    write_text_atomic(path, json.dumps(cache, indent=1))
 
 
 # --- the precision decision

@@ -28,13 +28,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
 from instructune.errors import InstructuneError
 from instructune.hardware.cpu import capability, cpu_class, cpu_flags
 from instructune.hardware.matmul import DEFAULT_SHAPES, Shape, decide, probe, shapes_of
+from instructune.types import JSON
 
 
 @dataclass
@@ -55,7 +55,7 @@ class PrecisionChoice:
         """The evaluation/generation dtype name of this precision (fp16 scores in fp32)."""
         return "bfloat16" if self.precision == "bf16" else "float32"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JSON:
         return asdict(self)
 
 

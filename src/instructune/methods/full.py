@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+from instructune.methods.options import MethodOptions
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedModel
 
 NAME = "full"
 PEFT = False
@@ -11,11 +17,11 @@ PROMPT_LEARNING = False
 
 
 @dataclass
-class Options:
+class Options(MethodOptions):
     """Full fine-tuning has no options."""
 
 
-def apply(model: Any, options: Options, tokenizer_path: str | None = None) -> Any:
+def apply(model: PreTrainedModel, options: Options, tokenizer_path: str | None = None) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from instructune.errors import InstructuneError
+from instructune.methods.options import MethodOptions
 from instructune.methods.selective import train_only
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedModel
 
 NAME = "last_n"
 PEFT = False
@@ -15,7 +20,7 @@ PROMPT_LEARNING = False
 
 
 @dataclass
-class Options:
+class Options(MethodOptions):
     last_n: int = 2
     """How many final transformer blocks train."""
 
@@ -23,7 +28,7 @@ class Options:
         return [f"last_n must be at least 1, got {self.last_n}"] if self.last_n < 1 else []
 
 
-def apply(model: Any, options: Options, tokenizer_path: str | None = None) -> Any:
+def apply(model: PreTrainedModel, options: Options, tokenizer_path: str | None = None) -> nn.Module:
     layers = model.config.num_hidden_layers
     if not 1 <= options.last_n <= layers:
         raise InstructuneError(f"method.last_n must be between 1 and {layers} (the model's blocks), got "

@@ -6,11 +6,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from peft import LoraConfig
 
+from instructune.methods.options import MethodOptions
 from instructune.methods.peft_utils import check_targets, wrap
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedModel
 
 NAME = "lora"
 PEFT = True
@@ -18,7 +23,7 @@ PROMPT_LEARNING = False
 
 
 @dataclass
-class Options:
+class Options(MethodOptions):
     r: int = 8
     """Rank of the update B A."""
     alpha: int = 16
@@ -41,7 +46,7 @@ class Options:
         return out
 
 
-def apply(model: Any, options: Options, tokenizer_path: str | None = None) -> Any:
+def apply(model: PreTrainedModel, options: Options, tokenizer_path: str | None = None) -> nn.Module:
     targets = check_targets(model, options.targets or ["q_proj", "v_proj"])
     cfg = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=targets,
                      use_dora=options.dora, task_type="CAUSAL_LM")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from peft import get_peft_model
+from peft import PeftConfig, get_peft_model
 
 from instructune.errors import InstructuneError
 
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedModel
 
-def check_targets(model: Any, targets: list[str]) -> list[str]:
+
+def check_targets(model: nn.Module, targets: list[str]) -> list[str]:
     """Every target must name a module of the model; the error lists the names that exist."""
     leaves = {name.split(".")[-1] for name, mod in model.named_modules() if not list(mod.children())}
     missing = [t for t in targets if t not in leaves]
@@ -19,8 +23,8 @@ def check_targets(model: Any, targets: list[str]) -> list[str]:
     return targets
 
 
-def wrap(model: Any, config: Any) -> Any:
-
+def wrap(model: PreTrainedModel, config: PeftConfig) -> nn.Module:
+    """The peft model for `config`; peft's refusal becomes an error that names another method to try."""
     try:
         return get_peft_model(model, config)
     except (ValueError, NotImplementedError, TypeError) as e:

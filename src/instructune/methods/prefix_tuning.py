@@ -4,11 +4,16 @@ every layer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from peft import PrefixTuningConfig
 
+from instructune.methods.options import PromptLearningOptions
 from instructune.methods.peft_utils import wrap
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedModel
 
 NAME = "prefix_tuning"
 PEFT = True
@@ -16,14 +21,9 @@ PROMPT_LEARNING = True
 
 
 @dataclass
-class Options:
-    num_virtual_tokens: int = 20
-    """Number of virtual tokens."""
-
-    def problems(self) -> list[str]:
-        n = self.num_virtual_tokens
-        return [f"num_virtual_tokens must be at least 1, got {n}"] if n < 1 else []
+class Options(PromptLearningOptions):
+    """Prefix tuning's options: `num_virtual_tokens` only."""
 
 
-def apply(model: Any, options: Options, tokenizer_path: str | None = None) -> Any:
+def apply(model: PreTrainedModel, options: Options, tokenizer_path: str | None = None) -> nn.Module:
     return wrap(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options.num_virtual_tokens))

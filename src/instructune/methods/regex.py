@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from instructune.errors import InstructuneError
+from instructune.methods.options import MethodOptions
 from instructune.methods.selective import train_only
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedModel
 
 NAME = "regex"
 PEFT = False
@@ -15,12 +20,12 @@ PROMPT_LEARNING = False
 
 
 @dataclass
-class Options:
+class Options(MethodOptions):
     patterns: list[str] = field(default_factory=list)
     """Parameter-name regular expressions that train (e.g. ['mlp\\.down_proj'])."""
 
 
-def apply(model: Any, options: Options, tokenizer_path: str | None = None) -> Any:
+def apply(model: PreTrainedModel, options: Options, tokenizer_path: str | None = None) -> nn.Module:
     if not options.patterns:
         raise InstructuneError("method regex needs method.patterns, e.g. patterns: ['mlp\\.down_proj'].")
     try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from instructune.errors import InstructuneError
 
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
 
-def train_only(model: Any, keep: Callable[[str], bool], what: str) -> Any:
+
+def train_only(model: nn.Module, keep: Callable[[str], bool], what: str) -> nn.Module:
     """Parameters whose names `keep` accepts train; the rest freeze. Refuses a choice of nothing."""
     names = [n for n, _ in model.named_parameters()]
     chosen = {n for n in names if keep(n)}

@@ -18,7 +18,8 @@ import json
 import platform
 import resource
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from instructune.config import load_config, to_dict
 from instructune.data.packs import PACKS
 from instructune.data.task import TaskSpec, dataset
 from instructune.data.templates import load_templates
+from instructune.evaluation.settings import EvalSettings
 from instructune.hardware import cpu_model, machine_summary, resolve_precision, setup_threads, shapes_of
 from instructune.models import MODEL_PACKS, pack_dir, pull_model, resolve_model
 from instructune.recipes.evaluate import evaluate, print_table, write_outputs
@@ -82,7 +84,8 @@ def default_config_path() -> Path:
     return Path(str(resources.files("instructune").joinpath("configs/demo.yaml")))
 
 
-def demo(config: str | None = None, overrides: list[str] = (), quick: bool = False, log: Any = print) -> Path:
+def demo(config: str | None = None, overrides: list[str] = (), quick: bool = False,
+         log: Callable[[str], None] = print) -> Path:
     started = time.perf_counter()
     # --- config (quick mode shrinks every step, into its own folder)
     extra = ([*QUICK, "output_dir=runs/demo-quick"] if quick else []) + list(overrides)
@@ -113,8 +116,8 @@ def demo(config: str | None = None, overrides: list[str] = (), quick: bool = Fal
     # --- the base model with in-context examples, on the same reviews the study scored
     few = [k for k in cfg.shots if k > 0]
     log(f"[3/5] base model on {cfg.target}/{cfg.template}: {', '.join(map(str, few)) or 'no'}-shot")
-    few_eval = _cached_eval(out / "eval-few-shot", dict(
-        models=[cfg.model], adapters=[], data=cfg.target, template=cfg.template, shots=few, limit=cfg.eval_limit,
+    few_eval = _cached_eval(out / "eval-few-shot", [cfg.model], EvalSettings(
+        TaskSpec(cfg.target, [cfg.template]), template=cfg.template, shots=few, limit=cfg.eval_limit,
         mode=cfg.eval_mode, seed=cfg.seed, dtype=choice.dtype), log) if few else None
     phases["few-shot evaluation"] = time.perf_counter() - started - sum(phases.values())
 
@@ -225,16 +228,17 @@ def _cure_names(fcfg: ForgettingConfig) -> list[str]:
     return list(run_configs(fcfg))
 
 
-def _cached_eval(folder: Path, settings: dict[str, Any], log: Any) -> dict[str, Any]:
-    """Run (or reuse) an evaluation."""
-    key = json.loads(json.dumps(settings))
+def _cached_eval(folder: Path, models: list[str], settings: EvalSettings,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Run (or reuse) an evaluation of `models` (no adapters)."""
+    key = json.loads(json.dumps({"models": models, "adapters": [], **asdict(settings)}))
     saved = folder / "eval.json"
     if saved.exists():
         report = json.loads(saved.read_text())
         if report.get("key") == key:
             log(f"reusing {saved} (same inputs)")
             return report
-    report = evaluate(**settings, out=None, log=log)
+    report = evaluate(models, [], settings, log=log)
     report["key"] = key
     write_outputs(folder, report)
     return report
@@ -243,8 +247,8 @@ def _cached_eval(folder: Path, settings: dict[str, Any], log: Any) -> dict[str, 
 def _study_folders(fcfg: ForgettingConfig) -> list[str]:
     """The dataset folders the forgetting study read: its training data, each retention task, the text probe."""
     run = next(iter(run_configs(fcfg).values()))
-    split = run.data.split_spec()
-    tasks = [run.data.task_spec(), *[t.task_spec() for t in fcfg.retention]]
+    split = run.data.split
+    tasks = [run.data.task, *[t.task_spec() for t in fcfg.retention]]
     if fcfg.text_source in PACKS:
         tasks.append(TaskSpec(fcfg.text_source, [next(iter(load_templates(fcfg.text_source)))]))
     return list(dict.fromkeys(str(dataset(t, split)) for t in tasks))

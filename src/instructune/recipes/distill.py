@@ -17,22 +17,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from instructune.data.formats import EXPORTS, export
-from instructune.data.packs import PACKS, write_atomic
+from instructune.data.packs import PACKS
 from instructune.data.task import SplitSpec, TaskSpec, load_split, subset
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import build_prompts
 from instructune.evaluation.generate import generate
+from instructune.files import write_atomic
 from instructune.hardware import eval_dtype
 from instructune.models import load_model
 from instructune.paths import refuse_overwrite
+from instructune.types import JSON, Log
 
 
 def distill(teacher: str, task: TaskSpec, out: Path, split: str = "train", fmt: str = "alpaca",
             limit: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
-            dtype: str = "auto", log: Any = print) -> dict[str, Any]:
+            dtype: str = "auto", log: Log = print) -> JSON:
     """Write the teacher's answers to `split` of `task` as `fmt` JSONL at `out`; returns what was done."""
     if fmt not in EXPORTS:
         raise InstructuneError(f"--format {fmt!r}: distilled data is written as {' or '.join(EXPORTS)}.")

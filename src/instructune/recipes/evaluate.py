@@ -10,47 +10,46 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from instructune.adapters.attach import attach_adapter
 from instructune.adapters.registry import adapters_root, resolve_adapter
-from instructune.data.formats import CONVERSATIONS
-from instructune.data.task import DEFAULT_FRACTIONS, SplitSpec, TaskSpec, dataset, load_split
+from instructune.data.task import dataset, load_split
 from instructune.data.task import templates as task_templates
-from instructune.errors import InstructuneError
+from instructune.errors import InstructuneError, collect
 from instructune.evaluation.evaluate import evaluate_records
-from instructune.evaluation.metrics import HEADLINE
+from instructune.evaluation.settings import EvalSettings
+from instructune.files import write_text_atomic
 from instructune.hardware import eval_dtype
-from instructune.models import attach_adapter, load_model
+from instructune.metrics import HEADLINE
+from instructune.models import load_model
 from instructune.tables import show
 
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def evaluate(models: list[str], adapters: list[str], data: str, template: str | None = None, split: str = "test",
-             shots: list[int] = (0,), limit: int | None = None, mode: str = "generate", seed: int = 0,
-             batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "auto",
-             template_file: str | None = None, out: Path | None = None, data_seed: int = 0,
-             fractions: Sequence[float] = DEFAULT_FRACTIONS, built_with: Sequence[str] | None = None,
-             data_format: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
+
+def evaluate(models: list[str], adapters: list[str], settings: EvalSettings, out: Path | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every model (and every adapter on the first model) with every shot count on the same
-    `limit` examples (seeded by `seed`) of `split` of the task `data`/`template`.
+    `limit` examples (seeded by `seed`) of the held-out split of the task.
 
-    The rows are split as a run with the same task and split split them: `data_seed`, `fractions`
-    and the templates its dataset was built with (`built_with`, default this template alone, since
-    the templates decide the stratifying label), so the test rows are the ones that run held out.
-    Without `template`, the dataset's only one (a data format's, like `alpaca`) is scored."""
+    The rows are split as a run with the same task and split split them (`settings.task` carries the
+    templates its dataset was built with, since they decide the stratifying label), so the test rows
+    are the ones that run held out. Without a template, the dataset's only one (a data format's, like
+    `alpaca`) is scored."""
+    collect(settings.problems(), "invalid evaluation settings")
     folders = [resolve_adapter(a) for a in adapters]  # a name, a folder or a run: a typo fails at once
     # --- data and template
-    if template in CONVERSATIONS or template == "text":  # a format named as its template
-        data_format, template = template, None
-    named = list(built_with or ([template] if template else []))
-    task = TaskSpec(data, named if data_format in ("auto", "template") else [], template_file, data_format)
-    cut = SplitSpec(data_seed, list(fractions))
+    task, cut, split, template = settings.task, settings.split, settings.held_out, settings.template
     folder = dataset(task, cut)
     templates = task_templates(task, cut)
     if template is None:
         if len(templates) > 1:
-            raise InstructuneError(f"{data} has several templates ({', '.join(templates)}); choose one with --template.")
+            raise InstructuneError(f"{task.source} has several templates ({', '.join(templates)}); choose one with "
+                                   "--template.")
         template = next(iter(templates))
     if template not in templates:
         raise InstructuneError(f"template '{template}' is not in the dataset {folder}; its templates: "
@@ -58,30 +57,32 @@ def evaluate(models: list[str], adapters: list[str], data: str, template: str | 
     t = templates[template]
     records = load_split(task, cut, split, template)
     if not records:
-        raise InstructuneError(f"the {split} split of {data} has no '{template}' examples; check --split.")
-    train = load_split(task, cut, "train", template) if max(shots) > 0 else None
-    tokens = max_new_tokens or (8 if t.choices else 64)
-    dtype = eval_dtype(dtype, models[0], log=log)  # auto: measured on this machine
+        raise InstructuneError(f"the {split} split of {task.source} has no '{template}' examples; check --split.")
+    train = load_split(task, cut, "train", template) if max(settings.shots) > 0 else None
+    tokens = settings.max_new_tokens or (8 if t.choices else 64)
+    dtype = eval_dtype(settings.dtype, models[0], log=log)  # auto: measured on this machine
 
     # --- every setting on the same examples
     results = []
+    limit, mode = settings.limit, settings.mode
     for label, model, tok in _settings(models, folders):
-        for k in shots:
+        for k in settings.shots:
             log(f"evaluating {label}, {k}-shot, {min(limit or len(records), len(records))} examples")
             res = evaluate_records(model(), tok, records, task=t.task, choices=t.choices, metrics=t.metrics,
                                    stop=t.stop, mode=mode if t.choices else "generate", shots=k,
-                                   train_records=train, limit=limit, seed=seed, batch_size=batch_size,
-                                   max_new_tokens=tokens, dtype=dtype)
+                                   train_records=train, limit=limit, seed=settings.seed,
+                                   batch_size=settings.batch_size, max_new_tokens=tokens, dtype=dtype)
             results.append({"setting": label, "shots": k, **res})
-    report = {"data": data, "dataset": str(folder), "template": template, "split": split, "seed": seed,
-              "data_seed": data_seed, "fractions": list(fractions), "mode": mode, "dtype": dtype,
-              "results": results}
+    report = {"data": task.source, "dataset": str(folder), "template": template, "split": split,
+              "seed": settings.seed, "data_seed": cut.seed, "fractions": list(cut.fractions), "mode": mode,
+              "dtype": dtype, "results": results}
     if out:
         write_outputs(Path(out), report)
     return report
 
 
-def _settings(models: list[str], adapters: list[Path]) -> Any:
+def _settings(models: list[str], adapters: list[Path]) -> Iterator[tuple[str, Callable[[], PreTrainedModel],
+                                                                     PreTrainedTokenizerBase]]:
     """(label, model getter, tokenizer) per model, then per adapter folder on the first model (base loaded
     once)."""
     for i, name in enumerate(models):
@@ -112,9 +113,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 def write_outputs(out: Path, report: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "eval.json")
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=1))
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["setting", "shots", "id", "reference", "prediction", "label", "predicted_label", "correct"])

@@ -15,16 +15,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
+from instructune.files import write_text_atomic
 from instructune.forgetting.measures import mean_relative_drop, probe_capacity
-from instructune.forgetting.suite import RetentionSuite, RetentionTask, answer_rows, drops
+from instructune.forgetting.suite import (
+    RetentionSuite,
+    RetentionTask,
+    SuiteSpec,
+    TargetTask,
+    answer_rows,
+    drops,
+)
 from instructune.hardware import eval_dtype, setup_threads
 from instructune.models import load_model
 from instructune.runs import cached, deep_merge, load_trained, train_run
 from instructune.training.config import TrainConfig
+from instructune.types import JSON, Log
 
 MULTI_TASK = "multi-task"
 
@@ -87,7 +96,7 @@ class ForgettingConfig:
                 f"got {self.probe_prompts}"]
 
 
-def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
+def forgetting(cfg: ForgettingConfig, log: Log = print) -> JSON:
     # --- every cure's training config, validated before any work starts
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +110,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
                                                                   "isolate_runs")}
     suite_key.update(model=first.model, data=to_dict(first.data), dtype=suite.dtype)
 
-    def score_original() -> dict[str, Any]:
+    def score_original() -> JSON:
         log(f"scoring the original model {first.model} on the retention suite")
         model, tok = load_model(first.model)
         return suite.score(model, tok, probe_answers=None, log=log)
@@ -113,7 +122,7 @@ def forgetting(cfg: ForgettingConfig, log: Any = print) -> dict[str, Any]:
     for name, run in runs.items():
         metrics = train_run(run, out / f"{name}.yaml", f"cure '{name}'", log, cfg.isolate_runs)
 
-        def score_tuned(run: Any = run, name: str = name) -> dict[str, Any]:
+        def score_tuned(run: TrainConfig = run, name: str = name) -> JSON:
             log(f"cure '{name}': scoring")
             model, tok = load_trained(run)
             return suite.score(model, tok, probe_answers=before["probe_answers"], log=log)
@@ -135,17 +144,18 @@ def run_configs(cfg: ForgettingConfig, out: Path | None = None) -> dict[str, Tra
     return {c.name: _train_config(cfg, c, Path(out or cfg.output_dir)) for c in cures}
 
 
-def build_suite(cfg: ForgettingConfig, run: TrainConfig, log: Any = print) -> RetentionSuite:
+def build_suite(cfg: ForgettingConfig, run: TrainConfig, log: Log = print) -> RetentionSuite:
     """The fixed examples every model of the study is scored on, from the target run's task and split: test
     rows, since the study reports and chooses nothing."""
-    if not run.data.templates:
+    if not run.data.task.templates:
         raise InstructuneError("forgetting: train.data.templates must name the target template")
     retention = [replace(t, limit=min(t.limit, cfg.retention_limit or t.limit)) for t in cfg.retention]
-    return RetentionSuite.build(
-        run.data.task_spec(), run.data.templates[0], "likelihood" if run.eval_mode == "likelihood" else "generate",
-        cfg.target_limit, retention, run.data.split_spec(), cfg.probe_prompts, cfg.probe_tokens, cfg.text_source,
-        cfg.text_limit, cfg.text_words, cfg.seed, eval_dtype(cfg.score_precision or run.precision, run.model, log),
-        held_out="test")
+    target = TargetTask(run.data.task, run.data.task.templates[0],
+                        "likelihood" if run.eval_mode == "likelihood" else "generate", cfg.target_limit)
+    spec = SuiteSpec(retention, cfg.probe_prompts, cfg.probe_tokens, cfg.text_source, cfg.text_limit, cfg.text_words,
+                     target)
+    return RetentionSuite.build(spec, run.data.split, cfg.seed,
+                                eval_dtype(cfg.score_precision or run.precision, run.model, log), held_out="test")
 
 
 def _train_config(cfg: ForgettingConfig, cure: CureConfig, out: Path) -> TrainConfig:
@@ -182,7 +192,7 @@ def _multi_task_mixture(cfg: ForgettingConfig, cure: CureConfig, target: dict) -
     return {"tasks": tasks, "strategy": "weights"}
 
 
-def _row(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingConfig) -> dict[str, Any]:
+def _row(name: str, before: dict, after: dict, metrics: dict, cfg: ForgettingConfig) -> JSON:
     target_b, target_a = before["target"], after["target"]
     retention = drops(before, after, cfg.bootstrap_samples, cfg.seed)
     return {"cure": name, "target_metric": target_b["metric"], "target_before": target_b["mean"],
@@ -198,13 +208,11 @@ def _write(out: Path, cfg: ForgettingConfig, before: dict, rows: list[dict], ans
     report = {"config": to_dict(cfg), "before": {"target": {k: v for k, v in before["target"].items()
                                                              if k not in ("scores", "evaluation")}, "measures": slim},
               "cures": rows, "answers": answers, "original_score_seconds": before.get("seconds")}
-    tmp = out / "forgetting.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "forgetting.json")
+    write_text_atomic(out / "forgetting.json", json.dumps(report, indent=1))
     (out / "forgetting.md").write_text(markdown_table(rows))
 
 
-def drop_cell(m: dict[str, Any]) -> str:
+def drop_cell(m: JSON) -> str:
     """A drop with its 95% interval: `+0.197 [+0.146, +0.248]`."""
     return f"{m['drop']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
 

@@ -4,7 +4,7 @@
 
 Top to bottom: every task's fixed test examples are scored on the original model (row 0); stage j
 then trains task j, starting from the weights stage j-1 left (stage 1 from the configured model),
-each stage in its own process so its wall time and peak memory are its own. A PEFT stage's adapter
+with the trainer in this process (its peak memory counted afresh from the memory in use). A PEFT stage's adapter
 is merged into its base (`merged/`), and that full model is where the next stage starts. After
 every stage all tasks are scored again on the same examples (row j). From the (T+1) x T matrix
 come forgetting, backward and forward transfer (`instructune.forgetting.transfer_measures`), written
@@ -19,12 +19,13 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from instructune.adapters.merge import merge_adapter
 from instructune.config import load_config, to_dict
 from instructune.data.task import SplitSpec
 from instructune.errors import InstructuneError, collect
+from instructune.files import write_text_atomic
 from instructune.forgetting.measures import task_scores, transfer_measures
 from instructune.forgetting.suite import RetentionTask, fixed_examples
 from instructune.hardware import eval_dtype, setup_threads
@@ -32,6 +33,10 @@ from instructune.methods import METHODS
 from instructune.models import load_model
 from instructune.runs import cached, deep_merge, train_run
 from instructune.training.config import TrainConfig
+from instructune.types import JSON, Log
+
+if TYPE_CHECKING:
+    from instructune.data.templates import Template
 
 
 @dataclass
@@ -51,7 +56,7 @@ class SequentialConfig:
     """Seed of the fixed test subsets."""
 
 
-def sequential(cfg: SequentialConfig, log: Any = print) -> dict[str, Any]:
+def sequential(cfg: SequentialConfig, log: Log = print) -> JSON:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = task_names(cfg.tasks)
@@ -60,7 +65,7 @@ def sequential(cfg: SequentialConfig, log: Any = print) -> dict[str, Any]:
     examples = _fixed_examples(cfg, names, runs[0])
     dtype = eval_dtype(cfg.score_precision or runs[0].precision, runs[0].model, log=log)
     key = {"tasks": [to_dict(t) for t in cfg.tasks], "seed": cfg.seed, "dtype": dtype,
-           "split": [runs[0].data.seed, runs[0].data.fractions]}
+           "split": [runs[0].data.split.seed, runs[0].data.split.fractions]}
 
     rows = [cached(out / "scores" / "before.json", {**key, "model": runs[0].model},
                     lambda: _score(runs[0].model, examples, dtype, log), log)]
@@ -83,12 +88,12 @@ def task_names(tasks: list[RetentionTask]) -> list[str]:
     return [f"{Path(t.source).stem}/{t.template}" for t in tasks]
 
 
-def stage_model(run: Any) -> str:
+def stage_model(run: TrainConfig) -> str:
     """The full model a stage leaves: its `model/`, or for PEFT methods its adapter merged into its base."""
     return str(Path(run.output_dir) / ("merged" if run.method.peft else "model"))
 
 
-def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
+def stage_configs(cfg: SequentialConfig, out: Path) -> list[TrainConfig]:
     """One training config per stage: the shared `train` block on task j, starting where stage j-1 ends."""
     names = task_names(cfg.tasks)
     method = cfg.train.get("method")
@@ -119,10 +124,11 @@ def stage_configs(cfg: SequentialConfig, out: Path) -> list[Any]:
     return runs
 
 
-def _fixed_examples(cfg: SequentialConfig, names: list[str], run: Any) -> dict[str, tuple[list[dict], Any, str]]:
+def _fixed_examples(cfg: SequentialConfig, names: list[str],
+                    run: TrainConfig) -> dict[str, tuple[list[dict], Template, str]]:
     """Each task's fixed test subset, template and scoring mode: the same examples in every row."""
     out, problems = {}, []
-    split: SplitSpec = run.data.split_spec()  # the split a stage trains on, so the test split is held out
+    split: SplitSpec = run.data.split  # the split a stage trains on, so the test split is held out
     for name, task in zip(names, cfg.tasks):
         recs, template = fixed_examples(task.task_spec(), task.template, split, task.limit, cfg.seed,
                                         held_out="test")  # the matrix reports; nothing chooses on it
@@ -134,8 +140,8 @@ def _fixed_examples(cfg: SequentialConfig, names: list[str], run: Any) -> dict[s
     return out
 
 
-def _score(model_name: str, examples: dict[str, tuple[list[dict], Any, str]], dtype: str,
-           log: Any) -> dict[str, Any]:
+def _score(model_name: str, examples: dict[str, tuple[list[dict], Template, str]], dtype: str,
+           log: Log) -> JSON:
     log(f"scoring {model_name} on every task")
     model, tok = load_model(model_name)
     out = {}
@@ -145,15 +151,15 @@ def _score(model_name: str, examples: dict[str, tuple[list[dict], Any, str]], dt
     return {"tasks": out}
 
 
-def _train_stage(run: Any, start: dict[str, Any], name: str, log: Any) -> dict[str, Any]:
-    """Train one stage in its own process (reused while its config and starting weights are unchanged);
+def _train_stage(run: TrainConfig, start: JSON, name: str, log: Log) -> JSON:
+    """Train one stage (reused while its config and starting weights are unchanged);
     a PEFT stage's adapter is then merged into its base, the next stage's starting model."""
     folder = Path(run.output_dir)
     marker = folder / "start.json"  # the config names the starting folder, not what is in it
     if folder.exists() and (not marker.exists() or json.loads(marker.read_text()) != start):
         log(f"{name}: the weights it starts from changed since it was trained; training it again")
         shutil.rmtree(folder)
-    metrics = train_run(run, folder.parent / f"{folder.name}.yaml", name, log)
+    metrics = train_run(run, folder.parent / f"{folder.name}.yaml", name, log, isolate=False)
     marker.write_text(json.dumps(start))
     if run.method.peft and not Path(stage_model(run)).exists():  # retraining removes it
         log(f"{name}: merging the adapter into {run.model}")
@@ -161,25 +167,23 @@ def _train_stage(run: Any, start: dict[str, Any], name: str, log: Any) -> dict[s
     return metrics
 
 
-def _weights_id(run: Any) -> str:
+def _weights_id(run: TrainConfig) -> str:
     """Every training run writes a new metrics.json (its wall time differs), so its hash names the weights."""
     return hashlib.sha256((Path(run.output_dir) / "metrics.json").read_bytes()).hexdigest()[:16]
 
 
-def _write(out: Path, cfg: SequentialConfig, names: list[str], rows: list[dict], stages: list[dict]) -> dict[str, Any]:
+def _write(out: Path, cfg: SequentialConfig, names: list[str], rows: list[dict], stages: list[dict]) -> JSON:
     matrix = [[row["tasks"][n]["mean"] for n in names] for row in rows]  # R[j][i-1]: task i after stage j
     report = {"config": to_dict(cfg), "tasks": names, "metrics": {n: rows[0]["tasks"][n]["metric"] for n in names},
               "rows": ["before", *[f"after {n}" for n in names]], "matrix": matrix,
               "measures": transfer_measures(matrix), "stages": stages,
               "before_score_seconds": rows[0].get("seconds")}
-    tmp = out / "sequential.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "sequential.json")
+    write_text_atomic(out / "sequential.json", json.dumps(report, indent=1))
     (out / "sequential.md").write_text(markdown_matrix(report))
     return report
 
 
-def markdown_matrix(report: dict[str, Any]) -> str:
+def markdown_matrix(report: JSON) -> str:
     """Rows = before and after each stage; columns = tasks; then the measures."""
     names, m = report["tasks"], report["measures"]
     head = ["stage", *[f"{n} ({report['metrics'][n]})" for n in names]]

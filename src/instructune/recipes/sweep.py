@@ -1,7 +1,7 @@
 """Hyperparameter search on the validation split, with forgetting as an optional second objective.
 
-(Like the demo, a sweep strings training runs together: it calls the finetune recipe's public entry
-point, in process, so each validation can prune a trial and each trained model can be scored.)
+(A sweep strings training runs together: each trial is `training.trainer.train`, in process, so each
+validation can prune a trial and each trained model can be scored.)
 
     instructune sweep configs/sweep-lora-rotten-tomatoes.yaml [--resume] [--workers 2] [--storage URL]
 
@@ -24,9 +24,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 import yaml
@@ -35,17 +36,18 @@ from instructune.config import apply_overrides, from_dict, load_config, read_yam
 from instructune.data.task import load_split
 from instructune.data.task import templates as task_templates
 from instructune.errors import InstructuneError, collect
-from instructune.evaluation.metrics import higher_is_better
 from instructune.forgetting.measures import mean_relative_drop
 from instructune.forgetting.suite import RetentionSuite, drops
 from instructune.hardware import setup_threads, usable_cpus
+from instructune.metrics import higher_is_better
 from instructune.models import load_model
-from instructune.recipes.finetune import finetune
 from instructune.report import plots
 from instructune.search import curve, space
 from instructune.search.forgetting import SECOND_OBJECTIVE, SweepForgetting
 from instructune.search.study import finished, open_study, pareto, storage
 from instructune.training.config import TrainConfig, budget_problems
+from instructune.training.trainer import train
+from instructune.types import JSON, Log
 
 
 @dataclass
@@ -130,7 +132,7 @@ def load_sweep(path: str | Path | None, overrides: list[str] = (), data: dict | 
 
 
 def sweep(base: dict, s: SweepSettings, resume: bool = False, workers: int = 1, worker: bool = False,
-          log: Any = print, join: Any = None) -> dict[str, Any]:
+          log: Log = print, join: Callable[[], object] | None = None) -> JSON:
     """Run the search (`workers` processes share the machine; this one is a `worker` when another process
     writes the results, after calling `join` to wait for the other workers)."""
     # --- the space, the objective and the forgetting suite, checked before any trial
@@ -152,7 +154,7 @@ def sweep(base: dict, s: SweepSettings, resume: bool = False, workers: int = 1, 
         f"({directions[0]}){', forgetting as a second objective' if suite else ''}; study in {out}")
 
     # --- the trials
-    def objective(trial: optuna.Trial) -> Any:
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         return _trial(trial, base, s, params, out, base.get("threads") or threads, suite, before, log)
 
     if done < s.trials:  # optimize runs a trial before its callback can stop it: a study with its count runs none
@@ -191,7 +193,7 @@ def start(base: dict, s: SweepSettings, resume: bool = False) -> None:
     open_study(storage(s.storage, out), directions, params, s.seed, s.pruner, study_key(base, s), resume)
 
 
-def study_key(base: dict, s: SweepSettings) -> dict[str, Any]:
+def study_key(base: dict, s: SweepSettings) -> JSON:
     """What a study is continued only by: the config, and the unit of its forgetting objective (a study
     whose second objective was a raw mean drop cannot be continued in relative units)."""
     return {"train": base, "sweep": to_dict(s), **({"second_objective": SECOND_OBJECTIVE} if s.forgetting else {})}
@@ -202,7 +204,7 @@ def _objective_problems(base: dict, s: SweepSettings) -> list[str]:
     if s.metric == "loss" or base.get("mixture"):
         return []
     cfg = load_config(TrainConfig, data=base)
-    produced = {"loss"} | {k for t in task_templates(cfg.data.task_spec(), cfg.data.split_spec()).values()
+    produced = {"loss"} | {k for t in task_templates(cfg.data.task, cfg.data.split).values()
                            for m in t.metrics for k in _keys(m, t.task)}
     if s.metric not in produced:
         return [f"sweep.objective: {s.objective} is not a score these templates report; they report "
@@ -215,7 +217,7 @@ def _keys(metric: str, task: str) -> list[str]:
     return keys + (["invalid_rate"] if task == "classification" else [])
 
 
-def _retention(s: SweepSettings, base: dict, log: Any) -> tuple[RetentionSuite, dict]:
+def _retention(s: SweepSettings, base: dict, log: Log) -> tuple[RetentionSuite, dict]:
     """The retention suite the trials are scored on, on validation rows (the search chooses on it), and the
     original model's scores on it."""
     cfg = load_config(TrainConfig, data=base)
@@ -226,7 +228,7 @@ def _retention(s: SweepSettings, base: dict, log: Any) -> tuple[RetentionSuite, 
 
 
 def _trial(trial: optuna.Trial, base: dict, s: SweepSettings, params: list, out: Path, threads: int,
-           suite: RetentionSuite | None, before: dict | None, log: Any) -> Any:
+           suite: RetentionSuite | None, before: dict | None, log: Log) -> float | tuple[float, float]:
     """One training run on the train split, scored on validation (and on the retention suite)."""
     values = space.sample(trial, params, base)
     run = space.apply(base, values)
@@ -238,7 +240,7 @@ def _trial(trial: optuna.Trial, base: dict, s: SweepSettings, params: list, out:
     cfg = load_config(TrainConfig, data=run)
     trial.set_user_attr("pid", os.getpid())
 
-    def observe(step: int, scores: dict[str, Any]) -> None:
+    def observe(step: int, scores: JSON) -> None:
         if len(trial.study.directions) == 1 and isinstance(scores.get(s.metric), (int, float)):
             trial.report(float(scores[s.metric]), step)
             if trial.should_prune():
@@ -246,15 +248,14 @@ def _trial(trial: optuna.Trial, base: dict, s: SweepSettings, params: list, out:
                 raise optuna.TrialPruned()
 
     start = time.time()
-    result = finetune(cfg, log=lambda *_: None, observe=observe)
-    value = float(result.metrics["validation"][s.metric])
-    trial.set_user_attr("validation", {k: v for k, v in result.metrics["validation"].items()
-                                       if isinstance(v, (int, float))})
+    result = train(cfg, log=lambda *_: None, observe=observe)
+    value = float(result.validation[s.metric])
+    trial.set_user_attr("validation", result.validation)
     if s.test_every_trial:  # a measuring grid's points; never read by the choice (`_choose` reads values)
-        trial.set_user_attr("test", {k: v for k, v in result.metrics["test"].items() if isinstance(v, (int, float))})
+        trial.set_user_attr("test", result.test)
     trial.set_user_attr("wall_seconds", time.time() - start)
     trial.set_user_attr("peak_memory_mb", result.metrics.get("peak_memory_mb"))
-    outcome: Any = value
+    outcome: float | tuple[float, float] = value
     if suite is not None:
         after = suite.score(result.model, result.tokenizer, probe_answers=before["probe_answers"])
         measures = drops(before, after, s.forgetting.bootstrap_samples, s.seed)
@@ -283,10 +284,10 @@ def _choose(study: optuna.Study, s: SweepSettings, multi: bool) -> optuna.trial.
     return max(front, key=lambda t: t.values[0] if s.maximize else -t.values[0])
 
 
-def _learning_curve(report: dict, param: str, metric: str, base: dict, out: Path) -> list[dict[str, Any]]:
+def _learning_curve(report: dict, param: str, metric: str, base: dict, out: Path) -> list[JSON]:
     """Test score against `param` with bootstrap intervals, plotted to learning_curve.png."""
     cfg = load_config(TrainConfig, data=base)
-    n = len(load_split(cfg.data.task_spec(), cfg.data.split_spec(), "test"))
+    n = len(load_split(cfg.data.task, cfg.data.split, "test"))
     n = min(n, cfg.data.test_limit) if cfg.data.test_limit is not None else n
     points = curve.points(report["trials"], param, metric, n)
     if points:
@@ -294,12 +295,12 @@ def _learning_curve(report: dict, param: str, metric: str, base: dict, out: Path
     return points
 
 
-def _final(best: dict, out: Path, s: SweepSettings, log: Any) -> dict[str, Any]:
+def _final(best: dict, out: Path, s: SweepSettings, log: Log) -> JSON:
     """The chosen configuration trained once more, its test split scored (and with `forgetting:`, the suite on
     test rows): the only look at the test split."""
     log("training the chosen configuration once more, and scoring it on the test split")
     cfg = load_config(TrainConfig, data={**best, "keep_checkpoints": 0, "save_every": 0})
-    result = finetune(cfg, log=lambda *_: None, overwrite=True)
+    result = train(cfg, log=lambda *_: None, overwrite=True)
     final = {"test": result.metrics["test"], "validation": result.metrics["validation"],
              "output_dir": str(out / "final")}
     if s.forgetting is not None:
@@ -314,7 +315,8 @@ def _final(best: dict, out: Path, s: SweepSettings, log: Any) -> dict[str, Any]:
     return final
 
 
-def _summary(study: optuna.Study, s: SweepSettings, chosen: Any, test: dict | None, multi: bool) -> dict[str, Any]:
+def _summary(study: optuna.Study, s: SweepSettings, chosen: optuna.trial.FrozenTrial, test: dict | None,
+             multi: bool) -> JSON:
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
@@ -346,7 +348,7 @@ def _summary(study: optuna.Study, s: SweepSettings, chosen: Any, test: dict | No
                           if test else "not scored (sweep.final: false)")}
 
 
-def markdown(r: dict[str, Any]) -> str:
+def markdown(r: JSON) -> str:
     """Every trial: parameters, validation score(s), state, wall time, peak memory; then the choice."""
     head = ["trial", "state", "parameters", r["objective"], *([SECOND_OBJECTIVE] if r["forgetting"] else []),
             "wall s", "peak MB"]

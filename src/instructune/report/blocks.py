@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -112,14 +111,14 @@ class Section:
     id: str
     title: str
     lead: str
-    blocks: list[Any] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     nav: str = ""
     """Short name in the page's table of contents (default: the title)."""
     collapsed: bool = False
     """Shown folded (its title only) until opened: reference material, not results."""
 
 
-def num(value: Any, digits: int = 3, signed: bool = False) -> str:
+def num(value: object, digits: int = 3, signed: bool = False) -> str:
     """A number as the report prints it: scores with `digits` decimals, ints with thousands separators."""
     if value is None:
         return "\u2013"

@@ -19,11 +19,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from instructune.errors import InstructuneError, collect
+from instructune.types import JSON
 
 REPORTABLE = ("metrics.json", "eval.json", "forgetting.json", "sequential.json", "sweep.json", "run_info.json")
 """The files a report is made of; a folder holding none of them (at any depth) has nothing to report."""
@@ -36,14 +36,14 @@ class TrainingRun:
     """The run folder (holds metrics.json)."""
     label: str
     """Its name in the report: the path relative to the folder given on the command line."""
-    metrics: dict[str, Any]
-    config: dict[str, Any] | None = None
+    metrics: JSON
+    config: JSON | None = None
     """config.yaml, when present."""
-    log: list[dict[str, Any]] = field(default_factory=list)
+    log: list[JSON] = field(default_factory=list)
     """train_log.jsonl records, one per step and kind (a resumed run's repeated steps: the last wins)."""
     group: str = ""
     """Label of the study (forgetting or sequential) this run belongs to ("" for a stand-alone run)."""
-    inspect: dict[str, Any] | None = None
+    inspect: JSON | None = None
     """data_inspect.json: its first training examples token by token, trained tokens flagged."""
 
     @property
@@ -64,7 +64,7 @@ class ResultFile:
     path: Path
     """The file."""
     label: str
-    data: dict[str, Any]
+    data: JSON
 
 
 EvalRun = ForgettingRun = SequentialRun = SweepRun = RunInfo = ResultFile
@@ -160,7 +160,7 @@ def _label(folder: Path, base: Path) -> str:
     return folder.name if rel in ("", ".") else rel
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> JSON:
     """Parse a JSON object file; its error names the file, line and column."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -179,7 +179,7 @@ def _missing(obj: dict, keys: tuple[str, ...], where: str) -> list[str]:
         if absent else []
 
 
-def _read_eval(path: Path) -> dict[str, Any]:
+def _read_eval(path: Path) -> JSON:
     data = _read_json(path)
     problems = _missing(data, ("results",), "the top level")
     for i, r in enumerate(data.get("results") or []):
@@ -188,7 +188,7 @@ def _read_eval(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_forgetting(path: Path) -> dict[str, Any]:
+def _read_forgetting(path: Path) -> JSON:
     data = _read_json(path)
     problems = _missing(data, ("cures",), "the top level")
     for i, c in enumerate(data.get("cures") or []):
@@ -198,7 +198,7 @@ def _read_forgetting(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_sequential(path: Path) -> dict[str, Any]:
+def _read_sequential(path: Path) -> JSON:
     data = _read_json(path)
     problems = _missing(data, ("tasks", "matrix", "measures"), "the top level")
     tasks, matrix = data.get("tasks") or [], data.get("matrix") or []
@@ -211,7 +211,7 @@ def _read_sequential(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_sweep(path: Path) -> dict[str, Any]:
+def _read_sweep(path: Path) -> JSON:
     data = _read_json(path)
     collect(_missing(data, ("objective", "direction", "trials", "chosen"), "the top level"),
             f"cannot read {path} (written by `instructune sweep`; run it again to rewrite the file)")
@@ -232,7 +232,7 @@ def _read_training(folder: Path, label: str, group: str) -> TrainingRun:
                        _read_json(view) if view.exists() else None)
 
 
-def read_train_log(path: Path) -> list[dict[str, Any]]:
+def read_train_log(path: Path) -> list[JSON]:
     """train_log.jsonl records in step order; for a step logged twice (a resumed run) the last record wins.
 
     A record repeats another when it logs the same quantities at the same step. A step can hold
@@ -259,7 +259,7 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
     return [latest[k] for k in sorted(latest, key=lambda k: k[0])]
 
 
-def setting_kind(result: dict[str, Any]) -> str:
+def setting_kind(result: JSON) -> str:
     """"tuned" for an adapter on a model ("M + run/adapter") or a saved tuned model folder, else by shots."""
     if result.get("kind") in ("base", "few-shot", "tuned"):
         return result["kind"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from instructune.report.blocks import Answer, Example, Examples, Section
 from instructune.report.data import EvalRun, Runs, setting_kind
+from instructune.types import JSON
 
 MAX_COLUMNS = 4
 MAX_EXAMPLES = 4
@@ -28,7 +28,7 @@ def user_turn(text: str) -> str:
     return text.strip()
 
 
-def pick_columns(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pick_columns(results: list[JSON]) -> list[JSON]:
     """Base zero-shot first, then the base setting with the most shots, then the tuned settings."""
     with_preds = [r for r in results if r.get("predictions")]
     base = [r for r in with_preds if setting_kind(r) == "base"]
@@ -38,7 +38,7 @@ def pick_columns(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return chosen[:MAX_COLUMNS] if len(chosen) >= 2 else with_preds[:MAX_COLUMNS]
 
 
-def pick_ids(columns: list[dict[str, Any]]) -> tuple[list[str], str]:
+def pick_ids(columns: list[JSON]) -> tuple[list[str], str]:
     """Up to MAX_EXAMPLES ids every column answered, and a note on how they were picked.
 
     With correctness flags: first the examples tuning fixed (base wrong, tuned right), then one it
@@ -81,7 +81,7 @@ def eval_examples(ev: EvalRun) -> Examples | None:
     return Examples(title, examples, note)
 
 
-def _column_label(r: dict[str, Any]) -> str:
+def _column_label(r: JSON) -> str:
     return f"{r['setting']} \u00b7 {r['shots']}-shot" if r.get("shots") else str(r["setting"])
 
 

@@ -11,7 +11,7 @@ import math
 import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from matplotlib import rc_context
 from matplotlib.colors import LinearSegmentedColormap
@@ -20,7 +20,12 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.text import Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from instructune.evaluation.metrics import higher_is_better
+from instructune.metrics import higher_is_better
+from instructune.types import JSON
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
 
 PALETTE = ["#4f46e5", "#0d9488", "#e11d48", "#d97706", "#0284c7", "#7c3aed", "#65a30d", "#db2777",
            "#0891b2", "#9333ea", "#ca8a04", "#475569"]
@@ -50,7 +55,8 @@ class Colors:
 
 
 @contextmanager
-def figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw: Any) -> Iterator[tuple[Any, Any]]:
+def figure(width: float, height: float, ncols: int = 1, nrows: int = 1,
+           **kw: object) -> Iterator[tuple[Figure, np.ndarray]]:
     """A constrained-layout figure in the report's style, with its axes flattened."""
     with rc_context(STYLE):
         fig = Figure(figsize=(width, height), layout="constrained")
@@ -58,7 +64,7 @@ def figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw: An
         yield fig, axes.ravel()
 
 
-def png_bytes(fig: Any) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes, with no timestamp or software tag (stable across runs)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=144, facecolor="white", metadata={"Software": None})
@@ -176,7 +182,7 @@ def gain_vs_forgetting(panels: Sequence[tuple[str, str, Sequence[tuple[str, floa
         return png_bytes(fig)
 
 
-def _spread(fig: Any, labels: list[Any]) -> None:
+def _spread(fig: Figure, labels: list[Text]) -> None:
     """Move each point's label where no other label is (`place_labels`), joined to its point by a thin line.
 
     Placement needs the final axes: the layout is computed once first, then the labels are taken
@@ -185,7 +191,7 @@ def _spread(fig: Any, labels: list[Any]) -> None:
     for t in labels:
         t.set_in_layout(False)
     fig.draw_without_rendering()
-    by_axes: dict[Any, list[Any]] = {}
+    by_axes: dict[Axes, list[Text]] = {}
     for t in labels:
         by_axes.setdefault(t.axes, []).append(t)
     to_points = 72 / fig.dpi
@@ -301,8 +307,9 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else "\u2026" + text[-(n - 1):]
 
 
-def sweep_history(history: Sequence[tuple[int, float, str]], slices: dict[str, Sequence[tuple[Any, float, str, int]]],
-                  metric: str, maximize: bool, chosen: int) -> bytes:
+def sweep_history(history: Sequence[tuple[int, float, str]],
+                  slices: dict[str, Sequence[tuple[object, float, str, int]]], metric: str, maximize: bool,
+                  chosen: int) -> bytes:
     """A sweep's objective per trial (left, with the best so far) and against each parameter (right)."""
     ncols = 1 + len(slices)
     with figure(min(3.6 * ncols, 12), 3.3, ncols=ncols, sharey=True) as (fig, axes):
@@ -339,7 +346,7 @@ def sweep_history(history: Sequence[tuple[int, float, str]], slices: dict[str, S
         return png_bytes(fig)
 
 
-def _trial_point(ax: Any, x: Any, y: float, state: str, chosen: bool) -> None:
+def _trial_point(ax: Axes, x: object, y: float, state: str, chosen: bool) -> None:
     pruned = state != "complete"
     ax.scatter([x], [y], s=70 if chosen else 34, zorder=3, marker="o",
                facecolors="white" if pruned else (PALETTE[2] if chosen else PALETTE[0]),
@@ -374,7 +381,7 @@ def pareto_front(points: Sequence[tuple[int, float, float]], front: set[int], ch
         return png_bytes(fig)
 
 
-def learning_curve(points: Sequence[dict[str, Any]], param: str, metric: str) -> bytes:
+def learning_curve(points: Sequence[JSON], param: str, metric: str) -> bytes:
     """A grid sweep's test score against one parameter (log x), the bootstrap 95% interval as a band."""
     with figure(7.5, 3.6) as (fig, axes):
         ax = axes[0]

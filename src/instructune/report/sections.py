@@ -7,14 +7,14 @@ before/after per task, cost, examples), and what produced it last, collapsed (pr
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import yaml
 
 from instructune.data import inspect
-from instructune.evaluation.metrics import CHART, HEADLINE
+from instructune.metrics import CHART, HEADLINE
 from instructune.report import plots
 from instructune.report.blocks import (
+    Block,
     Card,
     Cards,
     Cell,
@@ -32,6 +32,7 @@ from instructune.report.sequential import sequential_section
 from instructune.report.studies import before_after_section, forgetting_section
 from instructune.report.sweeps import sweep_section
 from instructune.report.watch import watch_section
+from instructune.types import JSON
 
 
 def build_sections(runs: Runs) -> list[Section]:
@@ -116,13 +117,13 @@ def _training_pairs(run: TrainingRun) -> list[tuple[str, str]]:
     return [(k, _scalar(v)) for k, v in pairs if v not in (None, "")]
 
 
-def _scalar(v: Any) -> str:
+def _scalar(v: object) -> str:
     return num(v, digits=6) if isinstance(v, float) else str(v)
 
 
 # ----------------------------------------------------------------------------- results
 
-def score_keys(metric_dicts: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> list[str]:
+def score_keys(metric_dicts: list[JSON], extra: tuple[str, ...] = ()) -> list[str]:
     """The headline scores any of `metric_dicts` has, in the metric registry's order (then `extra`)."""
     return [k for k in [*HEADLINE, *extra] if any(isinstance(m.get(k), (int, float)) for m in metric_dicts)]
 
@@ -143,7 +144,7 @@ def results_section(runs: Runs) -> Section | None:
     return s
 
 
-def eval_blocks(ev: EvalRun) -> list[Any]:
+def eval_blocks(ev: EvalRun) -> list[Block]:
     d, results = ev.data, ev.data["results"]
     keys = score_keys([r["metrics"] for r in results])
     cols = ["setting", "kind", "shots", "n", *keys, "examples/s"]
@@ -167,7 +168,7 @@ def eval_blocks(ev: EvalRun) -> list[Any]:
     return [chart, table]
 
 
-def _setting_label(r: dict[str, Any]) -> str:
+def _setting_label(r: JSON) -> str:
     return f"{r['setting']} ({r['shots']}-shot)" if r.get("shots") else str(r["setting"])
 
 
@@ -213,7 +214,7 @@ def highlight_cards(evals: list[EvalRun], tested: list[TrainingRun]) -> list[Car
     return cards[:6]
 
 
-def _examples_of(ev: EvalRun, result: dict[str, Any]) -> str:
+def _examples_of(ev: EvalRun, result: JSON) -> str:
     """Which examples an evaluation's score is on: its own seeded subset of a split."""
     n, split = (result.get("settings") or {}).get("n"), ev.data.get("split", "test")
     return (f"{num(n)} {split} examples picked by the evaluation ({ev.label}/eval.json); a run's own test score "
@@ -266,7 +267,7 @@ def loss_section(runs: Runs, colors: plots.Colors) -> Section | None:
 
 # ----------------------------------------------------------------------------- cost
 
-def cost_rows(runs: Runs) -> list[dict[str, Any]]:
+def cost_rows(runs: Runs) -> list[JSON]:
     """One row per training run; a forgetting cure whose run folder is not there comes from forgetting.json."""
     rows = [{"label": r.label, "key": r.name, "method": r.metrics.get("method"), **{
         k: r.metrics.get(k) for k in ("trainable_params", "total_params", "trainable_pct", "peak_memory_mb",

@@ -8,10 +8,8 @@ j) and T columns (task i); the measures are the ones `instructune sequential` co
 
 from __future__ import annotations
 
-from typing import Any
-
 from instructune.report import plots
-from instructune.report.blocks import Card, Cards, Cell, Chart, Section, Table, num
+from instructune.report.blocks import Block, Card, Cards, Cell, Chart, Section, Table, num
 from instructune.report.data import Runs, SequentialRun
 
 MEASURES_NOTE = ("forgetting = a task's best score after it was trained minus its final score (positive = forgot); "
@@ -31,7 +29,7 @@ def sequential_section(runs: Runs) -> Section | None:
     return s
 
 
-def sequential_blocks(sq: SequentialRun) -> list[Any]:
+def sequential_blocks(sq: SequentialRun) -> list[Block]:
     d = sq.data
     tasks, matrix, m = d["tasks"], d["matrix"], d["measures"]
     rows = d.get("rows") or ["before", *[f"after {t}" for t in tasks]]

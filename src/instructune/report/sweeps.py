@@ -6,11 +6,10 @@ Pareto front of target score against forgetting, the parameters' importance, and
 
 from __future__ import annotations
 
-from typing import Any
-
 from instructune.report import plots
-from instructune.report.blocks import Card, Cards, Cell, Chart, Section, Table, num
+from instructune.report.blocks import Block, Card, Cards, Cell, Chart, Section, Table, num
 from instructune.report.data import Runs, SweepRun
+from instructune.types import JSON
 
 
 def sweep_section(runs: Runs) -> Section | None:
@@ -21,7 +20,7 @@ def sweep_section(runs: Runs) -> Section | None:
                    nav="Sweep") if blocks else None
 
 
-def sweep_blocks(sw: SweepRun) -> list[Any]:
+def sweep_blocks(sw: SweepRun) -> list[Block]:
     d = sw.data
     trials, chosen, objective = d["trials"], d["chosen"], d["objective"]
     metric = objective.removeprefix("val_")
@@ -40,7 +39,7 @@ def sweep_blocks(sw: SweepRun) -> list[Any]:
     history = [(t["number"], t["values"][0], t["state"]) for t in done]
     slices = {p: [(t["params"][p], t["values"][0], t["state"], t["number"]) for t in done if p in t["params"]]
               for p in params}
-    blocks: list[Any] = [Cards(cards)]
+    blocks: list[Block] = [Cards(cards)]
     if history:
         png = plots.sweep_history(history, slices, metric, d["direction"] == "maximize", chosen["number"])
         blocks.append(Chart(f"sweep-{_slug(sw.label)}", png,
@@ -68,7 +67,7 @@ def sweep_blocks(sw: SweepRun) -> list[Any]:
     return blocks
 
 
-def _forgetting_card(d: dict[str, Any]) -> list[Card]:
+def _forgetting_card(d: JSON) -> list[Card]:
     """The chosen configuration's forgetting on the suite's test rows, when the final scoring measured it."""
     f = d.get("test_forgetting")
     if not f:
@@ -77,7 +76,7 @@ def _forgetting_card(d: dict[str, Any]) -> list[Card]:
                  "share of the original scores lost, on the suite's test rows", "")]
 
 
-def curve_blocks(sw: SweepRun, metric: str) -> list[Any]:
+def curve_blocks(sw: SweepRun, metric: str) -> list[Block]:
     """A grid sweep that scored every trial on the test split: its learning curve, and the points."""
     points = sw.data["learning_curve"]
     param = next(iter(sw.data["chosen"]["params"]), "x")
@@ -120,13 +119,13 @@ def _pct(v: float) -> str:
     return f"{v:+.1%}"
 
 
-def _value(v: Any) -> str:
+def _value(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return "\u2013" if v is None else str(v)
 
 
-def _params(params: dict[str, Any]) -> str:
+def _params(params: JSON) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]} {_value(v)}" for k, v in params.items())
 
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 from matplotlib.ticker import MaxNLocator
 
-from instructune.evaluation.metrics import HEADLINE
+from instructune.forgetting.monitor import PREFIX
+from instructune.metrics import HEADLINE
 from instructune.report.blocks import Answer, Chart, Example, Examples, Section
 from instructune.report.data import ForgettingRun, Runs, TrainingRun
 from instructune.report.examples import user_turn
 from instructune.report.plots import Colors, direction, figure, png_bytes
-from instructune.training.retention import PREFIX
 
 Series = tuple[str, Sequence[tuple[int, float]]]
 """(run name, (step, value) points)."""

@@ -4,9 +4,9 @@ each point with a percentile-bootstrap 95% interval over the test examples (draw
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from instructune.types import JSON
 
 
 def bootstrap_interval(mean: float, n: int, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -19,7 +19,7 @@ def bootstrap_interval(mean: float, n: int, samples: int = 2000, seed: int = 0) 
     return float(low), float(high)
 
 
-def points(trials: list[dict[str, Any]], param: str, metric: str, n: int) -> list[dict[str, Any]]:
+def points(trials: list[JSON], param: str, metric: str, n: int) -> list[JSON]:
     """(x, test score, interval) per completed trial, by x."""
     out = []
     for t in trials:

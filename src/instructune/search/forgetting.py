@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from instructune.forgetting.measures import HeldOut, probe_capacity
-from instructune.forgetting.suite import RetentionSuite, RetentionTask
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, SuiteSpec
 from instructune.hardware import eval_dtype
 from instructune.training.config import TrainConfig
 
@@ -51,6 +51,7 @@ class SweepForgetting:
 
     def suite(self, cfg: TrainConfig, seed: int, *, held_out: HeldOut) -> RetentionSuite:
         """The suite on `held_out` rows of the run's split (no target: a trial's target score is its validation)."""
-        return RetentionSuite.build(None, "", "", 0, self.retention, cfg.data.split_spec(), self.probe_prompts,
-                                    self.probe_tokens, self.text_source, self.text_limit, self.text_words, seed,
-                                    eval_dtype(cfg.precision, cfg.model, log=None), held_out=held_out)
+        spec = SuiteSpec(self.retention, self.probe_prompts, self.probe_tokens, self.text_source, self.text_limit,
+                         self.text_words)
+        return RetentionSuite.build(spec, cfg.data.split, seed, eval_dtype(cfg.precision, cfg.model, log=None),
+                                    held_out=held_out)

@@ -16,17 +16,21 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from instructune.methods import METHODS
 from instructune.training.config import TrainConfig
+from instructune.types import JSON, JSONValue
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass(frozen=True)
 class Param:
     path: str
     """Dotted config field (`optim.lr`, `method.r`, `data.train_limit`)."""
-    choices: tuple[Any, ...] | None = None
+    choices: tuple[JSONValue, ...] | None = None
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -37,7 +41,7 @@ class Param:
         return self.choices is None and float(self.low).is_integer() and float(self.high).is_integer() and (
             self.step is None or float(self.step).is_integer()) and not self.log
 
-    def suggest(self, trial: Any) -> Any:
+    def suggest(self, trial: optuna.Trial) -> JSONValue:
         if self.choices is not None:
             return trial.suggest_categorical(self.path, list(self.choices))
         if self.integer:
@@ -45,7 +49,7 @@ class Param:
         return trial.suggest_float(self.path, float(self.low), float(self.high), log=self.log, step=self.step)
 
 
-def parse(params: dict[str, Any]) -> tuple[list[Param], list[str]]:
+def parse(params: JSON) -> tuple[list[Param], list[str]]:
     """The parameters, method.name first (it decides which method options apply); and every problem."""
     out, problems = [], []
     for path, spec in params.items():
@@ -70,7 +74,7 @@ def parse(params: dict[str, Any]) -> tuple[list[Param], list[str]]:
     return sorted(out, key=lambda p: p.path != "method.name"), problems
 
 
-def _range(path: str, spec: dict[str, Any], where: str) -> tuple[Param | None, str | None]:
+def _range(path: str, spec: JSON, where: str) -> tuple[Param | None, str | None]:
     if "values" in spec or "choices" in spec:
         return None, f"{where}: a list and a range for one parameter; give one of them"
     unknown = sorted(set(spec) - {"low", "high", "log", "step"})
@@ -103,7 +107,7 @@ def unknown_path(path: str) -> str | None:
             return None
         return (f"no method has an option '{parts[1]}'; options: "
                 f"{', '.join(sorted({o for m in METHODS.values() for o in m.option_names()}))}")
-    cls: Any = TrainConfig
+    cls: type | None = TrainConfig
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         if part not in fields:
@@ -114,9 +118,9 @@ def unknown_path(path: str) -> str | None:
     return None if cls is None else f"'{path}' is a section; name one of its fields"
 
 
-def sample(trial: Any, params: list[Param], base: dict[str, Any]) -> dict[str, Any]:
+def sample(trial: optuna.Trial, params: list[Param], base: JSON) -> JSON:
     """The trial's values by path; a method option is skipped when the trial's method lacks it."""
-    chosen: dict[str, Any] = {}
+    chosen: JSON = {}
     for p in params:
         if p.path.startswith("method.") and p.path != "method.name":
             method = chosen.get("method.name", (base.get("method") or {}).get("name", "lora"))
@@ -126,7 +130,7 @@ def sample(trial: Any, params: list[Param], base: dict[str, Any]) -> dict[str, A
     return chosen
 
 
-def apply(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def apply(base: JSON, values: JSON) -> JSON:
     """`base` (a config as a dict) with dotted `values` set; a changed method keeps only its own options."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     if "method.name" in values and values["method.name"] != (out.get("method") or {}).get("name", "lora"):
@@ -140,12 +144,12 @@ def apply(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def current(params: list[Param], base: dict[str, Any]) -> dict[str, Any]:
+def current(params: list[Param], base: JSON) -> JSON:
     """The config's own value of each parameter that lies in its space: the study's first trial, so every
     trial is measured against the config the search started from."""
     out = {}
     for p in params:
-        node: Any = base
+        node: JSONValue = base
         for part in p.path.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         inside = (node in p.choices if p.choices is not None else

@@ -13,7 +13,6 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
 
 import optuna
 from filelock import FileLock
@@ -25,6 +24,7 @@ from sqlalchemy.engine import make_url
 from instructune.errors import InstructuneError
 from instructune.search.space import Param, current, grid_only
 from instructune.training.run_dir import differences
+from instructune.types import JSON
 
 # Heartbeats and study groups are marked experimental by Optuna; their notices say nothing the user can act on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -72,20 +72,20 @@ def redact(text: str) -> str:
     return _PASSWORD_FIELD.sub(r"\g<head>***", _CREDENTIALS.sub(r"\g<head>:***@", text))
 
 
-def sampler(params: list[Param], seed: int) -> Any:
+def sampler(params: list[Param], seed: int) -> optuna.samplers.BaseSampler:
     """A grid over list-only spaces (every combination once), else TPE."""
     if grid_only(params):
         return GridSampler({p.path: list(p.choices) for p in params}, seed=seed)
     return TPESampler(seed=seed, multivariate=True, group=True)
 
 
-def pruner(name: str) -> Any:
+def pruner(name: str) -> optuna.pruners.BasePruner:
     return {"none": NopPruner, "median": lambda: MedianPruner(n_startup_trials=2, n_warmup_steps=0),
             "hyperband": HyperbandPruner}[name]()
 
 
 def open_study(store: RDBStorage, directions: list[str], params: list[Param], seed: int, prune: str,
-               key: dict[str, Any], resume: bool) -> optuna.Study:
+               key: JSON, resume: bool) -> optuna.Study:
     """Create the study, or continue it with --resume: refused when it was created by another config."""
     existing = [s.study_name for s in optuna.study.get_all_study_summaries(store)]
     if STUDY in existing and not resume:

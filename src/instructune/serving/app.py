@@ -26,7 +26,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -34,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from instructune.serving.generation import Batcher, Cancel, Gate
 from instructune.serving.hotswap import AdapterSet
@@ -47,6 +47,9 @@ from instructune.serving.protocol import (
     RequestBase,
     chat_roles,
 )
+
+Card = dict[str, str | int]
+"""One entry of GET /v1/models (a runtime alias: FastAPI reads the routes' return annotations)."""
 
 
 @dataclass
@@ -65,7 +68,7 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
                    Gate(limits.max_concurrent))
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await asyncio.to_thread(ctx.batcher.stop)
 
@@ -74,8 +77,8 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     _install_error_handlers(app)
 
-    @app.get("/health")
-    async def health() -> Any:
+    @app.get("/health", response_model=None)
+    async def health() -> JSONResponse | dict[str, object]:
         body = {"status": "ok", "model": adapter_set.base_name, "adapters": adapter_set.names,
                 "in_flight": ctx.gate.count}
         if not ctx.batcher.alive():
@@ -84,25 +87,25 @@ def create_app(adapter_set: AdapterSet, limits: Limits | None = None) -> FastAPI
         return body
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models() -> dict[str, str | list[Card]]:
         names = [adapter_set.base_name, *adapter_set.names]
         return {"object": "list", "data": [_model_card(ctx, n) for n in names]}
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> dict[str, Any]:
+    async def model(model_id: str) -> Card:
         _adapter_for(ctx, model_id)
         return _model_card(ctx, model_id)
 
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest) -> Any:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest) -> StreamingResponse | dict[str, object]:
         adapter = _adapter_for(ctx, req.model)
         _check_chars(ctx, sum(len(m.text()) for m in req.messages), "messages")
         # templating and tokenizing: off the loop
         text = await asyncio.to_thread(_chat_prompt, ctx, req.messages, adapter)
         return await _respond(ctx, req, [text], adapter, req.max_completion_tokens or req.max_tokens, chat=True)
 
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Any:
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> StreamingResponse | dict[str, object]:
         adapter = _adapter_for(ctx, req.model)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
@@ -123,7 +126,7 @@ class BodyLimit:
     it is read, or, chunked, as soon as it passes the limit: the app then sees the client leave and what it
     would answer is dropped. Nothing that size is ever parsed."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -167,7 +170,7 @@ def _check_chars(ctx: _Context, chars: int, param: str) -> None:
                        code="context_length_exceeded", param=param)
 
 
-def _model_card(ctx: _Context, name: str) -> dict[str, Any]:
+def _model_card(ctx: _Context, name: str) -> Card:
     card = {"id": name, "object": "model", "created": ctx.created, "owned_by": "instructune"}
     return card if name == ctx.aset.base_name else {**card, "parent": ctx.aset.base_name}
 
@@ -228,7 +231,7 @@ def _params(ctx: _Context, req: RequestBase, texts: list[str], max_tokens: int |
 
 
 async def _respond(ctx: _Context, req: RequestBase, texts: list[str], adapter: str | None, max_tokens: int | None,
-                   chat: bool) -> Any:
+                   chat: bool) -> StreamingResponse | dict[str, object]:
     params, counts = await asyncio.to_thread(_params, ctx, req, texts, max_tokens)  # tokenizing: off the loop
     release = ctx.gate.enter(len(texts))
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
@@ -256,8 +259,8 @@ async def _respond(ctx: _Context, req: RequestBase, texts: list[str], adapter: s
     return {**head, "object": "text_completion", "choices": body, "usage": usage}
 
 
-def _sse(ctx: _Context, req: RequestBase, head: dict[str, Any], texts: list[str], adapter: str | None, params: Params,
-         prompt_tokens: int, chat: bool, release: Callable[[], None], cancel: Cancel) -> Iterator[str]:
+def _sse(ctx: _Context, req: RequestBase, head: dict[str, object], texts: list[str], adapter: str | None,
+         params: Params, prompt_tokens: int, chat: bool, release: Callable[[], None], cancel: Cancel) -> Iterator[str]:
     """Server-sent events: one chunk per text delta, a last chunk with finish_reason per prompt, then [DONE]."""
     head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
 
@@ -298,7 +301,7 @@ async def _until_gone(events: Iterator[str], cancel: Cancel) -> AsyncIterator[st
         cancel.set()
 
 
-def _event(obj: dict[str, Any]) -> str:
+def _event(obj: dict[str, object]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 

@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import Any
 
 from instructune.serving.hotswap import AdapterSet, TokenStream
 from instructune.serving.protocol import APIError, Choice, Params
@@ -174,7 +173,7 @@ class Batcher:
 
     def _loop(self) -> None:
         while (jobs := self._collect()) is not None:
-            groups: dict[tuple[Any, ...], list[_Job]] = {}
+            groups: dict[tuple[object, ...], list[_Job]] = {}
             for job in jobs:
                 key = ("stream", id(job)) if job.streamed else (job.adapter, *job.params.key())
                 groups.setdefault(key, []).append(job)

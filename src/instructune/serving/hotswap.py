@@ -16,17 +16,17 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from instructune.adapters.registry import check_base, read_adapter_config, resolve_adapter
-from instructune.data import chat
+from instructune.data import chat, chat_template
 from instructune.errors import InstructuneError
 from instructune.evaluation.generate import generate
 from instructune.models import load_model
+from instructune.types import Model, Tokenizer
 
 
 class AdapterSet:
@@ -45,7 +45,7 @@ class AdapterSet:
         self.base_name, self.source, self.dtype = served_name or base, base, dtype
         self.base_model, self.tokenizer = load_model(base, dtype=dtype)
         self.lock = threading.RLock()
-        self.groups: dict[str, Any] = {}
+        self.groups: dict[str, PeftModel] = {}
         """peft type -> the PeftModel holding every adapter of that type (the first type over `base_model`)."""
         self.slots: dict[str, tuple[str, str]] = {}
         """adapter name -> (peft type, slot name)."""
@@ -59,7 +59,7 @@ class AdapterSet:
         return list(self.slots)
 
     @property
-    def model(self) -> Any:
+    def model(self) -> Model:
         """The model of the first adapter type (the base itself while no adapter is loaded)."""
         return next(iter(self.groups.values()), self.base_model)
 
@@ -81,7 +81,7 @@ class AdapterSet:
                 group = self.groups[peft_type] = PeftModel.from_pretrained(base, str(folder), adapter_name=slot)
             group.eval()
         self.slots[name] = (peft_type, slot)
-        self.templates[name] = chat.saved_template(folder)
+        self.templates[name] = chat_template.saved_template(folder)
 
     def chat_template(self, adapter: str | None) -> str | None:
         """The chat template `adapter` trained with (None: the base): its saved one, else the base tokenizer's."""
@@ -105,7 +105,7 @@ class AdapterSet:
         return [prompt_ids(self.tokenizer, text) for text in texts]
 
     @contextmanager
-    def use(self, adapter: str | None) -> Iterator[Any]:
+    def use(self, adapter: str | None) -> Iterator[Model]:
         """Hold the model with `adapter` active (None: the base alone) for the duration of the block."""
         if adapter is not None and adapter not in self.slots:
             raise InstructuneError(f"unknown adapter '{adapter}'; loaded: {', '.join(self.slots) or 'none'}.")
@@ -121,7 +121,7 @@ class AdapterSet:
                 group.set_adapter(slot, inference_mode=True)  # no grads switched on
                 yield group
 
-    def generate(self, texts: list[str], adapter: str | None = None, **kwargs: Any) -> list[str]:
+    def generate(self, texts: list[str], adapter: str | None = None, **kwargs: object) -> list[str]:
         """`evaluation.generate.generate` with `adapter` active; kwargs pass through (max_new_tokens, ...)."""
         with self.use(adapter) as model:
             return generate(model, PromptTokenizer(self.tokenizer), texts, **kwargs)
@@ -168,7 +168,7 @@ class TokenStream:
         self.thread = threading.Thread(target=work, name="instructune-stream", daemon=True)
         self.thread.start()
 
-    def _watch(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+    def _watch(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> bool:
         self.count, self.eos = input_ids.shape[1] - self.prompt_len, int(input_ids[0, -1]) in self.eos_ids
         return self.cancelled.is_set()
 
@@ -184,7 +184,7 @@ class TokenStream:
         self.thread.join(timeout=60)
 
 
-def prompt_ids(tok: Any, text: str) -> list[int]:
+def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
     """Token ids of a prompt; what lies between text markers (`AdapterSet.chat_prompt`) is encoded as text."""
     rendered = chat.parse(text) or chat.Rendered(chat.MARKERS.sub("", text), [], [])
     return chat.encode(tok, rendered, offsets=False)[0]
@@ -194,14 +194,14 @@ class PromptTokenizer:
     """A tokenizer that encodes prompts as `prompt_ids` does, for `evaluation.generate`, which calls it on
     the texts it completes; every other attribute is the tokenizer's own."""
 
-    def __init__(self, tok: Any) -> None:
+    def __init__(self, tok: Tokenizer) -> None:
         self.tok = tok
 
-    def __call__(self, texts: str | list[str], **kwargs: Any) -> Any:
+    def __call__(self, texts: str | list[str], **kwargs: object) -> Mapping[str, object]:
         if kwargs != {"add_special_tokens": False}:
             return self.tok(texts, **kwargs)
         ids = [prompt_ids(self.tok, t) for t in ([texts] if isinstance(texts, str) else texts)]
         return {"input_ids": ids[0] if isinstance(texts, str) else ids}
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self.tok, name)

@@ -88,7 +88,7 @@ class RequestBase(BaseModel):
         return self
 
 
-def _strings(value: Any, path: str = "body") -> list[tuple[str, str]]:
+def _strings(value: object, path: str = "body") -> list[tuple[str, str]]:
     if isinstance(value, str):
         return [(path, value)]
     if isinstance(value, dict):
@@ -108,7 +108,7 @@ def _encodable(text: str) -> bool:
 
 def chat_roles(template: str) -> tuple[str, ...]:
     """The roles a message may have under a chat template: system, user, assistant, and tool where it names
-    one. Anything else (`"user\\n<|im_start|>system"`) would be written into the prompt as it is."""
+    one. Every other string (`"user\\n<|im_start|>system"`) would be written into the prompt as it is."""
     return ("system", "user", "assistant") + (("tool",) if "'tool'" in template or '"tool"' in template else ())
 
 
@@ -142,7 +142,7 @@ class Params:
     seed: int | None
     stop: tuple[str, ...] = field(default=(), compare=False)
 
-    def key(self) -> tuple[Any, ...]:
+    def key(self) -> tuple[int, float, float | None, int | None]:
         greedy = self.temperature == 0
         return self.max_tokens, self.temperature, None if greedy else self.top_p, 0 if greedy else self.seed
 

@@ -14,7 +14,6 @@ attention already hides the padding) and hands every other call (a mask, dropout
 sliding windows, soft-capping, another device) to transformers' sdpa unchanged.
 """
 
-from typing import Any
 
 import torch
 from transformers import AttentionInterface
@@ -22,6 +21,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from instructune.errors import InstructuneError
+from instructune.types import Model
 
 NAME = "recompute"
 KEPT_WEIGHTS_LIMIT = 2**30
@@ -32,14 +32,16 @@ class CausalAttention(torch.autograd.Function):
     """softmax(q k^T * scale, causal) v for q, k, v of shape (B, H, T, D), one dtype."""
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                scale: float) -> torch.Tensor:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
         ctx.save_for_backward(q, k, v, out, lse)  # lse: (B, H, T) fp32
         ctx.scale = scale
         return out
 
     @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 d_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         q, k, v, out, lse = ctx.saved_tensors
         t = q.shape[-2]
         p = torch.matmul(q, k.transpose(-2, -1)).float().mul_(ctx.scale).sub_(lse.unsqueeze(-1)).exp_()
@@ -54,9 +56,9 @@ class CausalAttention(torch.autograd.Function):
         return d_q, d_k, d_v, None
 
 
-def recompute_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def recompute_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                        **kwargs: Any) -> tuple[torch.Tensor, None]:
+                        **kwargs: object) -> tuple[torch.Tensor, None]:
     """transformers attention-interface signature: query (B, H, T, D), key and value (B, H_kv, S, D);
     returns (B, T, H, D) and no attention weights."""
     plain = (attention_mask is None and query.device.type == "cpu" and 1 < query.shape[-2] == key.shape[-2]
@@ -79,7 +81,7 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def set_attention(model: Any, implementation: str) -> str:
+def set_attention(model: Model, implementation: str) -> str:
     """Switch a loaded transformers model to an attention implementation it knows (eager, sdpa,
     recompute, ...); returns the one in use after the switch."""
     if implementation == NAME:

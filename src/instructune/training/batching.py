@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
@@ -95,7 +94,8 @@ def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
     return 1 - real / slots if slots else 0.0
 
 
-def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_completion_logits: bool) -> torch.Tensor:
+def completion_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                        only_completion_logits: bool) -> torch.Tensor:
     """Summed cross-entropy over completion tokens of a batch.
 
     The output layer (a 49k-word vocabulary on the default model) dominates the cost, and most
@@ -126,7 +126,7 @@ def completion_loss_sum(model: Any, batch: dict[str, torch.Tensor], only_complet
 
 
 @torch.no_grad()  # no autograd graph: a validation pass used to hold a training step's activations
-def validation_loss(model: Any, examples: list[dict], pad_id: int, batch_size: int = 16,
+def validation_loss(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int = 16,
                     only_completion_logits: bool = True, max_tokens: int = 8192, desc: str = "loss") -> float:
     """Mean cross-entropy per completion token over `examples`, in batches of at most `batch_size`
     examples and `max_tokens` padded tokens (one long conversation must not make a batch's

@@ -20,7 +20,6 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -36,6 +35,7 @@ from torch.distributed.tensor import DTensor
 
 from instructune.errors import InstructuneError
 from instructune.hub import sha256
+from instructune.types import JSON
 
 PREFIX = "checkpoint-"
 CHECKSUMS = "checksums.json"
@@ -43,7 +43,7 @@ STEP = re.compile(rf"{PREFIX}\d{{8}}")
 PARTIAL = re.compile(rf"\.tmp-({PREFIX}\d{{8}}|pruned-{PREFIX}\d{{8}}|best)")
 
 
-def sharded(model: Any) -> bool:
+def sharded(model: torch.nn.Module) -> bool:
     """Whether FSDP2 holds the parameters as shards (DTensors): saving and loading are then collective."""
     if not torch.distributed.is_available():
         return False
@@ -57,14 +57,14 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def full_state(model: Any) -> dict[str, torch.Tensor]:
+def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every weight and buffer, gathered from FSDP2 shards into full CPU tensors on rank 0 (other ranks
     get {}). A collective: every process must call it."""
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train, by name (contiguous clones: safetensors refuses shared storage).
 
     Sharded, they are gathered to rank 0 (other ranks get {}), which every process must join."""
@@ -74,7 +74,7 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
     """The optimiser's state dict; sharded, gathered to rank 0 and keyed by parameter name (others get {})."""
     if sharded(model):
         return get_optimizer_state_dict(model, optimizer,
@@ -82,7 +82,8 @@ def optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
     return optimizer.state_dict()
 
 
-def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: JSON,
                     extra: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2) -> Path:
     """Write checkpoint-STEP atomically, then prune all but the `keep` newest.
 
@@ -159,7 +160,8 @@ def remove_partial(run_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> JSON:
     """Restore weights, optimiser, scheduler and RNG states; return the trainer state."""
     try:
         return _load(path, model, optimizer, scheduler)
@@ -172,7 +174,7 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
                                "train into a new output_dir.") from None
 
 
-def load_trainable(model: Any, file: Path) -> None:
+def load_trainable(model: torch.nn.Module, file: Path) -> None:
     """Copy saved trainable weights (a checkpoint's or best/) into the model's parameters.
 
     Every process reads the file; sharded, each keeps its own shard of every tensor."""
@@ -206,7 +208,8 @@ def verify(path: Path) -> None:
                                    "output_dir.")
 
 
-def _load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def _load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler) -> JSON:
     verify(path)
     load_trainable(model, path / "trainable.safetensors")
     blob = torch.load(path / "optim.pt", weights_only=True)
@@ -231,11 +234,11 @@ def load_extra(path: Path, name: str) -> dict[str, torch.Tensor] | None:
     return load_file(str(f)) if f.exists() else None
 
 
-def _py_rng() -> list[Any]:
+def _py_rng() -> list[object]:
     return json.loads(json.dumps(random.getstate()))
 
 
-def _tuplify(x: Any) -> Any:
+def _tuplify(x: object) -> object:
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 

@@ -8,20 +8,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instructune.adapters.registry import NAME_RE as ADAPTER_NAME
-from instructune.config import quoted
+from instructune.config import convert, flat, quoted
 from instructune.data.mixture import MixtureConfig
 from instructune.data.task import SplitSpec, TaskSpec
+from instructune.forgetting.cures import REGULARIZERS
 from instructune.forgetting.measures import probe_capacity
-from instructune.forgetting.suite import RetentionTask
+from instructune.forgetting.suite import RetentionTask, SuiteSpec
 from instructune.methods import MethodConfig
+from instructune.types import JSON
 
 
 @dataclass
-class DataConfig(SplitSpec, TaskSpec):
-    """The task to train on and its split (TaskSpec and SplitSpec fields), plus lengths and limits."""
+class DataConfig:
+    """The task to train on and its split, plus lengths and limits. YAML writes the task's and the split's
+    fields in `data:` itself (`data: {source: rotten-tomatoes, seed: 3}`); the code reads `data.task`
+    and `data.split`, one value each, and passes them whole."""
 
-    source: str = "rotten-tomatoes"
-    """A data pack name (`instructune data list`), a CSV/JSONL/Parquet file, or a built dataset folder."""
+    task: TaskSpec = flat(lambda: TaskSpec("rotten-tomatoes"))
+    """What trains: source, templates, template_file, format (see TaskSpec)."""
+    split: SplitSpec = flat(SplitSpec)
+    """How its rows are cut: seed, fractions (see SplitSpec)."""
     max_length: int = 256
     """Longest example in tokens; longer prompts lose tokens from their middle, never the completion."""
     train_limit: int | None = None
@@ -41,7 +47,7 @@ class DataConfig(SplitSpec, TaskSpec):
     without one (a base model) needs chatml or plain, which is saved with the trained model."""
 
     def problems(self) -> list[str]:
-        out = SplitSpec.problems(self)
+        out = []  # the task and the split checked themselves
         if self.max_length < 16:
             out.append(f"max_length must be at least 16 tokens, got {self.max_length}")
         for name, low in (("train_limit", 1), ("val_limit", 1), ("test_limit", 0)):
@@ -84,15 +90,49 @@ class OptimConfig:
 
 @dataclass
 class RegularizerConfig:
+    """One forgetting cure of `regularizers:` (`{name: ewc, lam: 1.0, options: {samples: 64}}`): its name, its
+    strength and that cure's own options, checked against the cure's `Options` when the config loads."""
+
     name: str = "ewc"
     """ewc | si | l2sp | distill: a penalty that keeps the model near what it knew."""
     lam: float = 1.0
     """Strength of the penalty."""
-    options: dict = field(default_factory=dict)
-    """Further options of the regularizer (e.g. samples for ewc, temperature for distill)."""
+    options: Any = None
+    """The cure's own options (its `Options` dataclass in forgetting/cures/, e.g. samples for ewc, temperature for
+    distill); an option of another cure is refused."""
+
+    def __post_init__(self) -> None:
+        if self.options is None and self.name in REGULARIZERS:
+            self.options = REGULARIZERS[self.name].options()
 
     def problems(self) -> list[str]:
         return [] if math.isfinite(self.lam) and self.lam >= 0 else [f"lam must be a finite number >= 0, got {self.lam}"]
+
+    def as_config_dict(self) -> JSON:
+        """The YAML form: name, lam and the options as a mapping."""
+        return {"name": self.name, "lam": self.lam, "options": dict(vars(self.options)) if self.options else {}}
+
+    @classmethod
+    def from_config(cls, data: JSON, prefix: str, problems: list[str]) -> RegularizerConfig | None:
+        """Build from the YAML form, reporting an unknown cure, field or option, a wrong type and an out-of-range
+        value, each under its own key (`regularizers.0.options.samples`)."""
+        seen, name = len(problems), str(data.get("name", "ewc"))
+        cure = REGULARIZERS.get(name)
+        if cure is None:
+            problems.append(f"{prefix}name: unknown regularizer '{name}'; known: {', '.join(REGULARIZERS)}")
+        for key in data:
+            if key not in ("name", "lam", "options"):
+                where = (f"; it is an option of {name}: write it under {prefix}options"
+                         if cure and key in cure.option_names() else "")
+                problems.append(f"{prefix}{key}: unknown field (fields: name, lam, options){where}")
+        ok, lam = convert(float, data.get("lam", 1.0), prefix, problems)
+        if not ok:
+            problems.append(f"{prefix}lam: {quoted(data.get('lam'))} is not a number (the penalty's strength)")
+        raw = data.get("options")
+        options = cure.read_options({} if raw is None else raw, f"{prefix}options.", problems) if cure else None
+        cfg = cls(name, lam, options) if ok else None
+        problems.extend(f"{prefix}{p}" for p in (cfg.problems() if cfg else []))
+        return cfg if len(problems) == seen else None
 
 
 @dataclass
@@ -126,6 +166,10 @@ class RetentionConfig:
     """Texts in the perplexity probe."""
     generate: bool = False
     """Score generation tasks by generating (ROUGE-L) instead of by the reference's cross-entropy: slower."""
+
+    def suite_spec(self) -> SuiteSpec:
+        """What the run's retention suite measures."""
+        return SuiteSpec(self.tasks, self.probe_prompts, self.probe_tokens, self.text_source, self.text_limit)
 
     def problems(self) -> list[str]:
         out = [] if self.tasks or self.probe_prompts or self.text_source else [
@@ -281,7 +325,7 @@ class TrainConfig:
         return out
 
 
-def budget_problems(value: Any, name: str = "forgetting_budget") -> list[str]:
+def budget_problems(value: object, name: str = "forgetting_budget") -> list[str]:
     """A forgetting budget is a share of the original model's score that may be lost: a finite number, 0 or
     more. A bool is not a number, and NaN is refused: no drop is ever over a NaN budget."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

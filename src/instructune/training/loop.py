@@ -30,9 +30,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from instructune.errors import InstructuneError
+from instructune.forgetting.monitor import is_drop, over_budget
 from instructune.training import checkpoint as ckpt
 from instructune.training.batching import collate, completion_loss_sum
-from instructune.training.retention import is_drop, over_budget
 
 
 @dataclass
@@ -123,7 +123,7 @@ class _Run:
         self.observe, self.retain = observe, retain
         self.main = accelerator.is_main_process
         self.log = open(run_dir / "train_log.jsonl", "a") if self.main else None  # noqa: SIM115 (see close)
-        self.tb = _tensorboard(run_dir) if self.main else None
+        self.tb = SummaryWriter(str(run_dir / "tensorboard")) if self.main else None
         if self.main:
             ckpt.remove_partial(run_dir)  # left by a write that a crash cut short
         self.stop_flag = _install_signal_handlers()
@@ -302,8 +302,6 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
 
 def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -> None:
     """Every process calls it and rank 0 writes best/ (sharded weights are gathered to it first)."""
-
-
     writer = ckpt.rank() == 0
     if not writer and not ckpt.sharded(model):
         return
@@ -378,11 +376,6 @@ def _log(log: Any, tb: Any, record: dict[str, Any]) -> None:
     except OSError as e:
         raise InstructuneError(f"could not write {log.name} ({ckpt.why(e, Path(log.name).parent)}); free disk space there and continue "
                                "with --resume (the last checkpoint is intact).") from None
-
-
-def _tensorboard(run_dir: Path) -> Any:
-
-    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _install_signal_handlers() -> dict[str, Any]:

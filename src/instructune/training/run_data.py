@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from instructune.data import chat
+from instructune.data import chat_template
 from instructune.data.formats import CONVERSATIONS
 from instructune.data.inspect import of_examples
 from instructune.data.mixture import build_mixture, task_names
@@ -23,6 +23,13 @@ from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
 from instructune.models import resolve_model
 from instructune.training.batching import collate, epoch_batches, pack, padding_fraction, validation_loss
+from instructune.types import JSON, Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from instructune.data.templates import Template
+    from instructune.training.config import TrainConfig
 
 
 @dataclass
@@ -30,7 +37,7 @@ class EvalSet:
     """One (task, template) to score: its validation and test records and the template."""
 
     name: str
-    template: Any
+    template: Template
     val: list[dict]
     test: list[dict]
 
@@ -39,7 +46,7 @@ class EvalSet:
 class RunData:
     train: list[dict]
     evals: list[EvalSet]
-    tok: Any
+    tok: Tokenizer
     eval_mode: str
     batch_size: int
     plan: Callable[[int], list[list[int]]]
@@ -61,7 +68,7 @@ class RunData:
     """With packing: how many examples the rows of `train` hold."""
     max_length: int = 256
     """data.max_length: conversations are scored cut as they were trained."""
-    view: dict[str, Any] = field(default_factory=dict)
+    view: JSON = field(default_factory=dict)
     """The first training examples token by token, trained tokens flagged, and counts over all of them
     (`data.inspect.of_examples`, before packing): the run writes it to data_inspect.json for the report."""
 
@@ -88,7 +95,7 @@ class RunData:
         return h.hexdigest()
 
     @classmethod
-    def build(cls, cfg: Any, tok: Any, log: Callable[[str], None]) -> RunData:
+    def build(cls, cfg: TrainConfig, tok: Tokenizer, log: Callable[[str], None]) -> RunData:
         d = cfg.data
         packed_from = 0
         if cfg.mixture is not None:
@@ -107,12 +114,12 @@ class RunData:
         lengths = [len(e["input_ids"]) for e in train]
         keep = []
         for k in cfg.keep:
-            rows = subset(load_split(k.task_spec(), d.split_spec(), "train"), k.limit, cfg.seed)
+            rows = subset(load_split(k.task_spec(), d.split, "train"), k.limit, cfg.seed)
             keep += encode_records(rows, tok, d.max_length, d.train_on, d.special_tokens_in_content)[0]
         return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.batch_size, plan=plan,
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
                    replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
-                   source_name=task_names([d.source])[0], train_on=d.train_on,
+                   source_name=task_names([d.task.source])[0], train_on=d.train_on,
                    special_tokens=d.special_tokens_in_content, packed_from=packed_from,
                    max_length=d.max_length, view=view)
 
@@ -128,18 +135,18 @@ class RunData:
         lines = [f"{examples} ({self.dropped} dropped: too long{f'; {cut} conversations cut after the last turn that fits' if cut else ''}), "
                  f"{total_steps} steps, padding {self.padding:.1%} of token slots"]
         if self.conversations:
-            lines.append(f"conversations rendered with the chat template {chat.template_sha256(self.tok)}, "
+            lines.append(f"conversations rendered with the chat template {chat_template.template_sha256(self.tok)}, "
                          f"training on {self.train_on.replace('_', ' ')} turns")
         if self.realised:
             lines.append(f"mixture, examples per task and template in epoch 0: {self.realised(0)}")
         return lines
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JSON:
         """What metrics.json records about the data."""
         return {"train_examples": self.packed_from or len(self.train), "dropped_examples": self.dropped,
                 "test_examples": self.test_examples, "padding_fraction": self.padding, "templates": self.template_ids,
                 "task": self.task, "tasks": self.tasks, "packed_rows": len(self.train) if self.packed_from else None,
-                "chat_template_sha256": chat.template_sha256(self.tok) if self.conversations else None,
+                "chat_template_sha256": chat_template.template_sha256(self.tok) if self.conversations else None,
                 "train_on": self.train_on if self.conversations else None,
                 "mixture_epoch0": self.realised(0) if self.realised else None}
 
@@ -148,7 +155,7 @@ class RunData:
         for i in range(0, len(self.keep_encoded), self.batch_size):
             yield collate(self.keep_encoded[i:i + self.batch_size], self.tok.pad_token_id)
 
-    def validate(self, model: Any) -> dict[str, Any]:
+    def validate(self, model: torch.nn.Module) -> JSON:
         """Validation loss and every task's metric on the fixed validation subsets."""
         return self._scores(model, [(e, e.val) for e in self.evals], "validation")
 
@@ -157,17 +164,17 @@ class RunData:
         """Records `test_scores` scores, over every task."""
         return sum(len(e.test) for e in self.evals)
 
-    def test_scores(self, model: Any) -> dict[str, Any]:
+    def test_scores(self, model: torch.nn.Module) -> JSON:
         sets = [(e, e.test) for e in self.evals if e.test]
         return self._scores(model, sets, "test") if sets else {}
 
-    def _scores(self, model: Any, sets: list[tuple[EvalSet, list[dict]]], split: str) -> dict[str, Any]:
+    def _scores(self, model: torch.nn.Module, sets: list[tuple[EvalSet, list[dict]]], split: str) -> JSON:
         """Loss over all records; each set's own metrics; their macro average at the top level."""
         records = [r for _, recs in sets for r in recs]
         # conversations are cut as in training (one can run to thousands of tokens); a template's prompt is whole
         enc, _ = encode_records(records, self.tok, self.max_length if self.conversations else 10**6, self.train_on,
                                 self.special_tokens)
-        out: dict[str, Any] = {"loss": validation_loss(model, enc, self.tok.pad_token_id, self.batch_size,
+        out: JSON = {"loss": validation_loss(model, enc, self.tok.pad_token_id, self.batch_size,
                                                        desc=f"{split} loss")}
         per: dict[str, dict[str, float]] = {}
         for e, recs in sets:
@@ -186,28 +193,28 @@ class RunData:
         return out
 
 
-def check(cfg: Any) -> None:
+def check(cfg: TrainConfig) -> None:
     """Build (or find cached) every dataset the run reads, before any model is loaded: a missing file, an
     unknown template or a bad row is reported in seconds, not after the load."""
-    split = cfg.data.split_spec()
-    tasks = [cfg.data.task_spec()] if cfg.mixture is None else [t.task_spec() for t in cfg.mixture.tasks]
+    split = cfg.data.split
+    tasks = [cfg.data.task] if cfg.mixture is None else [t.task_spec() for t in cfg.mixture.tasks]
     # the templates say which tasks are conversations (a hand-made dataset folder may have no stats.json)
     formats = {t.format for task in [*tasks, *(k.task_spec() for k in cfg.keep)] for t in templates(task, split).values()}
     if formats & set(CONVERSATIONS) and cfg.data.chat_format == "auto":
         folder = Path(resolve_model(cfg.model))
-        if folder.is_dir() and chat.saved_template(folder) is None:
-            chat.require_template(None, cfg.model)
+        if folder.is_dir() and chat_template.saved_template(folder) is None:
+            chat_template.require_template(None, cfg.model)
 
 
-def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
+def _single(cfg: TrainConfig, tok: Tokenizer) -> tuple[list[dict], list[EvalSet], int]:
     d = cfg.data
-    task, split = d.task_spec(), d.split_spec()
+    task, split = d.task, d.split
     splits = {s: load_split(task, split, s) for s in ("train", "validation")}
     # test_limit 0 (a sweep's trial, a study's cure): the test split is not even read
     splits["test"] = load_split(task, split, "test") if d.test_limit != 0 else []
     for name in ("train", "validation"):
         if not splits[name]:
-            raise InstructuneError(f"the {name} split of {d.source} is empty; use more data or change "
+            raise InstructuneError(f"the {name} split of {d.task.source} is empty; use more data or change "
                                    "data.fractions.")
     train, dropped = encode_records(subset(splits["train"], d.train_limit, cfg.seed), tok, d.max_length, d.train_on,
                                     d.special_tokens_in_content)
@@ -219,9 +226,9 @@ def _single(cfg: Any, tok: Any) -> tuple[list[dict], list[EvalSet], int]:
     return train, [e for e in evals if e.val or e.test], dropped
 
 
-def _mixture(cfg: Any, tok: Any) -> tuple:
+def _mixture(cfg: TrainConfig, tok: Tokenizer) -> tuple:
     d = cfg.data
-    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.seed, d.fractions, d.train_limit, d.train_on,
+    mix = build_mixture(cfg.mixture, tok, d.max_length, cfg.seed, d.split.seed, d.split.fractions, d.train_limit, d.train_on,
                         d.special_tokens_in_content)
     lengths = [len(e["input_ids"]) for e in mix.examples]
 

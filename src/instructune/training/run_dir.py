@@ -16,14 +16,15 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 
 from instructune.errors import InstructuneError
+from instructune.files import write_text_atomic
 from instructune.training import checkpoint as ckpt
+from instructune.types import JSON, Model, Tokenizer
 
 MARKER = ".instructune-run"
 """Written when a run folder is created: what makes a folder a run's."""
@@ -32,7 +33,8 @@ RUN_ENTRIES = {"config.yaml", "config.tmp", "train_log.jsonl", "metrics.json", "
                "tensorboard", "best", "adapter",
                "model", MARKER, LOCK, f"{LOCK}.owner"}
 """Everything a run writes at the top of its folder, besides checkpoints and temporary folders."""
-OWN = re.compile(rf"({ckpt.PREFIX}\d{{8}}|\.tmp-{ckpt.PREFIX}\d{{8}}|\.tmp-pruned-{ckpt.PREFIX}\d{{8}}|\.tmp-best)")
+OWN = re.compile(rf"({ckpt.PREFIX}\d{{8}}|\.tmp-{ckpt.PREFIX}\d{{8}}|\.tmp-pruned-{ckpt.PREFIX}\d{{8}}|\.tmp-best"
+                 r"|\.(config\.yaml|metrics\.json|data_inspect\.json)\.\w{8})")  # the last: files.write_atomic's temp files
 
 
 def is_own(name: str) -> bool:
@@ -40,7 +42,7 @@ def is_own(name: str) -> bool:
     return name in RUN_ENTRIES or OWN.fullmatch(name) is not None
 
 
-def prepare(run_dir: Path, config: dict[str, Any], resume: bool, main: bool, overwrite: bool = False) -> Any:
+def prepare(run_dir: Path, config: JSON, resume: bool, main: bool, overwrite: bool = False) -> FileLock | None:
     """Claim `run_dir` for this run (rank 0 locks it; returns the lock, or None on other ranks) and
     write config.yaml; on resume, refuse a changed config and name the fields that differ."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -69,10 +71,8 @@ def prepare(run_dir: Path, config: dict[str, Any], resume: bool, main: bool, ove
                 raise InstructuneError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                                        "start it afresh, or choose another output_dir (output_dir=runs/NAME).")
             clear(run_dir)
-        tmp = saved.with_suffix(".tmp")  # a kill mid-write must not leave a config that --resume cannot read
-        try:
-            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-            tmp.replace(saved)
+        try:  # whole or not at all: a kill mid-write must not leave a config that --resume cannot read
+            write_text_atomic(saved, yaml.safe_dump(config, sort_keys=False))
         except OSError as e:
             raise InstructuneError(f"could not write {saved} ({ckpt.why(e, run_dir)}); free disk space there or "
                                    "choose another output_dir.") from None
@@ -120,20 +120,20 @@ def clear(run_dir: Path) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def release(lock: Any) -> None:
+def release(lock: FileLock | None) -> None:
     """Let go of the folder's lock (None: nothing held)."""
     if lock is not None:
         lock.release()
 
 
-def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differences(a: object, b: object, prefix: str = "") -> list[str]:
     """`field (old -> new)` for every leaf that differs between two nested mappings."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in set(a) | set(b) for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [f"{prefix[:-1]} ({a!r} -> {b!r})"]
 
 
-def save_output(model: Any, tok: Any, run_dir: Path, peft: bool) -> Path:
+def save_output(model: Model, tok: Tokenizer, run_dir: Path, peft: bool) -> Path:
     """An adapter loadable by peft.PeftModel.from_pretrained, or a full model for transformers.
 
     Every process calls it and rank 0 writes; FSDP2-sharded weights are gathered to it first."""
@@ -150,13 +150,10 @@ def save_output(model: Any, tok: Any, run_dir: Path, peft: bool) -> Path:
     return out
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: object) -> None:
     """A small result file, written whole or not at all."""
-    tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(data, indent=2))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise InstructuneError(f"could not write {path} ({ckpt.why(e, path.parent)}); free disk space there and train again."
                                ) from None

@@ -9,7 +9,6 @@ import gc
 import os
 import resource
 from pathlib import Path
-from typing import Any
 
 import accelerate
 import torch
@@ -20,6 +19,7 @@ from torch.optim.optimizer import _get_fused_kernels_supported_devices
 from transformers import get_scheduler
 
 from instructune.errors import InstructuneError
+from instructune.types import Log
 
 LARGE_TENSOR_BYTES = 32 << 20
 """Above this size glibc maps every allocation afresh (see hardware.reuse_freed_memory)."""
@@ -45,7 +45,7 @@ def launch_note() -> str | None:
     return None
 
 
-def accelerator(precision: str) -> Any:
+def accelerator(precision: str) -> Accelerator:
     """A fresh Accelerate engine in `precision` (fp32, bf16 or fp16 autocast), so runs of different
     precisions can share one process (the process-level state, which holds the distributed setup, is kept)."""
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -53,7 +53,8 @@ def accelerator(precision: str) -> Any:
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
 
 
-def adamw(params: list[Any], lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)) -> Any:
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
     """AdamW, with torch's fused kernel (one pass over each tensor's weights, gradients and moments)
     wherever every parameter is a floating-point tensor on a device that has it."""
     devices = set(_get_fused_kernels_supported_devices())
@@ -61,19 +62,20 @@ def adamw(params: list[Any], lr: float, weight_decay: float = 0.0, betas: tuple[
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused)
 
 
-def scheduler(optimizer: Any, schedule: str, warmup_steps: int, total_steps: int) -> Any:
+def scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
+              total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warmup to the peak rate, then linear, cosine or constant."""
     name = {"constant": "constant_with_warmup"}.get(schedule, schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=min(warmup_steps, total_steps),
                          num_training_steps=total_steps)
 
 
-def has_large_trainable(model: Any) -> bool:
+def has_large_trainable(model: torch.nn.Module) -> bool:
     """Whether a trainable tensor is large enough that its gradient is mapped afresh every step."""
     return any(p.requires_grad and p.numel() * p.element_size() > LARGE_TENSOR_BYTES for p in model.parameters())
 
 
-def frozen_linears_to_bf16(model: Any) -> int:
+def frozen_linears_to_bf16(model: torch.nn.Module) -> int:
     """Store the weights of frozen linear layers in bf16 for a bf16-autocast run: autocast rounds them
     to bf16 for every matmul anyway, so the results are the same, without an fp32 copy in memory or a
     cast per step. Trainable weights, norms, embeddings and the output layer keep their dtype.
@@ -91,7 +93,7 @@ def frozen_linears_to_bf16(model: Any) -> int:
     return count
 
 
-def off_the_file_map(model: Any) -> None:
+def off_the_file_map(model: torch.nn.Module) -> None:
     """Copy the weights still in the dtype they were loaded in into memory of their own.
 
     `from_pretrained` maps the safetensors file and its tensors are views of that map; the map, with
@@ -114,7 +116,7 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def check_fsdp(engine: Any, log: Any) -> None:
+def check_fsdp(engine: Accelerator, log: Log) -> None:
     """Say so when an FSDP launch config ran as DDP; refuse the FSDP settings whose parameters the
     checkpoints cannot name (FSDP1's flattened ones, and activation checkpointing's wrapped ones)."""
     asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"

@@ -5,6 +5,8 @@ and the budget a trade-off selection holds validations to.
     drop          = after - before        (cross-entropy measures: positive = forgot)
     relative drop = drop / |before|       (the share of the original score lost; what the budget bounds)
 
+worked out by `measures.drop` and `measures.relative_drop`, as a forgetting study works them out.
+
 The suite is built on the retention tasks' validation rows and the probe's validation prompts:
 it chooses (best/, an early stop), so it never reads the test rows a forgetting study reports on.
 Measurements are cheap by design: small fixed subsets, classification by likelihood, generation tasks
@@ -17,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from instructune.evaluation.metrics import higher_is_better
-from instructune.forgetting.measures import relative_drop
+from instructune.forgetting.measures import drop, relative_drop
 from instructune.forgetting.suite import RetentionSuite
+from instructune.metrics import higher_is_better
+from instructune.types import Model, Tokenizer
 
 PREFIX = "drop/"
 """Scores keys that carry retention drops in the measure's own units (`drop/bbc-news/topic`)."""
@@ -38,22 +41,21 @@ class Monitor:
 
     suite: RetentionSuite
     before: dict[str, Any]
-    tok: Any
+    tok: Tokenizer
 
     @classmethod
-    def start(cls, suite: RetentionSuite, model: Any, tok: Any) -> Monitor:
+    def start(cls, suite: RetentionSuite, model: Model, tok: Tokenizer) -> Monitor:
         """Score the model before its first step (for PEFT methods the adapter is still the identity)."""
         return cls(suite, suite.score(model, tok, probe_answers=None, cheap=True), tok)
 
-    def drops(self, model: Any) -> dict[str, float]:
+    def drops(self, model: Model) -> dict[str, float]:
         """`drop/<measure>` and `drop_relative/<measure>` of each measure since the start (positive = forgot)."""
         after = self.suite.score(model, self.tok, probe_answers=self.before["probe_answers"], cheap=True)
         out = {}
         for key, b in self.before["measures"].items():
-            diff = b["mean"] - after["measures"][key]["mean"]
-            drop = diff if higher_is_better(b["metric"]) else -diff
-            out[f"{PREFIX}{key}"] = drop
-            out[f"{RELATIVE}{key}"] = relative_drop(drop, b["mean"])
+            lost = drop(b["mean"], after["measures"][key]["mean"], higher_is_better(b["metric"]))
+            out[f"{PREFIX}{key}"] = lost
+            out[f"{RELATIVE}{key}"] = relative_drop(lost, b["mean"])
         return out
 
 

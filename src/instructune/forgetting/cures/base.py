@@ -17,6 +17,8 @@ Their anchors theta* are detached clones taken at build time, keyed by parameter
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -189,7 +191,37 @@ def check(problems: list[str], who: str) -> None:
                                "in the config, or the matching key=value override).")
 
 
+def setting_problems(lam: Any, options: Any) -> list[str]:
+    """What is wrong with a cure's strength (a finite number >= 0) and its own options."""
+    problems: list[str] = []
+    positive(lam, "lam", problems, allow_zero=True)
+    return problems + options.problems()
+
+
 def positive(value: Any, name: str, problems: list[str], allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    """A finite number, > 0 (or >= 0 with allow_zero); a bool is not a number."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value >= 0 if allow_zero else value > 0))
     if not ok:
-        problems.append(f"{name} must be a number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        problems.append(f"{name} must be a number {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+
+
+def count(value: Any, name: str, problems: list[str], why: str = "") -> None:
+    """An integer >= 1 (a bool is not one)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        problems.append(f"{name} must be an integer >= 1{why}, got {value!r}")
+
+
+def accepted(options: type) -> str:
+    """A cure's options with their defaults, for error messages: `samples (default 128), ...`."""
+    fields = dataclasses.fields(options)
+    return ", ".join(f"{f.name} (default {f.default!r})" for f in fields) or "no options"
+
+
+def keyword_options(options: type, who: str, keywords: dict[str, Any]) -> Any:
+    """A cure's `Options` from keywords (`samples=8`); an option it does not have is an error naming those it has."""
+    unknown = sorted(set(keywords) - {f.name for f in dataclasses.fields(options)})
+    if unknown:
+        raise InstructuneError(f"regularizer '{who}': unknown option(s) {', '.join(unknown)}; it accepts "
+                               f"{accepted(options)}. Fix regularizers[].options in the config.")
+    return options(**keywords)

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import copy
+import types
+from dataclasses import dataclass
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
+from instructune.cli import main
+from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
-from instructune.testing import tiny_model
-from instructune.training.regularizers import (
+from instructune.forgetting.cures import (
     EWC,
     REGULARIZERS,
+    Cure,
     Distill,
     SynapticIntelligence,
     build_regularizer,
+    l2sp,
 )
-from instructune.training.regularizers.distill import completion_kl
-from instructune.training.regularizers.ewc import estimate_fisher
+from instructune.forgetting.cures.distill import completion_kl
+from instructune.forgetting.cures.ewc import estimate_fisher
+from instructune.testing import tiny_model
+from instructune.training.config import TrainConfig
 
 VOCAB, PAD = 64, 2
 FAST = {"ewc": {"samples": 8}, "si": {"warmup_steps": 3, "warmup_lr": 1e-2}, "l2sp": {}, "distill": {}}
@@ -333,3 +341,55 @@ def test_fisher_of_a_short_keep_set_uses_what_there_is() -> None:
     params = {n: p for n, p in model.named_parameters()}
     _, used = estimate_fisher(model, params, keep(keep_data(batches=1, rows=3)), samples=100)
     assert used == 3
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"sampels": 8}, "regularizers.0.options.sampels: not an option of regularizer ewc; did you mean 'samples'? "
+                     "It accepts samples (default 128), fisher_path (default None), normalize (default False)"),
+    ({"samples": -4}, "regularizers.0.options.samples must be an integer >= 1, got -4"),
+    ({"samples": "many"}, "regularizers.0.options.samples: 'many' is not a valid int")])
+def test_a_wrong_cure_option_is_refused_before_any_model_loads(options: dict, says: str, tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    loaded = []
+
+    def load_model(*args: object, **kwargs: object) -> None:
+        loaded.append(args)
+        raise AssertionError("a model loaded before the config was checked")
+    for where in ("instructune.models", "instructune.training.trainer", "instructune.forgetting.cures.distill"):
+        monkeypatch.setattr(f"{where}.load_model", load_model)  # and everywhere it is imported by name
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"model": "tiny", "output_dir": str(tmp_path / "run"), "keep": [{"source": "news"}],
+                                    "regularizers": [{"name": "ewc", "lam": 1.0, "options": options}]}))
+    with pytest.raises(InstructuneError) as refused:
+        load_config(TrainConfig, path)
+    assert says in str(refused.value)
+    assert main(["train", str(path), "max_steps=2"]) == 2
+    assert says in capsys.readouterr().err
+    assert loaded == [] and not (tmp_path / "run").exists()
+
+
+@dataclass
+class ToyOptions:
+    share: float = 0.5
+    """The share of lam the toy cure applies."""
+
+    def problems(self) -> list[str]:
+        return [] if 0 < self.share <= 1 else [f"share must be in (0, 1], got {self.share}"]
+
+
+def test_a_new_cure_is_one_module_and_one_registry_line(monkeypatch) -> None:
+    toy = types.ModuleType("toy")  # the module a new cure's file would be: NAME, Options, build
+    toy.NAME, toy.Options = "toy", ToyOptions
+    toy.build = lambda model, keep_batches, lam, options: l2sp.build(model, keep_batches, lam * options.share,
+                                                                     l2sp.Options())
+    monkeypatch.setitem(REGULARIZERS, toy.NAME, Cure.of(toy))  # what its entry in _MODULES adds
+    data = {"keep": [{"source": "news"}], "regularizers": [{"name": "toy", "lam": 2.0, "options": {"share": 0.25}}]}
+    cfg = load_config(TrainConfig, data=data)
+    assert cfg.regularizers[0].options == ToyOptions(0.25) and to_dict(cfg)["regularizers"] == data["regularizers"]
+    reg = build_regularizer("toy", tiny_model(VOCAB), keep(keep_data(batches=1)), cfg.regularizers[0].lam,
+                            cfg.regularizers[0].options)
+    assert reg.lam == 0.5
+    for options, says in (({"share": 3}, r"regularizers\.0\.options\.share must be in \(0, 1\], got 3"),
+                          ({"samples": 8}, r"options\.samples: not an option of regularizer toy.*share \(default 0\.5\)")):
+        with pytest.raises(InstructuneError, match=says):
+            load_config(TrainConfig, data={**data, "regularizers": [{"name": "toy", "options": options}]})

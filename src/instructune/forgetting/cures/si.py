@@ -26,20 +26,26 @@ making the penalty unbounded below, so contributions are clamped at 0: importanc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from instructune.errors import InstructuneError
-from instructune.training.regularizers.base import (
+from instructune.forgetting.cures.base import (
     Cycle,
     KeepBatches,
     Regularizer,
     check,
+    count,
     current,
     device_of,
     eval_mode,
+    keyword_options,
     on_device,
     positive,
+    setting_problems,
     snapshot,
     to_device,
     trainable_parameters,
@@ -47,9 +53,33 @@ from instructune.training.regularizers.base import (
     weighted_distance,
 )
 
+NAME = "si"
+
+
+@dataclass
+class Options:
+    warmup_steps: int = 20
+    """Optimiser steps on keep data that measure each weight's importance before fine-tuning starts."""
+    warmup_lr: float = 1e-4
+    """Learning rate of that warm-up (its weights are put back after it)."""
+    xi: float = 1e-3
+    """Damping xi in Omega_i += max(omega_i, 0) / (Delta_i^2 + xi): keeps the ratio bounded for weights that
+    barely moved."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """The warm-up's optimiser (a throwaway one: the run's own optimiser state is untouched)."""
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        positive(self.warmup_lr, "warmup_lr", out)
+        positive(self.xi, "xi", out)
+        count(self.warmup_steps, "warmup_steps", out, " (the steps that measure importance)")
+        if self.optimizer not in ("adam", "sgd"):
+            out.append(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        return out
+
 
 class SynapticIntelligence(Regularizer):
-    name = "si"
+    name = NAME
     state_groups = ("anchors", "omega", "importance")
 
     def __init__(self, anchors: dict[str, torch.Tensor], lam: float, xi: float = 1e-3):
@@ -93,24 +123,10 @@ class SynapticIntelligence(Regularizer):
         self.anchors = anchors
 
     @classmethod
-    def build(cls, model: nn.Module, keep_batches: KeepBatches, lam: float = 1.0, warmup_steps: int = 20,
-              warmup_lr: float = 1e-4, xi: float = 1e-3, optimizer: str = "adam") -> SynapticIntelligence:
-        """Anchor the trainable weights, measure their importance on a short warm-up on keep data, restore them."""
-        problems: list[str] = []
-        positive(lam, "lam", problems, allow_zero=True)
-        positive(warmup_lr, "warmup_lr", problems)
-        positive(xi, "xi", problems)
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 1:
-            problems.append(f"warmup_steps must be an integer >= 1 (the steps that measure importance), "
-                            f"got {warmup_steps!r}")
-        if optimizer not in ("adam", "sgd"):
-            problems.append(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        check(problems, cls.name)
-        model = unwrap(model)
-        params = trainable_parameters(model, cls.name)
-        reg = cls(snapshot(params), lam, xi)
-        reg.warm_up(model, Cycle(keep_batches, cls.name), warmup_steps, warmup_lr, optimizer)
-        return reg
+    def build(cls, model: nn.Module, keep_batches: KeepBatches, lam: float = 1.0,
+              **options: object) -> SynapticIntelligence:
+        """`build` with the options as keywords (`SynapticIntelligence.build(model, keep, warmup_steps=3)`)."""
+        return build(model, keep_batches, lam, keyword_options(Options, NAME, options))
 
     def warm_up(self, model: nn.Module, batches: Cycle, steps: int, lr: float, optimizer: str) -> None:
         """Train `steps` steps on keep batches recording omega, consolidate, then put the original weights back."""
@@ -143,3 +159,12 @@ class SynapticIntelligence(Regularizer):
                     p.copy_(original[n])
                     p.grad = saved_grads[n]
         self.anchors = original
+
+
+def build(model: nn.Module, keep_batches: KeepBatches, lam: float, options: Options) -> SynapticIntelligence:
+    """Anchor the trainable weights, measure their importance on a short warm-up on keep data, restore them."""
+    check(setting_problems(lam, options), NAME)
+    model = unwrap(model)
+    reg = SynapticIntelligence(snapshot(trainable_parameters(model, NAME)), lam, options.xi)
+    reg.warm_up(model, Cycle(keep_batches, NAME), options.warmup_steps, options.warmup_lr, options.optimizer)
+    return reg

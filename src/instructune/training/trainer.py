@@ -1,7 +1,9 @@
-"""Supervised instruction fine-tuning, top to bottom: config, machine, model, method, data, loop,
-evaluate, save.
+"""The trainer: every run is trained here, whoever asks (`instructune train`, `instructune.train`, the sweep,
+the forgetting study, sequential training, the demo). It reads top to bottom: config, machine, model,
+method, data, loop, evaluate, save.
 
-    instructune train configs/lora-rotten-tomatoes.yaml optim.lr=3e-4 max_steps=100
+    result = train(load_config(TrainConfig, "configs/lora-rotten-tomatoes.yaml", ["max_steps=100"]))
+    result.test["accuracy"], result.output_dir / "adapter"
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import DistributedType, set_seed
@@ -19,33 +22,75 @@ from accelerate.utils import DistributedType, set_seed
 from instructune import hardware
 from instructune.adapters.registry import register_adapter
 from instructune.config import to_dict
-from instructune.data import chat
+from instructune.data import chat_template
 from instructune.errors import InstructuneError
-from instructune.evaluation.metrics import HEADLINE
+from instructune.forgetting.cures import build_regularizer
+from instructune.forgetting.monitor import Monitor
 from instructune.forgetting.suite import RetentionSuite
-from instructune.methods import METHODS, count_parameters
+from instructune.methods import METHODS, count_parameters, lora
+from instructune.metrics import HEADLINE
 from instructune.models import load_model, resolve_model
 from instructune.training import attention, run_data, run_dir, setup
 from instructune.training import checkpoint as ckpt
 from instructune.training.config import TrainConfig
 from instructune.training.loop import LoopSettings, LoopState, restore, train_loop
-from instructune.training.regularizers import build_regularizer
-from instructune.training.retention import Monitor
 from instructune.training.run_data import RunData
+from instructune.types import JSON, Log, Model, Tokenizer
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from instructune.forgetting.cures.base import Regularizer
+    from instructune.hardware.precision import PrecisionChoice
 
 
 @dataclass
 class TrainResult:
-    metrics: dict[str, Any]
-    """What metrics.json holds."""
-    model: Any
+    """What a run gives back: its scores, where it saved, and the trained model in memory."""
+
+    metrics: JSON
+    """What metrics.json holds (a stopped run: only `stopped` and `step`)."""
+    model: torch.nn.Module
     """The trained model (best validation weights), in eval mode. A bf16 PEFT run stores its frozen
     linear layers in bf16: call it under `torch.autocast(..., dtype=torch.bfloat16)`."""
-    tokenizer: Any
+    tokenizer: Tokenizer
+    """Its tokenizer (a transformers `PreTrainedTokenizerBase`), with the chat template the run used."""
+    output_dir: Path
+    """The run folder: adapter/ or model/, best/, metrics.json, train_log.jsonl."""
+
+    @property
+    def stopped(self) -> str:
+        """Why training ended: `max_steps`, `early_stopping`, `forgetting_budget`, or `signal SIGTERM`..."""
+        return str(self.metrics["stopped"])
+
+    @property
+    def finished(self) -> bool:
+        """True unless a signal stopped the run before it was scored and saved (resume it to finish)."""
+        return not self.stopped.startswith("signal")
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken."""
+        return int(self.metrics.get("steps", self.metrics.get("step", 0)))
+
+    @property
+    def validation(self) -> dict[str, float]:
+        """The validation scores of the weights kept (best/), which chose them; empty for a stopped run."""
+        return {k: v for k, v in self.metrics.get("validation", {}).items() if isinstance(v, (int, float))}
+
+    @property
+    def test(self) -> dict[str, float]:
+        """The test-split scores of the kept weights, read once at the end; empty for a stopped run."""
+        return {k: v for k, v in self.metrics.get("test", {}).items() if isinstance(v, (int, float))}
+
+    @property
+    def saved(self) -> Path:
+        """The folder to load the result from: the adapter of a PEFT run, else the full model."""
+        return self.output_dir / ("adapter" if (self.output_dir / "adapter").is_dir() else "model")
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print, overwrite: bool = False,
-             allow_data_change: bool = False, observe: Any = None) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, log: Log = print, overwrite: bool = False,
+             allow_data_change: bool = False, observe: Callable[[int, JSON], object] | None = None) -> TrainResult:
     """Fine-tune as `cfg` says into its output_dir, which the run claims and locks while it writes.
 
     `resume` continues from the newest checkpoint; `overwrite` lets a run write into a folder that
@@ -70,8 +115,8 @@ def finetune(cfg: TrainConfig, resume: bool = False, log: Any = print, overwrite
         run_dir.release(lock)
 
 
-def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: Any, resume: bool,
-           allow_data_change: bool, log: Any, observe: Any) -> TrainResult:
+def _train(cfg: TrainConfig, engine: Accelerator, out: Path, threads: int, precision: PrecisionChoice, resume: bool,
+           allow_data_change: bool, log: Log, observe: Callable[[int, JSON], object] | None) -> TrainResult:
     start = time.time()
 
     # --- model and method: what trains is printed
@@ -82,7 +127,7 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
 
     # --- data, and the forgetting cures that read the keep tasks
     data = RunData.build(cfg, tok, log)
-    regularizers = [build_regularizer(r.name, model, data.keep_batches, lam=r.lam, **r.options)
+    regularizers = [build_regularizer(r.name, model, data.keep_batches, r.lam, r.options)
                     for r in cfg.regularizers]
 
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
@@ -97,7 +142,7 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
     if engine.is_main_process:
         run_dir.write_json(out / "data_inspect.json", data.view)
 
-    def validate(m: Any) -> dict[str, Any]:
+    def validate(m: torch.nn.Module) -> JSON:
         with engine.autocast():  # generation included: the run's precision throughout
             return {**data.validate(engine.unwrap_model(m)), **(monitor.drops(engine.unwrap_model(m)) if monitor
                                                                   else {})}
@@ -114,7 +159,7 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
         log(f"stopped by {reason} at step {state.step}; " + ("checkpoint saved: continue with --resume (the same "
             "config and overrides)." if cfg.keep_checkpoints else "no checkpoint written (keep_checkpoints 0): "
             "the run cannot be resumed."))
-        return TrainResult({"stopped": reason, "step": state.step}, model, tok)
+        return TrainResult({"stopped": reason, "step": state.step}, model, tok, out)
 
     # --- the best weights on the test split; save
     validation = _best_weights(model, out, state, validate)
@@ -128,10 +173,10 @@ def _train(cfg: TrainConfig, engine: Any, out: Path, threads: int, precision: An
     if engine.is_main_process:
         _publish(cfg, out, metrics, data.tasks, log)
     engine.end_training()
-    return TrainResult(metrics, model, tok)
+    return TrainResult(metrics, model, tok, out)
 
 
-def _tested(data: RunData, model: Any, engine: Any, log: Any) -> dict[str, Any]:
+def _tested(data: RunData, model: torch.nn.Module, engine: Accelerator, log: Log) -> JSON:
     """The test scores of `model`, after a line saying what is scored (it takes a while)."""
     if data.test_examples:
         log(f"scoring the best validated weights on {data.test_examples} test examples")
@@ -139,7 +184,7 @@ def _tested(data: RunData, model: Any, engine: Any, log: Any) -> dict[str, Any]:
         return data.test_scores(model)
 
 
-def _publish(cfg: TrainConfig, out: Path, metrics: dict[str, Any], tasks: list[str], log: Any) -> None:
+def _publish(cfg: TrainConfig, out: Path, metrics: JSON, tasks: list[str], log: Log) -> None:
     """Write metrics.json, register the adapter when asked (saying so), and print the test scores."""
     run_dir.write_json(out / "metrics.json", metrics)
     if cfg.register_as and cfg.method.peft:
@@ -150,9 +195,9 @@ def _publish(cfg: TrainConfig, out: Path, metrics: dict[str, Any], tasks: list[s
     log(f"done: {out} (test {json.dumps(test)})")
 
 
-def _shown(observe: Any, log: Any) -> Any:
+def _shown(observe: Callable[[int, JSON], object] | None, log: Log) -> Callable[[int, JSON], None]:
     """`observe(step, scores)` (a search's pruning hook, or None) behind a line printing each validation."""
-    def seen(step: int, scores: dict[str, Any]) -> None:
+    def seen(step: int, scores: JSON) -> None:
         shown = [k for k in ("loss", *HEADLINE) if isinstance(scores.get(k), (int, float))]
         log(f"validation, step {step}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in shown))
         if observe is not None:
@@ -160,12 +205,12 @@ def _shown(observe: Any, log: Any) -> Any:
     return seen
 
 
-def _model_and_method(cfg: TrainConfig, device: str, log: Any) -> tuple[Any, Any, str]:
+def _model_and_method(cfg: TrainConfig, device: str, log: Log) -> tuple[Model, Tokenizer, str]:
     """The model with its attention kernel chosen and the method applied; and that kernel's name."""
     model, tok = load_model(cfg.model)
-    chat.use_chat_format(tok, cfg.data.chat_format)  # saved with the adapter or model, used at inference
+    chat_template.use_chat_format(tok, cfg.data.chat_format)  # saved with the adapter or model, used at inference
     c = model.config
-    length = cfg.data.max_length + (cfg.method.num_virtual_tokens if cfg.method.prompt_learning else 0)
+    length = cfg.data.max_length + cfg.method.virtual_tokens
     kernel = attention.set_attention(model, attention.choose(
         cfg.attention, device, cfg.method.prompt_learning, cfg.batch_size, length, c.num_attention_heads,
         c.num_hidden_layers))
@@ -179,8 +224,9 @@ def _model_and_method(cfg: TrainConfig, device: str, log: Any) -> tuple[Any, Any
     return model, tok, kernel
 
 
-def _resumed(out: Path, model: Any, optimizer: Any, scheduler: Any, regularizers: list[Any], data_sha256: str,
-             allow_data_change: bool, log: Any) -> LoopState | None:
+def _resumed(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, regularizers: list[Regularizer], data_sha256: str,
+             allow_data_change: bool, log: Log) -> LoopState | None:
     """The loop state of the newest checkpoint, restored into the model, optimiser, schedule and cures."""
     last = ckpt.latest_checkpoint(out)
     if last is None:
@@ -190,7 +236,8 @@ def _resumed(out: Path, model: Any, optimizer: Any, scheduler: Any, regularizers
     return state
 
 
-def _optimiser(cfg: TrainConfig, model: Any, engine: Any, total_steps: int, precision: str) -> tuple[Any, Any, Any]:
+def _optimiser(cfg: TrainConfig, model: torch.nn.Module, engine: Accelerator, total_steps: int,
+               precision: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW and its schedule, prepared with the model by the engine (DDP, FSDP)."""
     optimizer = setup.adamw([p for p in model.parameters() if p.requires_grad], cfg.optim.lr,
                             cfg.optim.weight_decay, tuple(cfg.optim.betas))
@@ -210,15 +257,15 @@ def _out_of_memory(e: BaseException, cfg: TrainConfig, precision: str) -> BaseEx
         cfg.gradient_checkpointing, ckpt.latest_checkpoint(Path(cfg.output_dir))))
 
 
-def _watch(cfg: TrainConfig, model: Any, tok: Any, dtype: str, engine: Any, total_steps: int, log: Any) -> Monitor:
+def _watch(cfg: TrainConfig, model: torch.nn.Module, tok: Tokenizer, dtype: str, engine: Accelerator, total_steps: int,
+           log: Log) -> Monitor:
     """The retention suite of `cfg.retention` and the untrained model's scores on it."""
     if cfg.retention_every > total_steps:
         raise InstructuneError(f"retention_every {cfg.retention_every} is larger than the run ({total_steps} steps); "
                                "measure more often or drop it.")
-    r, split = cfg.retention, cfg.data.split_spec()
+    r, split = cfg.retention, cfg.data.split
     # validation rows: the suite chooses best/ and stops runs; the test rows stay for a study to report
-    suite = RetentionSuite.build(None, "", "", 0, r.tasks, split, r.probe_prompts, r.probe_tokens, r.text_source,
-                                 r.text_limit, 120, cfg.seed, dtype, held_out="validation")
+    suite = RetentionSuite.build(r.suite_spec(), split, cfg.seed, dtype, held_out="validation")
     log(f"retention: {len(suite.tasks)} task(s), {len(suite.probe)} probe prompts, {len(suite.texts)} texts "
         f"(validation rows), scored at each validation" + (f" and every {cfg.retention_every} steps" if cfg.retention_every else ""))
     model.eval()
@@ -228,7 +275,7 @@ def _watch(cfg: TrainConfig, model: Any, tok: Any, dtype: str, engine: Any, tota
     return monitor
 
 
-def _selection(cfg: TrainConfig, validation: dict[str, Any], state: LoopState) -> dict[str, Any] | None:
+def _selection(cfg: TrainConfig, validation: JSON, state: LoopState) -> JSON | None:
     """Which validation best/ holds and how many validations the forgetting budget ruled out."""
     if cfg.retention is None:
         return None
@@ -236,13 +283,13 @@ def _selection(cfg: TrainConfig, validation: dict[str, Any], state: LoopState) -
             "validations_over_budget": state.over_budget_total}
 
 
-def _measured(monitor: Monitor, model: Any, engine: Any) -> dict[str, float]:
+def _measured(monitor: Monitor, model: torch.nn.Module, engine: Accelerator) -> dict[str, float]:
     with engine.autocast():
         return monitor.drops(model)
 
 
 def _label(cfg: TrainConfig) -> str:
-    return "lora (DoRA)" if cfg.method.name == "lora" and cfg.method.dora else cfg.method.name
+    return "lora (DoRA)" if isinstance(cfg.method.options, lora.Options) and cfg.method.options.dora else cfg.method.name
 
 
 def _loop_settings(cfg: TrainConfig, total_steps: int, data_sha256: str) -> LoopSettings:
@@ -256,7 +303,8 @@ def _loop_settings(cfg: TrainConfig, total_steps: int, data_sha256: str) -> Loop
         forgetting_budget=cfg.forgetting_budget, budget_patience=cfg.budget_patience)
 
 
-def _best_weights(model: Any, out: Path, state: LoopState, validate: Any) -> dict[str, Any]:
+def _best_weights(model: torch.nn.Module, out: Path, state: LoopState,
+                  validate: Callable[[torch.nn.Module], JSON]) -> JSON:
     """Load the best validated weights into `model` (eval mode); returns their validation scores.
 
     The loop validated them already: their scores are in best/scores.json, or in memory when they
@@ -270,7 +318,7 @@ def _best_weights(model: Any, out: Path, state: LoopState, validate: Any) -> dic
     return state.best_scores or validate(model)
 
 
-def _costs(state: LoopState, processes: int, start: float) -> dict[str, Any]:
+def _costs(state: LoopState, processes: int, start: float) -> JSON:
     return {"skipped_batches": state.skipped_batches,
             "tokens_per_s": state.tokens * processes / max(state.train_seconds, 1e-9),
             "train_tokens": state.tokens * processes, "train_seconds": state.train_seconds,

@@ -7,6 +7,10 @@ implementations (`rouge_score`, `sacrebleu`), not re-implementations.
 
 `compute` returns a flat dict of floats; a key with a slash (`rouge1/precision`,
 `per_class/positive/f1`) is a detail under the headline number.
+
+The registry sits on the bottom floor, beside `errors` and `config`, because every part names its
+metrics: a template lists the ones that score it (`data/`), training and the forgetting monitor
+rank by their direction, reports chart them, evaluation computes them.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sacrebleu
 from rouge_score import rouge_scorer
 
 from instructune.errors import InstructuneError
+from instructune.types import JSON
 
 INVALID = "invalid"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -73,7 +77,7 @@ def accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def classification_report(predictions: Sequence[str], references: Sequence[str],
-                          labels: Sequence[str] | None = None) -> dict[str, Any]:
+                          labels: Sequence[str] | None = None) -> JSON:
     """Per-class precision/recall/F1/support, their macro average, and the invalid count and rate.
 
     Classes are `labels` (the answer choices) or, by default, every label seen in the references
@@ -179,7 +183,8 @@ def _classification(name: str) -> Callable[..., dict[str, float]]:
     return run
 
 
-def _rouge(predictions: Sequence[str], references: Sequence[str], labels: Any = None) -> dict[str, float]:
+def _rouge(predictions: Sequence[str], references: Sequence[str],
+           labels: Sequence[str] | None = None) -> dict[str, float]:
     out = {}
     for t, d in rouge(predictions, references).items():
         out[t] = d["f1"]
@@ -253,7 +258,7 @@ def compute(metric_names: Sequence[str], predictions: Sequence[str], references:
     return out
 
 
-def _same_length(predictions: Sequence[Any], references: Sequence[Any]) -> None:
+def _same_length(predictions: Sequence[object], references: Sequence[object]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not references:

@@ -21,6 +21,7 @@ name) and read back from there when that file exists, so one estimate serves man
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,14 +30,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from instructune.errors import InstructuneError
-from instructune.training.regularizers.base import (
+from instructune.forgetting.cures.base import (
     KeepBatches,
     Regularizer,
     check,
+    count,
     device_of,
     eval_mode,
     examples,
-    positive,
+    keyword_options,
+    setting_problems,
     snapshot,
     to_device,
     trainable_parameters,
@@ -44,11 +47,27 @@ from instructune.training.regularizers.base import (
     weighted_distance,
 )
 
+NAME = "ewc"
 FISHER_FORMAT = "instructune-ewc-fisher"
 
 
+@dataclass
+class Options:
+    samples: int = 128
+    """Keep examples the Fisher is estimated on, one at a time (N in the formula)."""
+    fisher_path: str | None = None
+    """A safetensors file for the Fisher: read when it exists, else computed and written there (null = not kept)."""
+    normalize: bool = False
+    """Divide F by its mean over every trainable element, so lam reads the same across models and data sizes."""
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        count(self.samples, "samples", out)
+        return out
+
+
 class EWC(Regularizer):
-    name = "ewc"
+    name = NAME
     state_groups = ("anchors", "fisher")
 
     def __init__(self, anchors: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], lam: float,
@@ -60,23 +79,24 @@ class EWC(Regularizer):
         return self.lam / 2 * weighted_distance(model, self.anchors, self.fisher, self.name)
 
     @classmethod
-    def build(cls, model: nn.Module, keep_batches: KeepBatches, lam: float = 1.0, samples: int = 128,
-              fisher_path: str | None = None, normalize: bool = False) -> EWC:
-        """Anchor the trainable weights; estimate F on `samples` keep examples (or read it from fisher_path)."""
-        problems: list[str] = []
-        positive(lam, "lam", problems, allow_zero=True)
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            problems.append(f"samples must be an integer >= 1, got {samples!r}")
-        check(problems, cls.name)
-        model = unwrap(model)
-        params = trainable_parameters(model, cls.name)
-        if fisher_path and Path(fisher_path).exists():
-            fisher = load_fisher(fisher_path, params)
-        else:
-            fisher, used = estimate_fisher(model, params, keep_batches, samples)
-            if fisher_path:
-                save_fisher(fisher, fisher_path, used)
-        return cls(snapshot(params), fisher, lam, normalize)
+    def build(cls, model: nn.Module, keep_batches: KeepBatches, lam: float = 1.0, **options: object) -> EWC:
+        """`build` with the options as keywords (`EWC.build(model, keep, samples=8)`)."""
+        return build(model, keep_batches, lam, keyword_options(Options, NAME, options))
+
+
+def build(model: nn.Module, keep_batches: KeepBatches, lam: float, options: Options) -> EWC:
+    """Anchor the trainable weights; estimate F on `options.samples` keep examples (or read it from fisher_path)."""
+    check(setting_problems(lam, options), NAME)
+    model = unwrap(model)
+    params = trainable_parameters(model, NAME)
+    fisher_path = options.fisher_path
+    if fisher_path and Path(fisher_path).exists():
+        fisher = load_fisher(fisher_path, params)
+    else:
+        fisher, used = estimate_fisher(model, params, keep_batches, options.samples)
+        if fisher_path:
+            save_fisher(fisher, fisher_path, used)
+    return EWC(snapshot(params), fisher, lam, options.normalize)
 
 
 def estimate_fisher(model: nn.Module, params: dict[str, nn.Parameter], keep_batches: KeepBatches,

@@ -19,30 +19,52 @@ The teacher is, by default, the model as it was before fine-tuning, without a se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from instructune.errors import InstructuneError
-from instructune.models import load_model
-from instructune.training.regularizers.base import (
+from instructune.forgetting.cures.base import (
     Cycle,
     KeepBatches,
     Regularizer,
     check,
     device_of,
     eval_mode,
+    keyword_options,
     on_device,
     positive,
+    setting_problems,
     snapshot,
     to_device,
     trainable_parameters,
     unwrap,
 )
+from instructune.models import load_model
+
+NAME = "distill"
+
+
+@dataclass
+class Options:
+    temperature: float = 1.0
+    """Softening T of both distributions (the penalty carries T^2, so its gradient's size does not depend on T)."""
+    teacher: nn.Module | str | None = None
+    """Another causal LM with the model's tokenizer (pack, folder or hub id) to distil from; null = the model's
+    own original weights."""
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        positive(self.temperature, "temperature", out)
+        if self.teacher is not None and not isinstance(self.teacher, (str, nn.Module)):
+            out.append(f"teacher must be a model name or folder, got {self.teacher!r}")
+        return out
 
 
 class Distill(Regularizer):
-    name = "distill"
+    name = NAME
     state_groups = ("anchors",)
 
     def __init__(self, keep_batches: KeepBatches, lam: float, temperature: float = 1.0,
@@ -99,25 +121,26 @@ class Distill(Regularizer):
             self.batches.seek(int(position.item()))  # the next penalty uses the batch it would have used
 
     @classmethod
-    def build(cls, model: nn.Module, keep_batches: KeepBatches, lam: float = 1.0, temperature: float = 1.0,
-              teacher: nn.Module | str | None = None) -> Distill:
-        """Pick the teacher (see the module docstring); nothing runs until the first penalty call."""
-        problems: list[str] = []
-        positive(lam, "lam", problems, allow_zero=True)
-        positive(temperature, "temperature", problems)
-        if teacher is not None and not isinstance(teacher, (str, nn.Module)):
-            problems.append(f"teacher must be a model name or folder, got {teacher!r}")
-        if teacher is model:
-            problems.append("teacher is the model being trained; leave teacher unset to distil from its "
-                            "original weights")
-        check(problems, cls.name)
-        model = unwrap(model)
-        params = trainable_parameters(model, cls.name)
-        if teacher is not None:
-            return cls(keep_batches, lam, temperature, teacher=load_teacher(teacher))
-        if adapters_only(model, params):
-            return cls(keep_batches, lam, temperature)
-        return cls(keep_batches, lam, temperature, anchors=snapshot(params))
+    def build(cls, model: nn.Module, keep_batches: KeepBatches, lam: float = 1.0, **options: object) -> Distill:
+        """`build` with the options as keywords (`Distill.build(model, keep, temperature=2.0)`)."""
+        return build(model, keep_batches, lam, keyword_options(Options, NAME, options))
+
+
+def build(model: nn.Module, keep_batches: KeepBatches, lam: float, options: Options) -> Distill:
+    """Pick the teacher (see the module docstring); nothing runs until the first penalty call."""
+    problems = setting_problems(lam, options)
+    teacher, temperature = options.teacher, options.temperature
+    if teacher is model:
+        problems.append("teacher is the model being trained; leave teacher unset to distil from its "
+                        "original weights")
+    check(problems, NAME)
+    model = unwrap(model)
+    params = trainable_parameters(model, NAME)
+    if teacher is not None:
+        return Distill(keep_batches, lam, temperature, teacher=load_teacher(teacher))
+    if adapters_only(model, params):
+        return Distill(keep_batches, lam, temperature)
+    return Distill(keep_batches, lam, temperature, anchors=snapshot(params))
 
 
 def adapters_only(model: nn.Module, params: dict[str, nn.Parameter]) -> bool:

@@ -10,9 +10,9 @@ import pytest
 
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.recipes.finetune import finetune
-from instructune.training import retention
+from instructune.forgetting import monitor as retention
 from instructune.training.config import TrainConfig
+from instructune.training.trainer import train
 
 
 def config(tmp_path: Path, model: Path, toy_tasks: tuple[Path, Path, Path], **over: object) -> TrainConfig:
@@ -34,7 +34,7 @@ def log_rows(run: Path) -> list[dict]:
 def test_retention_drops_are_logged_at_validations_and_every_n_steps(tmp_path: Path, tiny_model_dir: Path,
                                                                      toy_tasks: tuple[Path, Path, Path]) -> None:
     cfg = config(tmp_path, tiny_model_dir, toy_tasks, eval_every=4, retention_every=3)
-    finetune(cfg, log=lambda *_: None)
+    train(cfg, log=lambda *_: None)
     rows = log_rows(cfg.output_dir)
     keys = {f"drop/{toy_tasks[1]}/title", "drop/general-probe"}
     # every retention_every steps, and at validations beside the validation scores, under the same name
@@ -67,7 +67,7 @@ def test_tradeoff_selection_picks_the_best_validation_within_the_budget(tmp_path
     scripted([0.00, 0.20, 0.05, 0.30], monkeypatch)  # validations at steps 2, 4, 6, 8
     cfg = config(tmp_path, tiny_model_dir, toy_tasks, select="tradeoff",
                  forgetting_budget={"general-probe": 0.1})
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     losses = {r["step"]: r["val_loss"] for r in log_rows(cfg.output_dir) if "val_loss" in r}
     within = [step for step, drop in zip([2, 4, 6, 8], [0.00, 0.20, 0.05, 0.30], strict=True) if drop <= 0.1]
     expected = min(within, key=lambda step: losses[step])  # the hand computation: lowest loss within budget
@@ -81,7 +81,7 @@ def test_the_run_stops_after_k_validations_over_the_budget(tmp_path: Path, tiny_
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     scripted([0.0, 0.5, 0.6, 0.7], monkeypatch)
     cfg = config(tmp_path, tiny_model_dir, toy_tasks, select="tradeoff", forgetting_budget=0.1, budget_patience=2)
-    metrics = finetune(cfg, log=lambda *_: None).metrics
+    metrics = train(cfg, log=lambda *_: None).metrics
     assert metrics["stopped"] == "forgetting_budget" and metrics["steps"] == 6  # over at steps 4 and 6
     assert metrics["validation"]["step"] == 2
 
@@ -115,5 +115,5 @@ def test_a_retention_task_that_does_not_exist_fails_before_training(tmp_path: Pa
     cfg = config(tmp_path, tiny_model_dir, toy_tasks, retention={"tasks": [
         {"source": str(tmp_path / "missing.jsonl"), "template": "title", "template_file": str(toy_tasks[2])}]})
     with pytest.raises(InstructuneError, match="missing.jsonl"):
-        finetune(cfg, log=lambda *_: None)
+        train(cfg, log=lambda *_: None)
     assert not (cfg.output_dir / "train_log.jsonl").exists()

@@ -12,22 +12,35 @@ weights cannot move anyway.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from instructune.training.regularizers.base import (
+from instructune.forgetting.cures.base import (
     KeepBatches,
     Regularizer,
     check,
-    positive,
+    keyword_options,
+    setting_problems,
     snapshot,
     trainable_parameters,
     weighted_distance,
 )
 
+NAME = "l2sp"
+
+
+@dataclass
+class Options:
+    """L2-SP has no options: lam is its only setting."""
+
+    def problems(self) -> list[str]:
+        return []
+
 
 class L2SP(Regularizer):
-    name = "l2sp"
+    name = NAME
     state_groups = ("anchors",)
 
     def __init__(self, anchors: dict[str, torch.Tensor], lam: float):
@@ -37,9 +50,13 @@ class L2SP(Regularizer):
         return self.lam / 2 * weighted_distance(model, self.anchors, None, self.name)
 
     @classmethod
-    def build(cls, model: nn.Module, keep_batches: KeepBatches | None = None, lam: float = 1.0) -> L2SP:
-        """Anchor the trainable weights as they are now (keep_batches is not used)."""
-        problems: list[str] = []
-        positive(lam, "lam", problems, allow_zero=True)
-        check(problems, cls.name)
-        return cls(snapshot(trainable_parameters(model, cls.name)), lam)
+    def build(cls, model: nn.Module, keep_batches: KeepBatches | None = None, lam: float = 1.0,
+              **options: object) -> L2SP:
+        """`build` with the options as keywords (it has none)."""
+        return build(model, keep_batches, lam, keyword_options(Options, NAME, options))
+
+
+def build(model: nn.Module, keep_batches: KeepBatches | None, lam: float, options: Options) -> L2SP:
+    """Anchor the trainable weights as they are now (keep_batches is not used)."""
+    check(setting_problems(lam, options), NAME)
+    return L2SP(snapshot(trainable_parameters(model, NAME)), lam)
