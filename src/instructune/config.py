@@ -50,9 +50,12 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def flat(factory: Callable[[], T]) -> T:
+def flat(factory: Callable[[], T] | None = None) -> T:
     """A section held as one typed value whose fields are written in its parent's YAML mapping: `data:` has a
-    `task` (TaskSpec) and a `split` (SplitSpec), and YAML still reads `data: {source: x, seed: 3}`."""
+    `task` (TaskSpec) and a `split` (SplitSpec), and YAML still reads `data: {source: x, seed: 3}`. Without
+    a `factory` the section is required (its own required fields must be given)."""
+    if factory is None:
+        return dataclasses.field(metadata={"flat": True})  # type: ignore[return-value]
     return dataclasses.field(default_factory=factory, metadata={"flat": True})
 
 
@@ -212,8 +215,9 @@ def from_dict(cls: type, data: object, prefix: str, problems: list[str]) -> obje
                 doc = f" ({docs[key]})" if key in docs else ""
                 problems.append(f"{name}: {quoted(value)} is not a valid {type_name(hints[key])}{doc}")
     for section, values in sections.items():  # its fields carry the parent's prefix: `data.source`
-        default = fields[section].default_factory()  # type: ignore[misc]  # the parent's defaults for it
-        kwargs[section] = from_dict(hints[section], {**to_dict(default), **values}, prefix, problems)
+        factory = fields[section].default_factory  # the parent's defaults for it, if it has any
+        defaults = to_dict(factory()) if factory is not dataclasses.MISSING else {}  # type: ignore[misc]
+        kwargs[section] = from_dict(hints[section], {**defaults, **values}, prefix, problems)
         failed = failed or kwargs[section] is None
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]

@@ -263,7 +263,7 @@ def test_attention_kernels_train_alike_and_auto_picks_by_method_and_kept_weights
     def _attention(cfg: TrainConfig, model: object, device: str) -> str:  # the run's settings, as the trainer passes them
         length = cfg.data.max_length + cfg.method.virtual_tokens
         c = model.config  # type: ignore[attr-defined]
-        return choose(cfg.attention, device, cfg.method.prompt_learning, cfg.batch_size, length,
+        return choose(cfg.attention, device, cfg.method.prompt_learning, cfg.loop.batch_size, length,
                       c.num_attention_heads, c.num_hidden_layers)
 
     runs = {}

@@ -38,11 +38,12 @@ def examples(n: int = 32) -> list[dict[str, list[int]]]:
 
 
 def settings() -> Any:
+    from instructune.training.config import LoopConfig
     from instructune.training.loop import LoopSettings
 
-    return LoopSettings(batch_size=4, grad_accum=2, total_steps=STEPS, seed=0, group_by_length=False,
-                        max_grad_norm=1.0, eval_every=EVAL_EVERY, save_every=2, keep_checkpoints=3, log_every=1,
-                        patience=0, skip_bad_batches=False, only_completion_logits=True)
+    loop = LoopConfig(batch_size=4, grad_accum=2, group_by_length=False, eval_every=EVAL_EVERY, save_every=2,
+                      keep_checkpoints=3, log_every=1, early_stopping_patience=0, skip_bad_batches=False)
+    return LoopSettings(loop, total_steps=STEPS, seed=0, max_grad_norm=1.0, only_completion_logits=True)
 
 
 def losses(run: Path) -> dict[int, float]:

@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from instructune.config import yaml_fields
 from instructune.methods import METHODS
 from instructune.training.config import TrainConfig
 from instructune.types import JSON, JSONValue
@@ -109,10 +110,10 @@ def unknown_path(path: str) -> str | None:
                 f"{', '.join(sorted({o for m in METHODS.values() for o in m.option_names()}))}")
     cls: type | None = TrainConfig
     for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-        if part not in fields:
+        keys = yaml_fields(cls) if cls is not None and dataclasses.is_dataclass(cls) else {}
+        if part not in keys:
             return f"'{'.'.join(parts[:i + 1])}' is not a training-config field (see `instructune train x --show-fields`)"
-        hint = typing.get_type_hints(cls)[part]
+        hint = typing.get_type_hints(keys[part][0])[part]  # declared by the section itself, or a flat one in it
         inner = [a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)]
         cls = inner[0] if inner else None
     return None if cls is None else f"'{path}' is a section; name one of its fields"

@@ -136,9 +136,11 @@ class RegularizerConfig:
 
 
 @dataclass
-class KeepConfig(TaskSpec):
-    """A task to keep (TaskSpec fields) and how much of it the cures read."""
+class KeepConfig:
+    """A task to keep (its TaskSpec fields, written in the entry itself) and how much of it the cures read."""
 
+    task: TaskSpec = flat()
+    """The task: source, templates, template_file, format (see TaskSpec)."""
     limit: int = 256
     """Training-split examples of this task used for importance estimates and replay."""
 
@@ -181,6 +183,70 @@ class RetentionConfig:
 
 
 @dataclass
+class LoopConfig:
+    """The training loop's schedule: batches, steps, validations, checkpoints, when to stop and which weights
+    to keep. Written in the config's top level (`max_steps: 40`), held as `TrainConfig.loop`."""
+
+    batch_size: int = 8
+    """Examples per micro-batch; under DDP each process takes its share of them (the global batch stays)."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    epochs: int = 1
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    eval_every: int = 50
+    """Validate every N optimiser steps (and at each epoch end); 0 = only at epoch ends."""
+    early_stopping_patience: int = 0
+    """Stop after this many validations without a better validation loss; 0 = never."""
+    save_every: int = 50
+    """Write a checkpoint every N optimiser steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep; 0 = write none (faster, but the run cannot be resumed)."""
+    skip_bad_batches: bool = False
+    """On a NaN/inf loss, skip the batch and count it instead of stopping the run."""
+    log_every: int = 5
+    """Write a train_log.jsonl line every N steps."""
+    replay_fraction: float = 0.0
+    """Replay: add round(fraction * batch_size) examples of the keep tasks to every micro-batch."""
+    retention_every: int = 0
+    """Steps between retention measurements; 0 = at validations only."""
+    select: Literal["target", "tradeoff"] = "target"
+    """Which validated weights best/ keeps: the best target (lowest validation loss), or the best target
+    among validations whose retention drops stay within `forgetting_budget` (needs `retention`)."""
+    forgetting_budget: Any = None
+    """Largest allowed relative drop, the share of the untrained model's score lost (0.05 = 5%): one
+    number for every measure, or {measure: number} (measures as in forgetting.json: `bbc-news/topic`,
+    `general-probe`, `text-perplexity`)."""
+    budget_patience: int = 0
+    """With `select: tradeoff`: stop after this many validations in a row over the budget; 0 = never."""
+
+    def problems(self) -> list[str]:
+        out = [f"{name} must be at least 1, got {getattr(self, name)}"
+               for name in ("batch_size", "grad_accum", "epochs", "log_every") if getattr(self, name) < 1]
+        out += [f"{name} must be 0 or more, got {getattr(self, name)}" for name in (
+            "eval_every", "save_every", "early_stopping_patience", "keep_checkpoints", "retention_every",
+            "budget_patience") if getattr(self, name) < 0]
+        if self.max_steps is not None and self.max_steps < 1:
+            out.append(f"max_steps must be at least 1 (or null for epochs), got {self.max_steps}")
+        if not 0 <= self.replay_fraction <= 1:
+            out.append(f"replay_fraction must be between 0 and 1, got {self.replay_fraction}")
+        if self.retention_every and self.max_steps and self.retention_every > self.max_steps:
+            out.append(f"retention_every {self.retention_every} is larger than the run ({self.max_steps} steps); "
+                       "measure more often or drop it")
+        budget = self.forgetting_budget
+        if isinstance(budget, dict):
+            if not budget:
+                out.append("forgetting_budget {} bounds no measure; give one number, or {measure: number}")
+            out += [p for k, v in budget.items() for p in budget_problems(v, f"forgetting_budget.{k}")]
+        elif budget is not None:
+            out += budget_problems(budget)
+        return out
+
+
+@dataclass
 class TrainConfig:
     model: str = "smollm2-135m-instruct"
     """Model pack, local folder or hub id."""
@@ -195,14 +261,8 @@ class TrainConfig:
     """What trains: full fine-tuning or a PEFT method."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and schedule."""
-    batch_size: int = 8
-    """Examples per micro-batch; under DDP each process takes its share of them (the global batch stays)."""
-    grad_accum: int = 1
-    """Micro-batches per optimiser step."""
-    epochs: int = 1
-    """Passes over the training data (ignored when max_steps is set)."""
-    max_steps: int | None = None
-    """Stop after this many optimiser steps."""
+    loop: LoopConfig = flat(LoopConfig)
+    """Batches, steps, validations, checkpoints, early stopping and selection (see LoopConfig)."""
     seed: int = 0
     """Seed of initialisation, data order and dropout."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -213,8 +273,6 @@ class TrainConfig:
     between the processes of a multi-process launch."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time."""
-    group_by_length: bool = True
-    """Batch examples of similar length together (less padding)."""
     packing: bool = False
     """Concatenate examples into rows of data.max_length (batch_size rows per micro-batch): position ids
     restart per example and attention never crosses examples, so each trains as it would alone."""
@@ -225,56 +283,19 @@ class TrainConfig:
     fused kernel); auto = recompute on CPU, except for prompt-learning methods, whose
     padding masks it cannot take (eager while one micro-batch's attention weights at data.max_length
     stay under 1 GiB, else sdpa); sdpa elsewhere."""
-    eval_every: int = 50
-    """Validate every N optimiser steps (and at each epoch end); 0 = only at epoch ends."""
     eval_mode: Literal["generate", "likelihood"] = "generate"
     """How the validation and test task metric is computed for classification templates."""
-    early_stopping_patience: int = 0
-    """Stop after this many validations without a better validation loss; 0 = never."""
-    save_every: int = 50
-    """Write a checkpoint every N optimiser steps (0 = only at the end)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep; 0 = write none (faster, but the run cannot be resumed)."""
-    skip_bad_batches: bool = False
-    """On a NaN/inf loss, skip the batch and count it instead of stopping the run."""
     regularizers: list[RegularizerConfig] = field(default_factory=list)
     """Forgetting cures added to the loss (ewc, si, l2sp, distill)."""
     keep: list[KeepConfig] = field(default_factory=list)
     """Tasks to keep: the data regularizers estimate importance on and replay draws from."""
-    replay_fraction: float = 0.0
-    """Replay: add round(fraction * batch_size) examples of the keep tasks to every micro-batch."""
-    log_every: int = 5
-    """Write a train_log.jsonl line every N steps."""
     register_as: str | None = None
     """Register the trained adapter under this name (`instructune adapters list`)."""
     retention: RetentionConfig | None = None
     """Measure forgetting while training: the drop of each retention measure from the untrained model,
     every `retention_every` steps and at each validation (train_log.jsonl, TensorBoard)."""
-    retention_every: int = 0
-    """Steps between retention measurements; 0 = at validations only."""
-    select: Literal["target", "tradeoff"] = "target"
-    """Which validated weights best/ keeps: the best target (lowest validation loss), or the best target
-    among validations whose retention drops stay within `forgetting_budget` (needs `retention`)."""
-    forgetting_budget: Any = None
-    """Largest allowed relative drop, the share of the untrained model's score lost (0.05 = 5%): one
-    number for every measure, or {measure: number} (measures as in forgetting.json: `bbc-news/topic`,
-    `general-probe`, `text-perplexity`)."""
-    budget_patience: int = 0
-    """With `select: tradeoff`: stop after this many validations in a row over the budget; 0 = never."""
-
     def problems(self) -> list[str]:
-        out = []
-        for name in ("batch_size", "grad_accum", "epochs"):
-            if getattr(self, name) < 1:
-                out.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.seed < 2**32:
-            out.append(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
-        for name in ("log_every",):
-            if getattr(self, name) < 1:
-                out.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "early_stopping_patience", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                out.append(f"{name} must be 0 or more, got {getattr(self, name)}")
+        out = [] if 0 <= self.seed < 2**32 else [f"seed must be in 0..{2**32 - 1}, got {self.seed}"]
         if self.register_as is not None and not ADAPTER_NAME.fullmatch(self.register_as):
             out.append(f"register_as {self.register_as!r} is not a registry name: use 1-64 letters, digits, '.', '_' "
                        "or '-', starting with a letter or digit (example: sentiment-lora)")
@@ -283,11 +304,7 @@ class TrainConfig:
                        "method (lora, ia3, prompt_tuning, prefix_tuning) or drop register_as")
         if self.threads is not None and self.threads < 1:
             out.append(f"threads must be at least 1 (or null for every usable CPU), got {self.threads}")
-        if self.max_steps is not None and self.max_steps < 1:
-            out.append(f"max_steps must be at least 1 (or null for epochs), got {self.max_steps}")
-        if not 0 <= self.replay_fraction <= 1:
-            out.append(f"replay_fraction must be between 0 and 1, got {self.replay_fraction}")
-        if self.replay_fraction > 0 and not self.keep:
+        if self.loop.replay_fraction > 0 and not self.keep:
             out.append("replay_fraction > 0 needs keep tasks to replay: add keep: [{source: PACK, templates: [ID]}]")
         out += self._retention_problems()
         if self.packing and self.method.prompt_learning:
@@ -301,27 +318,17 @@ class TrainConfig:
         return out
 
     def _retention_problems(self) -> list[str]:
-        out = [] if self.retention_every >= 0 else [f"retention_every must be 0 or more, got {self.retention_every}"]
-        if self.select == "tradeoff" and self.retention is None:
+        loop, out = self.loop, []
+        if loop.select == "tradeoff" and self.retention is None:
             out.append("select: tradeoff needs `retention:` (the measures the budget bounds)")
-        if self.select == "tradeoff" and self.forgetting_budget is None:
+        if loop.select == "tradeoff" and loop.forgetting_budget is None:
             out.append("select: tradeoff needs forgetting_budget (one number, or {measure: number})")
-        if self.retention_every and self.retention is None:
+        if loop.retention_every and self.retention is None:
             out.append("retention_every needs `retention:` (what to measure)")
-        if self.retention_every and self.max_steps and self.retention_every > self.max_steps:
-            out.append(f"retention_every {self.retention_every} is larger than the run ({self.max_steps} steps); "
-                       "measure more often or drop it")
-        budget = self.forgetting_budget
-        if isinstance(budget, dict):
-            if not budget:
-                out.append("forgetting_budget {} bounds no measure; give one number, or {measure: number}")
-            out += [p for k, v in budget.items() for p in budget_problems(v, f"forgetting_budget.{k}")]
-            if self.retention is not None:
-                known = retention_measures(self.retention)
-                out += [f"forgetting_budget.{k}: not a measure of the retention suite (measures: {', '.join(known)})"
-                        for k in budget if k not in known]
-        elif budget is not None:
-            out += budget_problems(budget)
+        if isinstance(loop.forgetting_budget, dict) and self.retention is not None:
+            known = retention_measures(self.retention)
+            out += [f"forgetting_budget.{k}: not a measure of the retention suite (measures: {', '.join(known)})"
+                    for k in loop.forgetting_budget if k not in known]
         return out
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -33,6 +33,9 @@ from instructune.errors import InstructuneError
 from instructune.forgetting.monitor import is_drop, over_budget
 from instructune.training import checkpoint as ckpt
 from instructune.training.batching import collate, completion_loss_sum
+
+if TYPE_CHECKING:
+    from instructune.training.config import LoopConfig
 
 
 @dataclass
@@ -56,29 +59,15 @@ class LoopState:
 
 @dataclass
 class LoopSettings:
-    batch_size: int
-    grad_accum: int
+    """The config's loop section, whole, and what the trainer works out for this run."""
+
+    loop: LoopConfig
     total_steps: int
     seed: int
-    group_by_length: bool
     max_grad_norm: float
-    eval_every: int
-    save_every: int
-    keep_checkpoints: int
-    log_every: int
-    patience: int
-    skip_bad_batches: bool
     only_completion_logits: bool
-    replay_fraction: float = 0.0
     data_sha256: str = ""
     """Hash of the encoded training examples, kept in each checkpoint (a resume on other data is refused)."""
-    retention_every: int = 0
-    """Steps between retention measurements (with a `retain` callback); 0 = at validations only."""
-    select: str = "target"
-    """best/ keeps the best validation loss (target), or the best within the forgetting budget (tradeoff)."""
-    forgetting_budget: Any = None
-    budget_patience: int = 0
-    """Stop after this many validations in a row over the budget; 0 = never."""
 
 
 def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, train: list[dict], pad_id: int,
@@ -103,7 +92,7 @@ def train_loop(model: Any, optimizer: Any, scheduler: Any, accelerator: Any, tra
     model.train()
     try:
         while st.step < settings.total_steps and reason == "max_steps":
-            reason = run.step([next(stream) for _ in range(settings.grad_accum)])
+            reason = run.step([next(stream) for _ in range(settings.loop.grad_accum)])
         accelerator.wait_for_everyone()  # the main process has written best/ and the last checkpoint
     finally:
         run.close()
@@ -144,7 +133,7 @@ class _Run:
             self._skip_bad(window)
             return "max_steps"
         st.step += 1
-        st.position += s.grad_accum
+        st.position += s.loop.grad_accum
         st.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
         st.train_seconds += time.perf_counter() - t0
         self._report(acc.reduce(torch.tensor(loss_sum, device=acc.device), "sum").item() / max(n_tokens, 1),
@@ -170,7 +159,7 @@ class _Run:
     def _skip_bad(self, window: list[tuple[int, tuple[int, list[int]]]]) -> None:
         """Count and skip a bad batch when asked to; otherwise stop, naming its examples."""
         st = self.st
-        if not self.s.skip_bad_batches:
+        if not self.s.loop.skip_bad_batches:
             ids = [self.train[i].get("id", i) for _, (_, idx) in window for i in idx]
             last = ckpt.latest_checkpoint(self.run_dir)
             raise InstructuneError(
@@ -179,32 +168,32 @@ class _Run:
                 "skip_bad_batches=true to skip such batches.")
         st.skipped_batches += 1
         self.optimizer.zero_grad(set_to_none=True)
-        st.position += self.s.grad_accum
+        st.position += self.s.loop.grad_accum
 
     def _report(self, loss: float, epoch: int) -> None:
         st, lr = self.st, self.scheduler.get_last_lr()[0]
         tok_s = st.tokens / max(st.train_seconds, 1e-9)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
-        if self.main and (st.step % self.s.log_every == 0 or st.step in (1, self.s.total_steps)):
+        if self.main and (st.step % self.s.loop.log_every == 0 or st.step in (1, self.s.total_steps)):
             _log(self.log, self.tb, {"step": st.step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "epoch": epoch})
 
     def _after_step(self) -> str:
         """Validate when due, save when due, and say whether to stop (and why)."""
         s, st, reason = self.s, self.st, "max_steps"
-        epoch_end = (st.position // self.per_epoch) != ((st.position - s.grad_accum) // self.per_epoch)
-        due = (s.eval_every and st.step % s.eval_every == 0) or epoch_end or st.step == s.total_steps
+        epoch_end = (st.position // self.per_epoch) != ((st.position - s.loop.grad_accum) // self.per_epoch)
+        due = (s.loop.eval_every and st.step % s.loop.eval_every == 0) or epoch_end or st.step == s.total_steps
         if due:
             reason = _validate(self.model, self.validate, st, self.run_dir, self.accelerator, self.log, self.tb, s,
                                self.observe) or reason
-        elif self.retain and s.retention_every and st.step % s.retention_every == 0:
+        elif self.retain and s.loop.retention_every and st.step % s.loop.retention_every == 0:
             self.model.eval()
             drops = self.retain(self.accelerator.unwrap_model(self.model))
             self.model.train()
             if self.main:
                 _log(self.log, self.tb, {"step": st.step, **drops})
         stop = _anyone(self.stop_flag["stop"], self.accelerator)
-        if s.keep_checkpoints and ((s.save_every and st.step % s.save_every == 0) or stop
+        if s.loop.keep_checkpoints and ((s.loop.save_every and st.step % s.loop.save_every == 0) or stop
                                    or reason != "max_steps" or st.step == s.total_steps):
             _save(self.run_dir, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, st,
                   self.regularizers, s)
@@ -234,9 +223,10 @@ def _with_replay(train: list[dict], idx: list[int], replay: list[dict] | None, s
                  pos: int) -> list[dict]:
     """The micro-batch's examples plus round(fraction * batch) replayed ones, drawn by position (resumable)."""
     rows = [train[i] for i in idx]
-    if replay and s.replay_fraction > 0:
+    if replay and s.loop.replay_fraction > 0:
         rng = random.Random(s.seed * 7919 + pos)
-        rows += [replay[rng.randrange(len(replay))] for _ in range(max(1, round(s.replay_fraction * len(idx))))]
+        extra = max(1, round(s.loop.replay_fraction * len(idx)))
+        rows += [replay[rng.randrange(len(replay))] for _ in range(extra)]
     return rows
 
 
@@ -280,13 +270,13 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
         _log(log, tb, {"step": st.step, **{k if is_drop(k) else f"val_{k}": v for k, v in scores.items()}})
     if observe is not None:
         observe(st.step, scores)
-    over = over_budget(scores, s.forgetting_budget) if s.select == "tradeoff" else []
+    over = over_budget(scores, s.loop.forgetting_budget) if s.loop.select == "tradeoff" else []
     st.over_budget = st.over_budget + 1 if over else 0
     st.over_budget_total += bool(over)
     if not over and scores["loss"] < st.best_val_loss:
         st.best_val_loss, st.evals_without_improvement = scores["loss"], 0
         st.best_scores = {"step": st.step, **scores}
-        if s.keep_checkpoints == 0 and st.step == s.total_steps:
+        if s.loop.keep_checkpoints == 0 and st.step == s.total_steps:
             # nothing is kept for a resume and these final weights are the best: the run's
             # output is saved from memory, so best/ would only be a copy (an older one is stale)
             if ckpt.rank() == 0:
@@ -295,9 +285,10 @@ def _validate(model: Any, validate: Callable, st: LoopState, run_dir: Path, acce
             _save_best(run_dir, accelerator.unwrap_model(model), st.step, scores)
     else:
         st.evals_without_improvement += 1
-    if s.budget_patience and st.over_budget >= s.budget_patience:
+    if s.loop.budget_patience and st.over_budget >= s.loop.budget_patience:
         return "forgetting_budget"
-    return "early_stopping" if s.patience and st.evals_without_improvement >= s.patience else None
+    patience = s.loop.early_stopping_patience
+    return "early_stopping" if patience and st.evals_without_improvement >= patience else None
 
 
 def _save_best(run_dir: Path, model: Any, step: int, scores: dict[str, float]) -> None:
@@ -329,7 +320,7 @@ def _save(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, st: LoopSta
     extra = {f"reg{i}": r.state_dict() for i, r in enumerate(regularizers) if r.state_dict()}
     state = {**asdict(st), "data_sha256": s.data_sha256}
     state["best_val_loss"] = None if math.isinf(st.best_val_loss) else st.best_val_loss
-    ckpt.save_checkpoint(run_dir, st.step, model, optimizer, scheduler, state, extra, keep=s.keep_checkpoints)
+    ckpt.save_checkpoint(run_dir, st.step, model, optimizer, scheduler, state, extra, keep=s.loop.keep_checkpoints)
 
 
 def _anyone(flag: bool, accelerator: Any) -> bool:

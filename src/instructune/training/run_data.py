@@ -109,16 +109,16 @@ class RunData:
             lengths = [len(e["input_ids"]) for e in train]
 
             def plan(epoch: int) -> list[list[int]]:
-                return epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
+                return epoch_batches(lengths, cfg.loop.batch_size, cfg.seed, epoch, cfg.loop.group_by_length)
             per_epoch, realised = len(plan(0)), None
         lengths = [len(e["input_ids"]) for e in train]
         keep = []
         for k in cfg.keep:
-            rows = subset(load_split(k.task_spec(), d.split, "train"), k.limit, cfg.seed)
+            rows = subset(load_split(k.task, d.split, "train"), k.limit, cfg.seed)
             keep += encode_records(rows, tok, d.max_length, d.train_on, d.special_tokens_in_content)[0]
-        return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.batch_size, plan=plan,
+        return cls(train=train, evals=evals, tok=tok, eval_mode=cfg.eval_mode, batch_size=cfg.loop.batch_size, plan=plan,
                    batches_per_epoch=per_epoch, dropped=dropped, padding=padding_fraction(plan(0), lengths),
-                   replay=keep if cfg.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
+                   replay=keep if cfg.loop.replay_fraction > 0 else None, keep_encoded=keep, realised=realised,
                    source_name=task_names([d.task.source])[0], train_on=d.train_on,
                    special_tokens=d.special_tokens_in_content, packed_from=packed_from,
                    max_length=d.max_length, view=view)
@@ -199,7 +199,7 @@ def check(cfg: TrainConfig) -> None:
     split = cfg.data.split
     tasks = [cfg.data.task] if cfg.mixture is None else [t.task_spec() for t in cfg.mixture.tasks]
     # the templates say which tasks are conversations (a hand-made dataset folder may have no stats.json)
-    formats = {t.format for task in [*tasks, *(k.task_spec() for k in cfg.keep)] for t in templates(task, split).values()}
+    formats = {t.format for task in [*tasks, *(k.task for k in cfg.keep)] for t in templates(task, split).values()}
     if formats & set(CONVERSATIONS) and cfg.data.chat_format == "auto":
         folder = Path(resolve_model(cfg.model))
         if folder.is_dir() and chat_template.saved_template(folder) is None:
@@ -234,7 +234,7 @@ def _mixture(cfg: TrainConfig, tok: Tokenizer) -> tuple:
 
     def plan(epoch: int) -> list[list[int]]:
         idx = mix.sampler.epoch(epoch)
-        sub = epoch_batches([lengths[i] for i in idx], cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
+        sub = epoch_batches([lengths[i] for i in idx], cfg.loop.batch_size, cfg.seed, epoch, cfg.loop.group_by_length)
         return [[idx[j] for j in b] for b in sub]
 
     evals = []
@@ -244,5 +244,5 @@ def _mixture(cfg: TrainConfig, tok: Tokenizer) -> tuple:
         for tid, t in task_templates.items():
             evals.append(EvalSet(f"{task}/{tid}", t, [r for r in val if r["template"] == tid],
                                  [r for r in test if r["template"] == tid]))
-    per_epoch = math.ceil(mix.sampler.examples_per_epoch / cfg.batch_size)
+    per_epoch = math.ceil(mix.sampler.examples_per_epoch / cfg.loop.batch_size)
     return mix.examples, evals, plan, per_epoch, sum(mix.dropped.values()), mix.sampler.realised

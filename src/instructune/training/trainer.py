@@ -130,7 +130,7 @@ def _train(cfg: TrainConfig, engine: Accelerator, out: Path, threads: int, preci
     regularizers = [build_regularizer(r.name, model, data.keep_batches, r.lam, r.options)
                     for r in cfg.regularizers]
 
-    total_steps = cfg.max_steps or cfg.epochs * math.ceil(data.batches_per_epoch / cfg.grad_accum)
+    total_steps = cfg.loop.max_steps or cfg.loop.epochs * math.ceil(data.batches_per_epoch / cfg.loop.grad_accum)
     monitor = _watch(cfg, model, tok, precision.dtype, engine, total_steps, log) if cfg.retention else None
 
     # --- optimiser, schedule, loop
@@ -157,7 +157,7 @@ def _train(cfg: TrainConfig, engine: Accelerator, out: Path, threads: int, preci
     model = engine.unwrap_model(model)
     if reason.startswith("signal"):
         log(f"stopped by {reason} at step {state.step}; " + ("checkpoint saved: continue with --resume (the same "
-            "config and overrides)." if cfg.keep_checkpoints else "no checkpoint written (keep_checkpoints 0): "
+            "config and overrides)." if cfg.loop.keep_checkpoints else "no checkpoint written (keep_checkpoints 0): "
             "the run cannot be resumed."))
         return TrainResult({"stopped": reason, "step": state.step}, model, tok, out)
 
@@ -212,7 +212,7 @@ def _model_and_method(cfg: TrainConfig, device: str, log: Log) -> tuple[Model, T
     c = model.config
     length = cfg.data.max_length + cfg.method.virtual_tokens
     kernel = attention.set_attention(model, attention.choose(
-        cfg.attention, device, cfg.method.prompt_learning, cfg.batch_size, length, c.num_attention_heads,
+        cfg.attention, device, cfg.method.prompt_learning, cfg.loop.batch_size, length, c.num_attention_heads,
         c.num_hidden_layers))
     model = METHODS[cfg.method.name].apply(model, cfg.method.options, tokenizer_path=resolve_model(cfg.model))
     if device == "cpu" and setup.has_large_trainable(model):
@@ -253,21 +253,21 @@ def _out_of_memory(e: BaseException, cfg: TrainConfig, precision: str) -> BaseEx
     if not setup.is_out_of_memory(e):
         return e
     return InstructuneError(setup.oom_advice(
-        cfg.model, cfg.method.name, precision, cfg.batch_size, cfg.grad_accum, cfg.data.max_length,
+        cfg.model, cfg.method.name, precision, cfg.loop.batch_size, cfg.loop.grad_accum, cfg.data.max_length,
         cfg.gradient_checkpointing, ckpt.latest_checkpoint(Path(cfg.output_dir))))
 
 
 def _watch(cfg: TrainConfig, model: torch.nn.Module, tok: Tokenizer, dtype: str, engine: Accelerator, total_steps: int,
            log: Log) -> Monitor:
     """The retention suite of `cfg.retention` and the untrained model's scores on it."""
-    if cfg.retention_every > total_steps:
-        raise InstructuneError(f"retention_every {cfg.retention_every} is larger than the run ({total_steps} steps); "
+    if cfg.loop.retention_every > total_steps:
+        raise InstructuneError(f"retention_every {cfg.loop.retention_every} is larger than the run ({total_steps} steps); "
                                "measure more often or drop it.")
     r, split = cfg.retention, cfg.data.split
     # validation rows: the suite chooses best/ and stops runs; the test rows stay for a study to report
     suite = RetentionSuite.build(r.suite_spec(), split, cfg.seed, dtype, held_out="validation")
     log(f"retention: {len(suite.tasks)} task(s), {len(suite.probe)} probe prompts, {len(suite.texts)} texts "
-        f"(validation rows), scored at each validation" + (f" and every {cfg.retention_every} steps" if cfg.retention_every else ""))
+        f"(validation rows), scored at each validation" + (f" and every {cfg.loop.retention_every} steps" if cfg.loop.retention_every else ""))
     model.eval()
     with engine.autocast():
         monitor = Monitor.start(suite, model, tok)
@@ -279,7 +279,7 @@ def _selection(cfg: TrainConfig, validation: JSON, state: LoopState) -> JSON | N
     """Which validation best/ holds and how many validations the forgetting budget ruled out."""
     if cfg.retention is None:
         return None
-    return {"select": cfg.select, "step": validation.get("step"), "budget": cfg.forgetting_budget,
+    return {"select": cfg.loop.select, "step": validation.get("step"), "budget": cfg.loop.forgetting_budget,
             "validations_over_budget": state.over_budget_total}
 
 
@@ -293,14 +293,8 @@ def _label(cfg: TrainConfig) -> str:
 
 
 def _loop_settings(cfg: TrainConfig, total_steps: int, data_sha256: str) -> LoopSettings:
-    return LoopSettings(
-        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, total_steps=total_steps, seed=cfg.seed,
-        group_by_length=cfg.group_by_length, max_grad_norm=cfg.optim.max_grad_norm, eval_every=cfg.eval_every,
-        save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
-        patience=cfg.early_stopping_patience, skip_bad_batches=cfg.skip_bad_batches,
-        only_completion_logits=not cfg.method.prompt_learning, replay_fraction=cfg.replay_fraction,
-        data_sha256=data_sha256, retention_every=cfg.retention_every, select=cfg.select,
-        forgetting_budget=cfg.forgetting_budget, budget_patience=cfg.budget_patience)
+    return LoopSettings(cfg.loop, total_steps, cfg.seed, cfg.optim.max_grad_norm,
+                        only_completion_logits=not cfg.method.prompt_learning, data_sha256=data_sha256)
 
 
 def _best_weights(model: torch.nn.Module, out: Path, state: LoopState,
