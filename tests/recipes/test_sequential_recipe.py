@@ -24,7 +24,7 @@ def test_shipped_config_loads(tmp_path: Path) -> None:
     assert runs[0].model == "smollm2-135m-instruct"
     assert runs[1].model == str(tmp_path / "stage-1-rotten-tomatoes-sentiment" / "merged")  # LoRA: merged start
     assert runs[2].model == str(tmp_path / "stage-2-bbc-news-topic" / "merged")
-    assert {(r.method.name, r.method.options.r, r.optim.lr, r.max_steps, r.precision) for r in runs} == {
+    assert {(r.method.name, r.method.options.r, r.optim.lr, r.loop.max_steps, r.precision) for r in runs} == {
         ("lora", 16, 5e-4, 30, "auto")}
 
 

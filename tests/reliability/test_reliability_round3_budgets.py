@@ -47,7 +47,7 @@ def test_a_bad_forgetting_budget_is_refused_with_the_fix(budget: object, says: s
 
 @pytest.mark.parametrize("budget", [0, 0.05, 1, 2.5, {MEASURE: 0}, {MEASURE: 0.1}])
 def test_a_good_budget_passes(budget: object) -> None:
-    assert load_config(TrainConfig, data=tradeoff(budget)).forgetting_budget == budget
+    assert load_config(TrainConfig, data=tradeoff(budget)).loop.forgetting_budget == budget
 
 
 def test_every_bad_budget_is_reported_at_once_from_the_command_line(tmp_path: Path,
