@@ -23,8 +23,9 @@ import torch
 from instructune.data.build import prepare, read_split
 from instructune.data.prompt import prompt_text
 from instructune.data.task import SplitSpec
+from instructune.forgetting.kinds import general_probe, text_perplexity
 from instructune.forgetting.monitor import Monitor
-from instructune.forgetting.suite import RetentionSuite, RetentionTask, SuiteSpec
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, suite_spec
 from instructune.hardware import describe_machine, machine_summary, shapes_of
 from instructune.models import DEFAULT_MODEL, load_model, pull_model
 from instructune.results import write_results
@@ -75,7 +76,8 @@ def main() -> int:
     rows = []
     for name, s in SUITES.items():
         tasks = [RetentionTask(source=src, template=tpl, mode=mode, limit=n) for src, tpl, mode, n in s["tasks"]]
-        spec = SuiteSpec(tasks, s["probe"], 32, "news-headlines" if s["texts"] else None, s["texts"])
+        spec = suite_spec(tasks, general_probe.Options(s["probe"], 32),
+                          text_perplexity.Options("news-headlines" if s["texts"] else None, s["texts"]), {})
         suite = RetentionSuite.build(spec, SplitSpec(), 0, held_out="validation")  # the monitor watches validation rows
         model.eval()
         start = time.perf_counter()

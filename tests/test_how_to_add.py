@@ -22,10 +22,11 @@ from instructune.data import packs, templates
 from instructune.data.packs import text
 from instructune.data.task import SplitSpec
 from instructune.errors import InstructuneError
-from instructune.forgetting.suite import RetentionSuite
+from instructune.forgetting.kinds import KINDS, Scored
+from instructune.forgetting.suite import RetentionSuite, drops
 from instructune.methods import METHODS, Method, count_parameters
 from instructune.methods.options import MethodOptions
-from instructune.training.config import RetentionConfig, TrainConfig
+from instructune.training.config import RetentionConfig, TrainConfig, retention_measures
 
 # --- a method: methods/<name>.py + one entry in methods/__init__.py's _MODULES ----------------------------
 
@@ -157,3 +158,37 @@ def test_a_new_retention_task_is_one_config_entry(toy_tasks: tuple[Path, Path, P
     records, template, mode = suite.tasks[f"{keep}/title"]
     assert len(records) == 4 and template.id == "title" and mode == "generate"
     assert suite.probe == [] and suite.texts == []  # the two built-in probes are off
+
+
+@dataclass
+class WordsOptions:
+    words: int = 3
+    """Words of each input scored."""
+
+    def problems(self) -> list[str]:
+        return [] if self.words >= 1 else [f"words must be at least 1, got {self.words}"]
+
+
+WORDS_KIND = SimpleNamespace(  # stands for src/instructune/forgetting/kinds/answer_words.py
+    KEY="answer-words", Options=WordsOptions, on=lambda o: True,
+    inputs=lambda o, split, seed, held_out: [f"{held_out} input {i}" for i in range(o.words)],
+    # a toy score: the model is a callable giving each input a number; the state counts scorings
+    score=lambda items, model, tok, o, dtype, state: Scored("cross_entropy", [model(x) for x in items],
+                                                             (state or 0) + 1))
+
+
+def test_a_new_kind_of_retention_measure_is_one_module_and_one_registry_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(KINDS, WORDS_KIND.KEY, WORDS_KIND)  # what its entry in _MODULES adds
+    cfg = load_config(RetentionConfig, data={"probe_prompts": 0, "measures": {"answer-words": {"words": 2}}})
+    assert retention_measures(cfg) == ["answer-words"]  # a forgetting budget may name it
+    suite = RetentionSuite.build(cfg.suite_spec(), SplitSpec(), 0, held_out="validation")
+    assert suite.inputs == {"answer-words": ["validation input 0", "validation input 1"]}
+    before = suite.score(lambda x: 1.0, None)
+    after = suite.score(lambda x: 1.5, None, original=before)
+    assert before["state"] == {"answer-words": 1} and after["state"] == {"answer-words": 2}
+    assert drops(before, after, samples=20, seed=0)["answer-words"]["drop"] == pytest.approx(0.5)  # CE rose: forgot
+    for bad, says in (({"answer-words": {"words": 0}}, "retention.measures.answer-words.words must be at least 1"),
+                      ({"answer-word": {}}, "retention.measures.answer-word: unknown kind")):
+        with pytest.raises(InstructuneError, match=says):
+            load_config(TrainConfig, data={"retention": {"probe_prompts": 0, "measures": bad}})

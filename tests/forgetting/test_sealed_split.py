@@ -14,7 +14,8 @@ import yaml
 from instructune.cli import main
 from instructune.config import load_config
 from instructune.data import task as task_module
-from instructune.forgetting import suite as suite_module
+from instructune.forgetting.kinds import general_probe as probe_kind
+from instructune.forgetting.kinds import text_perplexity as text_kind
 from instructune.recipes import sweep as sweep_module
 from instructune.training.config import TrainConfig
 from instructune.training.trainer import train
@@ -26,7 +27,7 @@ class Canary:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, test_allowed: object = lambda what: False) -> None:
         self.reads: list[tuple[str, str, str]] = []
         self.phase, self.test_allowed = "search", test_allowed
-        read_split, probe, texts = task_module.read_split, suite_module.probe_prompts, suite_module.held_out_texts
+        read_split, probe, texts = task_module.read_split, probe_kind.probe_prompts, text_kind.held_out_texts
 
         def guarded_read(folder: Path, split: str) -> list[dict]:
             stats = Path(folder) / "stats.json"
@@ -43,8 +44,8 @@ class Canary:
             return texts(source, *args, held_out=held_out)
 
         monkeypatch.setattr(task_module, "read_split", guarded_read)  # under every load_split
-        monkeypatch.setattr(suite_module, "probe_prompts", guarded_probe)
-        monkeypatch.setattr(suite_module, "held_out_texts", guarded_texts)
+        monkeypatch.setattr(probe_kind, "probe_prompts", guarded_probe)  # what each kind reads its inputs with
+        monkeypatch.setattr(text_kind, "held_out_texts", guarded_texts)
 
     def note(self, what: str, split: str) -> None:
         self.reads.append((self.phase, what, split))

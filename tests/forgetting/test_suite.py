@@ -10,15 +10,9 @@ import pytest
 from instructune.config import load_config
 from instructune.data.task import SplitSpec
 from instructune.errors import InstructuneError
-from instructune.forgetting.measures import probe_prompts
-from instructune.forgetting.suite import (
-    RetentionSuite,
-    RetentionTask,
-    SuiteSpec,
-    drops,
-    fixed_examples,
-    held_out_texts,
-)
+from instructune.forgetting.kinds import general_probe, text_perplexity
+from instructune.forgetting.measures import held_out_texts, probe_prompts
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, drops, fixed_examples, suite_spec
 
 
 def test_drops_follow_each_measures_direction() -> None:
@@ -51,6 +45,7 @@ def test_a_suites_texts_and_task_rows_come_from_the_split_it_is_built_for(toy_ta
             for h in ("validation", "test")}
     assert texts["validation"] and texts["test"] and not texts["validation"] & texts["test"]
     assert rows["validation"] and rows["test"] and not rows["validation"] & rows["test"]
-    suite = RetentionSuite.build(SuiteSpec([task], 2, 4, str(keep), 50, 120), SplitSpec(), 0, held_out="validation")
+    spec = suite_spec([task], general_probe.Options(2, 4), text_perplexity.Options(str(keep), 50, 120), {})
+    suite = RetentionSuite.build(spec, SplitSpec(), 0, held_out="validation")
     assert {r["id"] for r in suite.tasks[f"{keep}/title"][0]} == rows["validation"]
     assert set(suite.texts) == texts["validation"] and suite.probe == probe_prompts("validation", 2)

@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
+from instructune.data.packs import PACKS
 from instructune.data.prompt import prompt_text
+from instructune.data.sources import read_table
+from instructune.data.splits import assign_splits
+from instructune.data.task import SplitSpec, TaskSpec, load_split, subset
+from instructune.data.templates import load_templates
 from instructune.errors import InstructuneError
 from instructune.evaluation.evaluate import evaluate_records
 from instructune.evaluation.generate import generate
@@ -112,6 +117,28 @@ def probe_prompts(held_out: HeldOut, limit: int | None = None) -> list[str]:
         raise InstructuneError(f"probe_prompts {limit}: each half (validation, test) of the shipped general "
                                f"prompts holds {len(part)}; ask for at most {len(part)}.")
     return part[:limit] if limit else part
+
+
+def held_out_texts(source: str, split: SplitSpec, limit: int, words: int, seed: int, *,
+                   held_out: HeldOut) -> list[str]:
+    """Plain texts of `source` from its `held_out` split, each cut to `words` words (a seeded subset):
+    a pack's rows of that split (never trained on, replay included), or a file's rows dealt into
+    train / validation / test by `split`'s seed and fractions."""
+    table = read_table(source)
+    name = table.text_field or "text"
+    if source in PACKS:  # the rows of its first template's split, as a run on that template holds out
+        rows = load_split(TaskSpec(source, [next(iter(load_templates(source)))]), split, held_out)
+        keep = {r["id"].rsplit("/", 1)[0] for r in rows}
+    else:
+        parts = assign_splits([str(r.get(name, "")) for r in table.rows], [None] * len(table.rows),
+                              split.fractions, split.seed)
+        keep = {i for i, part in zip(table.ids, parts) if part == held_out}
+    texts = [" ".join(str(r[name]).split()[:words]) for r, i in zip(table.rows, table.ids) if i in keep and r.get(name)]
+    if not texts:
+        raise InstructuneError(f"text_source {source} has no '{name}' texts in its {held_out} split for the "
+                               "perplexity probe; point text_source at a pack or a file with a `text` column "
+                               "(and enough rows), or set it to null.")
+    return subset(texts, limit, seed)
 
 
 def per_example_ce(model: Model, tok: Tokenizer, prompts: list[str], completions: list[str],

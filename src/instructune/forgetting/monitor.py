@@ -46,11 +46,11 @@ class Monitor:
     @classmethod
     def start(cls, suite: RetentionSuite, model: Model, tok: Tokenizer) -> Monitor:
         """Score the model before its first step (for PEFT methods the adapter is still the identity)."""
-        return cls(suite, suite.score(model, tok, probe_answers=None, cheap=True), tok)
+        return cls(suite, suite.score(model, tok, cheap=True), tok)
 
     def drops(self, model: Model) -> dict[str, float]:
         """`drop/<measure>` and `drop_relative/<measure>` of each measure since the start (positive = forgot)."""
-        after = self.suite.score(model, self.tok, probe_answers=self.before["probe_answers"], cheap=True)
+        after = self.suite.score(model, self.tok, original=self.before, cheap=True)
         out = {}
         for key, b in self.before["measures"].items():
             lost = drop(b["mean"], after["measures"][key]["mean"], higher_is_better(b["metric"]))

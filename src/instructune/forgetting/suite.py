@@ -16,26 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from instructune.data.packs import PACKS
 from instructune.data.prompt import prompt_text
-from instructune.data.sources import read_table
-from instructune.data.splits import assign_splits
-from instructune.data.task import SplitSpec, TaskSpec, load_split, subset, templates
-from instructune.data.templates import load_templates
-from instructune.errors import InstructuneError
+from instructune.data.task import SplitSpec, TaskSpec, load_split, templates
 from instructune.evaluation.evaluate import select
+from instructune.forgetting.kinds import KINDS, general_probe, text_perplexity
 from instructune.forgetting.measures import (
     HeldOut,
     bootstrap_drop,
-    general_probe,
     per_example_ce,
-    probe_prompts,
     relative_drop,
     task_scores,
-    text_probe,
 )
 from instructune.metrics import higher_is_better
-from instructune.types import Model, Tokenizer
+from instructune.types import JSON, Log, Model, Tokenizer
 
 
 @dataclass
@@ -93,18 +86,21 @@ class SuiteSpec:
 
     tasks: list[RetentionTask]
     """Tasks to keep, each scored on `limit` rows of the held-out split."""
-    probe_prompts: int
-    """General-behaviour probe prompts (0 = off)."""
-    probe_tokens: int
-    """Longest original answer generated for the probe."""
-    text_source: str | None
-    """Plain-text perplexity probe source (None = off)."""
-    text_limit: int
-    """Texts in the perplexity probe."""
-    text_words: int = 120
-    """Each probe text is cut to this many words."""
+    kinds: dict[str, object]
+    """The other kinds of measure (`forgetting.kinds`), each with its options, in registry order."""
     target: TargetTask | None = None
     """None for a suite that only watches what a run keeps (its target is validated apart)."""
+
+    def kinds_on(self) -> list[str]:
+        """The keys of the kinds its options turn on, in registry order."""
+        return [key for key, options in self.kinds.items() if KINDS[key].on(options)]
+
+
+def suite_spec(tasks: list[RetentionTask], probe: general_probe.Options, texts: text_perplexity.Options,
+               measures: dict[str, object], target: TargetTask | None = None) -> SuiteSpec:
+    """A SuiteSpec from a section's own fields for the two shipped kinds plus its `measures:` (already read)."""
+    chosen = {general_probe.KEY: probe, text_perplexity.KEY: texts, **measures}
+    return SuiteSpec(tasks, {key: chosen[key] for key in KINDS if key in chosen}, target)
 
 
 @dataclass
@@ -114,37 +110,45 @@ class RetentionSuite:
     target: Fixed | None
     """None for a suite that only watches what a run keeps (its target is validated apart)."""
     tasks: dict[str, Fixed]
-    probe: list[str]
-    texts: list[str]
-    probe_tokens: int
+    inputs: dict[str, list[str]]
+    """Each other kind's fixed inputs (prompts, texts), by its key; kinds with none are off."""
+    options: dict[str, object]
+    """Each kind's options."""
     dtype: str = "float32"
+
+    @property
+    def probe(self) -> list[str]:
+        return self.inputs.get(general_probe.KEY, [])
+
+    @property
+    def texts(self) -> list[str]:
+        return self.inputs.get(text_perplexity.KEY, [])
 
     @classmethod
     def build(cls, spec: SuiteSpec, split: SplitSpec, seed: int, dtype: str = "float32", *,
               held_out: HeldOut) -> RetentionSuite:
         """Every measure's fixed examples from the `held_out` split under `split` (never trained on):
-        each task's rows of that split, that half of the general prompts, that split's plain texts."""
+        each task's rows of that split, and each other kind's inputs from that side (`forgetting.kinds`)."""
         t = spec.target
         fixed = (*fixed_examples(t.task, t.template, split, t.limit, seed, held_out=held_out), t.mode) if t else None
         tasks = {f"{task.source}/{task.template}": (*fixed_examples(task.task_spec(), task.template, split,
                                                                      task.limit, seed, held_out=held_out), task.mode)
                  for task in spec.tasks}
-        texts = (held_out_texts(spec.text_source, split, spec.text_limit, spec.text_words, seed, held_out=held_out)
-                 if spec.text_source else [])
-        probe = probe_prompts(held_out, spec.probe_prompts) if spec.probe_prompts else []
-        return cls(fixed, tasks, probe, texts, spec.probe_tokens, dtype)
+        inputs = {key: KINDS[key].inputs(spec.kinds[key], split, seed, held_out) for key in spec.kinds_on()}
+        return cls(fixed, tasks, inputs, spec.kinds, dtype)
 
-    def score(self, model: Model, tok: Tokenizer, probe_answers: list[str] | None, log: Any = None,
-              cheap: bool = False) -> dict[str, Any]:
-        """Every per-example score of `model`; the probe scores the original's answers (generated when None).
-        Each measure is announced on `log` as it starts (a suite takes minutes on a CPU). `cheap` scores
-        without free generation: classification by likelihood, other tasks by their reference's
-        cross-entropy (what a run measures while it trains)."""
-        def pack(metric: str, scores: list[float]) -> dict[str, Any]:
+    def score(self, model: Model, tok: Tokenizer, original: JSON | None = None, log: Log | None = None,
+              cheap: bool = False) -> JSON:
+        """Every per-example score of `model`, against `original` (the original model's own scoring, None when
+        this is it: the general probe then generates its answers). Each measure is announced on `log` as it
+        starts (a suite takes minutes on a CPU). `cheap` scores without free generation: classification by
+        likelihood, other tasks by their reference's cross-entropy (what a run measures while it trains)."""
+        def pack(metric: str, scores: list[float]) -> JSON:
             return {"metric": metric, "scores": scores, "mean": sum(scores) / len(scores)}
 
         say = log or (lambda *_: None)
-        out: dict[str, Any] = {"target": None, "measures": {}, "probe_answers": probe_answers}
+        states = dict((original or {}).get("state") or {})
+        out: JSON = {"target": None, "measures": {}, "state": states}
         if self.target is not None:
             recs, t, mode = self.target
             say(f"  target task: {len(recs)} examples ({mode})")
@@ -164,17 +168,13 @@ class RetentionSuite:
             if t.task != "classification":  # the first answers, to show beside the original's
                 out["measures"][key]["answers"] = [{k: p[k] for k in ("id", "prompt", "reference", "prediction")}
                                                    for p in evaluation["predictions"][:SHOWN_ANSWERS]]
-        if self.probe:
-            say(f"  general-behaviour probe: {len(self.probe)} prompts"
-                + (", generating the original's answers" if probe_answers is None else ""))
-            answers, ce = general_probe(model, tok, self.probe, probe_answers, max_new_tokens=self.probe_tokens,
-                                        dtype=self.dtype)
-            out["probe_answers"] = answers
-            out["measures"]["general-probe"] = pack("cross_entropy", ce)
-        if self.texts:
-            say(f"  text perplexity: {len(self.texts)} texts")
-            out["measures"]["text-perplexity"] = pack("cross_entropy", text_probe(model, tok, self.texts,
-                                                                                   dtype=self.dtype))
+        for key, items in self.inputs.items():
+            say(f"  {key}: {len(items)} inputs" + ("" if original is not None else " (the original's own)"))
+            scored = KINDS[key].score(items, model, tok, self.options[key], self.dtype,
+                                      states.get(key) if original is not None else None)
+            out["measures"][key] = pack(scored.metric, scored.scores)
+            if scored.state is not None:
+                states[key] = scored.state
         return out
 
 
@@ -188,28 +188,6 @@ def drops(before: dict[str, Any], after: dict[str, Any], samples: int, seed: int
         out[key] = {"metric": b["metric"], "before": b["mean"], "after": a["mean"], **stats,
                     "relative_drop": relative_drop(stats["drop"], b["mean"])}
     return out
-
-
-def held_out_texts(source: str, split: SplitSpec, limit: int, words: int, seed: int, *,
-                   held_out: HeldOut) -> list[str]:
-    """Plain texts of `source` from its `held_out` split, each cut to `words` words (a seeded subset):
-    a pack's rows of that split (never trained on, replay included), or a file's rows dealt into
-    train / validation / test by `split`'s seed and fractions."""
-    table = read_table(source)
-    name = table.text_field or "text"
-    if source in PACKS:  # the rows of its first template's split, as a run on that template holds out
-        rows = load_split(TaskSpec(source, [next(iter(load_templates(source)))]), split, held_out)
-        keep = {r["id"].rsplit("/", 1)[0] for r in rows}
-    else:
-        parts = assign_splits([str(r.get(name, "")) for r in table.rows], [None] * len(table.rows),
-                              split.fractions, split.seed)
-        keep = {i for i, part in zip(table.ids, parts) if part == held_out}
-    texts = [" ".join(str(r[name]).split()[:words]) for r, i in zip(table.rows, table.ids) if i in keep and r.get(name)]
-    if not texts:
-        raise InstructuneError(f"text_source {source} has no '{name}' texts in its {held_out} split for the "
-                               "perplexity probe; point text_source at a pack or a file with a `text` column "
-                               "(and enough rows), or set it to null.")
-    return subset(texts, limit, seed)
 
 
 def answer_rows(before: dict[str, Any], after: dict[str, dict[str, Any]],

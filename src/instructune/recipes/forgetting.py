@@ -20,14 +20,15 @@ from typing import Literal
 from instructune.config import load_config, to_dict
 from instructune.errors import InstructuneError
 from instructune.files import write_text_atomic
+from instructune.forgetting.kinds import general_probe, read_measures, text_perplexity
 from instructune.forgetting.measures import mean_relative_drop, probe_capacity
 from instructune.forgetting.suite import (
     RetentionSuite,
     RetentionTask,
-    SuiteSpec,
     TargetTask,
     answer_rows,
     drops,
+    suite_spec,
 )
 from instructune.hardware import eval_dtype, setup_threads
 from instructune.models import load_model
@@ -88,12 +89,16 @@ class ForgettingConfig:
     """Resamples for the 95% intervals."""
     seed: int = 0
     """Seed of subsets and bootstrap."""
+    measures: dict[str, dict] = field(default_factory=dict)
+    """Further kinds of retention measure (`forgetting/kinds/`), each by its key with its options
+    (`{my-measure: {limit: 8}}`)."""
 
     def problems(self) -> list[str]:
-        if 0 <= self.probe_prompts <= probe_capacity():
-            return []
-        return [f"probe_prompts must be 0 to {probe_capacity()} (the prompts in each half of the shipped list), "
-                f"got {self.probe_prompts}"]
+        out = [] if 0 <= self.probe_prompts <= probe_capacity() else [
+            f"probe_prompts must be 0 to {probe_capacity()} (the prompts in each half of the shipped list), "
+            f"got {self.probe_prompts}"]
+        read_measures(self.measures, "", out)
+        return out
 
 
 def forgetting(cfg: ForgettingConfig, log: Log = print) -> JSON:
@@ -113,7 +118,7 @@ def forgetting(cfg: ForgettingConfig, log: Log = print) -> JSON:
     def score_original() -> JSON:
         log(f"scoring the original model {first.model} on the retention suite")
         model, tok = load_model(first.model)
-        return suite.score(model, tok, probe_answers=None, log=log)
+        return suite.score(model, tok, log=log)
 
     before = cached(out / "scores" / "original.json", suite_key, score_original, log)
 
@@ -125,7 +130,7 @@ def forgetting(cfg: ForgettingConfig, log: Log = print) -> JSON:
         def score_tuned(run: TrainConfig = run, name: str = name) -> JSON:
             log(f"cure '{name}': scoring")
             model, tok = load_trained(run)
-            return suite.score(model, tok, probe_answers=before["probe_answers"], log=log)
+            return suite.score(model, tok, original=before, log=log)
 
         after = cached(out / "scores" / f"{name}.json", {**suite_key, "run": to_dict(run)}, score_tuned, log)
         rows.append(_row(name, before, after, metrics, cfg))
@@ -152,8 +157,9 @@ def build_suite(cfg: ForgettingConfig, run: TrainConfig, log: Log = print) -> Re
     retention = [replace(t, limit=min(t.limit, cfg.retention_limit or t.limit)) for t in cfg.retention]
     target = TargetTask(run.data.task, run.data.task.templates[0],
                         "likelihood" if run.eval_mode == "likelihood" else "generate", cfg.target_limit)
-    spec = SuiteSpec(retention, cfg.probe_prompts, cfg.probe_tokens, cfg.text_source, cfg.text_limit, cfg.text_words,
-                     target)
+    spec = suite_spec(retention, general_probe.Options(cfg.probe_prompts, cfg.probe_tokens),
+                      text_perplexity.Options(cfg.text_source, cfg.text_limit, cfg.text_words),
+                      read_measures(cfg.measures, "", []), target)
     return RetentionSuite.build(spec, run.data.split, cfg.seed,
                                 eval_dtype(cfg.score_precision or run.precision, run.model, log), held_out="test")
 

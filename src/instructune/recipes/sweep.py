@@ -224,7 +224,7 @@ def _retention(s: SweepSettings, base: dict, log: Log) -> tuple[RetentionSuite, 
     suite = s.forgetting.suite(cfg, s.seed, held_out="validation")
     log(f"scoring the original model {cfg.model} on the retention suite (validation rows)")
     model, tok = load_model(cfg.model)
-    return suite, suite.score(model, tok, probe_answers=None)
+    return suite, suite.score(model, tok)
 
 
 def _trial(trial: optuna.Trial, base: dict, s: SweepSettings, params: list, out: Path, threads: int,
@@ -257,7 +257,7 @@ def _trial(trial: optuna.Trial, base: dict, s: SweepSettings, params: list, out:
     trial.set_user_attr("peak_memory_mb", result.metrics.get("peak_memory_mb"))
     outcome: float | tuple[float, float] = value
     if suite is not None:
-        after = suite.score(result.model, result.tokenizer, probe_answers=before["probe_answers"])
+        after = suite.score(result.model, result.tokenizer, original=before)
         measures = drops(before, after, s.forgetting.bootstrap_samples, s.seed)
         trial.set_user_attr("drops", {k: m["drop"] for k, m in measures.items()})
         trial.set_user_attr("relative_drops", {k: m["relative_drop"] for k, m in measures.items()})
@@ -307,9 +307,9 @@ def _final(best: dict, out: Path, s: SweepSettings, log: Log) -> JSON:
         suite = s.forgetting.suite(cfg, s.seed, held_out="test")
         log(f"scoring the original model {cfg.model} and the chosen one on the retention suite (test rows)")
         model, tok = load_model(cfg.model)
-        before = suite.score(model, tok, probe_answers=None)
+        before = suite.score(model, tok)
         del model
-        after = suite.score(result.model, result.tokenizer, probe_answers=before["probe_answers"])
+        after = suite.score(result.model, result.tokenizer, original=before)
         measures = drops(before, after, s.forgetting.bootstrap_samples, s.seed)
         final["forgetting"] = {"measures": measures, "mean_relative_drop": mean_relative_drop(measures)}
     return final

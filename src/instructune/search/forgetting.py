@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from instructune.forgetting.kinds import general_probe, read_measures, text_perplexity
 from instructune.forgetting.measures import HeldOut, probe_capacity
-from instructune.forgetting.suite import RetentionSuite, RetentionTask, SuiteSpec
+from instructune.forgetting.suite import RetentionSuite, RetentionTask, suite_spec
 from instructune.hardware import eval_dtype
 from instructune.training.config import TrainConfig
 
@@ -41,17 +42,22 @@ class SweepForgetting:
     """Each probe text is cut to this many words."""
     bootstrap_samples: int = 200
     """Resamples for the 95% intervals of the drops."""
+    measures: dict[str, dict] = field(default_factory=dict)
+    """Further kinds of retention measure (`forgetting/kinds/`), each by its key with its options
+    (`{my-measure: {limit: 8}}`)."""
 
     def problems(self) -> list[str]:
-        out = [] if self.retention or self.probe_prompts or self.text_source else [
-            "give at least one measure: retention, probe_prompts or text_source"]
+        out = [] if self.retention or self.probe_prompts or self.text_source or self.measures else [
+            "give at least one measure: retention, probe_prompts, text_source or measures"]
+        read_measures(self.measures, "", out)
         if not 0 <= self.probe_prompts <= probe_capacity():
             out.append(f"probe_prompts must be 0 to {probe_capacity()}, got {self.probe_prompts}")
         return out
 
     def suite(self, cfg: TrainConfig, seed: int, *, held_out: HeldOut) -> RetentionSuite:
         """The suite on `held_out` rows of the run's split (no target: a trial's target score is its validation)."""
-        spec = SuiteSpec(self.retention, self.probe_prompts, self.probe_tokens, self.text_source, self.text_limit,
-                         self.text_words)
+        spec = suite_spec(self.retention, general_probe.Options(self.probe_prompts, self.probe_tokens),
+                          text_perplexity.Options(self.text_source, self.text_limit, self.text_words),
+                          read_measures(self.measures, "", []))
         return RetentionSuite.build(spec, cfg.data.split, seed, eval_dtype(cfg.precision, cfg.model, log=None),
                                     held_out=held_out)

@@ -12,8 +12,9 @@ from instructune.config import convert, flat, quoted
 from instructune.data.mixture import MixtureConfig
 from instructune.data.task import SplitSpec, TaskSpec
 from instructune.forgetting.cures import REGULARIZERS
+from instructune.forgetting.kinds import general_probe, read_measures, text_perplexity
 from instructune.forgetting.measures import probe_capacity
-from instructune.forgetting.suite import RetentionTask, SuiteSpec
+from instructune.forgetting.suite import RetentionTask, SuiteSpec, suite_spec
 from instructune.methods import MethodConfig
 from instructune.types import JSON
 
@@ -168,14 +169,19 @@ class RetentionConfig:
     """Texts in the perplexity probe."""
     generate: bool = False
     """Score generation tasks by generating (ROUGE-L) instead of by the reference's cross-entropy: slower."""
+    measures: dict[str, dict] = field(default_factory=dict)
+    """Further kinds of retention measure (`forgetting/kinds/`), each by its key with its options
+    (`{my-measure: {limit: 8}}`)."""
 
     def suite_spec(self) -> SuiteSpec:
         """What the run's retention suite measures."""
-        return SuiteSpec(self.tasks, self.probe_prompts, self.probe_tokens, self.text_source, self.text_limit)
+        return suite_spec(self.tasks, general_probe.Options(self.probe_prompts, self.probe_tokens),
+                          text_perplexity.Options(self.text_source, self.text_limit), read_measures(self.measures, "", []))
 
     def problems(self) -> list[str]:
-        out = [] if self.tasks or self.probe_prompts or self.text_source else [
-            "give at least one measure: tasks, probe_prompts or text_source"]
+        out = [] if self.tasks or self.probe_prompts or self.text_source or self.measures else [
+            "give at least one measure: tasks, probe_prompts, text_source or measures"]
+        read_measures(self.measures, "", out)
         if not 0 <= self.probe_prompts <= probe_capacity():
             out.append(f"probe_prompts must be 0 to {probe_capacity()} (the prompts in each half of the shipped "
                        f"list), got {self.probe_prompts}")
@@ -347,5 +353,4 @@ def budget_problems(value: object, name: str = "forgetting_budget") -> list[str]
 
 def retention_measures(r: RetentionConfig) -> list[str]:
     """The measure names a retention suite reports (as forgetting.json names them)."""
-    return ([f"{t.source}/{t.template}" for t in r.tasks] + (["general-probe"] if r.probe_prompts else [])
-            + (["text-perplexity"] if r.text_source else []))
+    return [f"{t.source}/{t.template}" for t in r.tasks] + list(r.suite_spec().kinds_on())
