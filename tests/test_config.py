@@ -114,3 +114,16 @@ def test_every_shipped_config_loads_with_the_command_it_opens_with(path: Path) -
     else:
         load_config({"train": TrainConfig, "forgetting": ForgettingConfig, "sequential": SequentialConfig}[command[2]],
                     path)
+
+
+def test_show_fields_lists_flat_sections_with_their_parents_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --show-fields` walks every section: a flat one (data's task and split, the loop, a keep entry's
+    required task) under its parent's names, with the parent's defaults, and each method's own options."""
+    from instructune.cli import main
+
+    assert main(["train", "x", "--show-fields"]) == 0
+    lines = set(capsys.readouterr().out.splitlines())
+    for line in ("data.source: str = 'rotten-tomatoes'", "data.seed: int = 0", "max_steps: int (or null) = None",
+                 "batch_size: int = 8", "keep[].source: str = 'required'", "keep[].limit: int = 256",
+                 "method.r: int = 8", "(options of method.name: lora)"):
+        assert line in lines, line

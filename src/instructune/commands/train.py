@@ -63,13 +63,19 @@ def print_fields(cls: type, prefix: str = "", defaults: object = None) -> None:
                 print(f"(options of {prefix}name: {method.name})")
                 print_fields(method.options, prefix)
         elif dataclasses.is_dataclass(tp) and is_flat(f):  # its keys sit beside the parent's, with its defaults
-            print_fields(tp, prefix, f.default_factory())  # type: ignore[misc]
+            factory = f.default_factory  # a required section (a keep entry's task) has no defaults
+            print_fields(tp, prefix, factory() if factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         elif dataclasses.is_dataclass(tp):
             print_fields(tp, f"{prefix}{f.name}.")
         else:
-            default = getattr(defaults, f.name) if defaults is not None else f.default if (
-                f.default is not dataclasses.MISSING) else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            if defaults is not None:  # a flat section's field: its parent's default for it
+                default = getattr(defaults, f.name)
+            elif f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "required"
             print(f"{prefix}{f.name}: {type_name(tp)} = {str(default) if hasattr(default, 'as_posix') else repr(default)}\n    {field_docs(cls).get(f.name, '')}")
             for sub in inner:
                 print_fields(sub, f"{prefix}{f.name}[].")
