@@ -191,7 +191,8 @@ def from_dict(cls: type, data: object, prefix: str, problems: list[str]) -> obje
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     keys = yaml_fields(cls)
-    docs = {**{k: v for owner, _ in keys.values() for k, v in field_docs(owner).items()}, **field_docs(cls)}
+    docs = {k: v for owner in {owner for owner, _ in keys.values()} for k, v in field_docs(owner).items()}
+    docs.update(field_docs(cls))
     kwargs: dict[str, object] = {}
     sections: dict[str, JSON] = {n: {} for n, f in fields.items() if is_flat(f)}
     failed = False

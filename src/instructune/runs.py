@@ -45,8 +45,7 @@ def cached(path: Path, key: JSON, compute: Callable[[], JSON], log: Log) -> JSON
             return saved["scores"]
     start = time.perf_counter()
     scores = {**compute(), "seconds": time.perf_counter() - start}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"key": key, "scores": scores}))
+    write_text_atomic(path, json.dumps({"key": key, "scores": scores}))  # makes the folder too
     return scores
 
 

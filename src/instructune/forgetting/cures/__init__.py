@@ -19,7 +19,6 @@ Adding a cure is one new module of that shape plus its entry in `_MODULES` below
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -27,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from instructune.config import from_dict, quoted
+from instructune.config import field_docs, from_dict, quoted, suggest
 from instructune.errors import InstructuneError
 from instructune.forgetting.cures import distill, ewc, l2sp, si
 from instructune.forgetting.cures.base import KeepBatches, Regularizer, accepted, keyword_options
@@ -65,9 +64,9 @@ class Cure:
             return None
         for key in data:
             if key not in self.option_names():
-                close = difflib.get_close_matches(str(key), self.option_names(), n=1)
+                close = suggest(str(key), self.option_names(), field_docs(self.options))
                 problems.append(f"{prefix}{key}: not an option of regularizer {self.name}"
-                                + (f"; did you mean '{close[0]}'?" if close else "")
+                                + (f"; did you mean '{close}'?" if close else "")
                                 + f" It accepts {accepted(self.options)}.")
         known = {k: v for k, v in data.items() if k in self.option_names()}
         return from_dict(self.options, known, prefix, problems)
