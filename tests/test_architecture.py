@@ -149,6 +149,12 @@ def test_only_the_command_line_imports_the_cli() -> None:
     assert found == []
 
 
+def test_the_architecture_doc_states_the_limits_this_file_enforces() -> None:
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    assert f"over {MAX_FILE_LINES} lines (`MAX_FILE_LINES = {MAX_FILE_LINES}`)" in doc
+    assert f"over {MAX_FUNCTION_LINES} (`MAX_FUNCTION_LINES = {MAX_FUNCTION_LINES}`)" in doc
+
+
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
 def test_files_and_functions_stay_small(path: Path) -> None:
     text = path.read_text()
